@@ -1,0 +1,99 @@
+"""One typed settings object, from ENVRESTORE_* variables and an optional TOML file.
+
+Nothing is read from the environment at import time: call `load_settings()`.
+Precedence, highest first: keyword overrides, environment, the TOML file named
+by ENVRESTORE_CONFIG, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything envrestore can be told; each field has an ENVRESTORE_<NAME> twin."""
+
+    model_config = SettingsConfigDict(env_prefix="ENVRESTORE_", extra="ignore", frozen=True)
+
+    # Services
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/envrestore"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "envrestore"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    state_dir: Path = Path(".envrestore")
+
+    # Object store tuning (PERFORMANCE.md: one stream is fastest on loopback,
+    # ranged concurrent GETs help over a real network).
+    s3_part_size_mb: int = Field(default=16, ge=5, le=5120)
+    s3_download_concurrency: int = Field(default=1, ge=1, le=64)
+    presign_ttl_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
+
+    # Queue and step protocol
+    queue_name: str = "envrestore"
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    stale_after_seconds: float = Field(default=10.0, gt=0)
+    reconcile_seconds: float = Field(default=2.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_backoff_seconds: float = Field(default=2.0, ge=0)
+    idempotency_scope: str = "default"
+
+    # Engines: where the clients live (empty: found on PATH)
+    pg_bin_dir: Path | None = None
+    mariadb_bin_dir: Path | None = None
+    gzip_level: int = Field(default=6, ge=1, le=9)
+
+    # Backups and restores
+    backup_keep_days: int = Field(default=30, ge=1)
+    rollback_hours: int = Field(default=24, ge=0)
+    # An operator's bandwidth cap on bulk streams (bytes/s, 0 = none), so a
+    # backup does not starve the site it reads from.
+    stream_rate_limit: int = Field(default=0, ge=0)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by ENVRESTORE_CONFIG, keys as the field names."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("ENVRESTORE_CONFIG")
+        if not path:
+            return {}
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ValueError(f"ENVRESTORE_CONFIG names {file}, which is not a readable file")
+        with file.open("rb") as fh:
+            data = tomllib.load(fh)
+        # Allow an [envrestore] table or top-level keys.
+        return dict(data.get("envrestore", data))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings now (never at import time)."""
+    return Settings(**overrides)
