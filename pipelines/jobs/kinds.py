@@ -1,0 +1,45 @@
+"""Job kinds: a plan plus the function behind each step.
+
+Step names are unique across kinds (each becomes one Dramatiq actor), so a
+message `(job_id, step)` is enough to find the code to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipelines.jobs.model import Plan
+
+if TYPE_CHECKING:
+    from pipelines.jobs.context import StepContext
+
+StepFn = Callable[["StepContext"], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What a kind of job does."""
+
+    name: str
+    plan: Plan
+    steps: Mapping[str, StepFn]
+    #: Once this step has started, cancelling is refused (the environment is changing).
+    irreversible_from: str | None = None
+
+    def __post_init__(self) -> None:
+        missing = set(self.plan.names) - set(self.steps)
+        if missing:
+            raise ValueError(f"job kind {self.name!r} has no function for steps {sorted(missing)}")
+
+
+def step_index(kinds: Mapping[str, JobKind]) -> dict[str, str]:
+    """step name → kind name; refuses a step name used by two kinds."""
+    index: dict[str, str] = {}
+    for kind in kinds.values():
+        for name in kind.plan.names:
+            if name in index:
+                raise ValueError(f"step {name!r} belongs to both {index[name]!r} and {kind.name!r}")
+            index[name] = kind.name
+    return index

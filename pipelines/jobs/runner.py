@@ -1,0 +1,280 @@
+"""The step protocol: the same for every step of every job (DESIGN.md, Running a step).
+
+1. Load the job; stop if it is over (cleanup steps excepted).
+2. A step already settled is a duplicate delivery: acknowledge and stop.
+3. Claim the attempt in one UPDATE, counting attempts in the ledger.
+4. Hold the environment's lease (fencing token) before touching it.
+5. Work, heartbeating; permanent errors fail the job, others are retried.
+6. Mark done and queue the next steps in one transaction (the outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+from pipelines.errors import EnvrestoreError, PermanentError
+from pipelines.jobs.advance import advance_job, stop_job
+from pipelines.jobs.context import StepContext
+from pipelines.jobs.model import JobStatus, StepStatus
+from pipelines.jobs.records import JobRecord, StepRecord
+from pipelines.jobs.runtime import Runtime
+from pipelines.ledger.queries import sql
+
+log = structlog.get_logger(__name__)
+
+#: How long a step that waits for its environment's lease sleeps before asking again.
+LEASE_RETRY_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class _Interrupt(enum.Enum):
+    """Why the heartbeat stopped the work."""
+
+    CLAIM_LOST = "claim_lost"  # another attempt took the step over
+    JOB_STOPPED = "job_stopped"  # the job failed or was cancelled meanwhile
+
+
+async def run_step(runtime: Runtime, job_id: uuid.UUID | str, step: str) -> None:
+    """Run one delivery of `(job_id, step)`; safe to call any number of times."""
+    job_id = uuid.UUID(str(job_id))
+    with structlog.contextvars.bound_contextvars(job_id=str(job_id), step=step):
+        await _run_step(runtime, job_id, step)
+
+
+async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
+    pool = runtime.pool
+    job_row = await pool.fetchrow(sql("get_job"), job_id)
+    step_row = await pool.fetchrow(sql("get_step"), job_id, step)
+    if job_row is None or step_row is None:
+        log.warning("step.unknown", reason="no such job or step in the ledger")
+        return
+    job = JobRecord.from_row(job_row)
+    record = StepRecord.from_row(step_row)
+    structlog.contextvars.bind_contextvars(site=job.site, env=job.env)
+    if record.status.settled:
+        log.info("step.duplicate_delivery", status=record.status.value)
+        return
+    if not job.status.active and not record.on_failure:
+        log.info("step.job_over", job_status=job.status.value)
+        return
+    if record.status == StepStatus.PENDING and not await _dependencies_done(runtime, job, record):
+        log.info("step.not_ready")
+        return
+
+    claim = await pool.fetchrow(
+        sql("claim_step"), job_id, step, runtime.worker_id, runtime.settings.stale_after_seconds
+    )
+    if claim is None:
+        log.info("step.not_claimed", reason="running elsewhere or not due yet")
+        return
+    attempt: int = claim["attempts"]
+    structlog.contextvars.bind_contextvars(attempt=attempt)
+    if attempt > claim["max_attempts"]:
+        await _fail(
+            runtime,
+            job,
+            step,
+            attempt,
+            f"step {step} was started {attempt - 1} times without finishing "
+            "(its worker died each time); giving up",
+        )
+        return
+
+    if not record.on_failure and job.environment_id is not None:
+        token = await _hold_lease(runtime, job)
+        if token is None:
+            await pool.execute(sql("unclaim_step"), job_id, step, attempt, LEASE_RETRY_SECONDS)
+            await pool.execute(sql("insert_outbox"), job_id, step, LEASE_RETRY_SECONDS)
+            log.info("step.waiting_for_lease", target=job.target)
+            return
+        job = dataclasses.replace(job, lease_token=token)
+        await pool.execute(sql("set_job_running"), job_id)
+
+    ctx = StepContext(
+        job=job,
+        step=step,
+        attempt=attempt,
+        max_attempts=claim["max_attempts"],
+        runtime=runtime,
+        log=log.bind(),
+    )
+    await _execute(runtime, ctx)
+
+
+async def _dependencies_done(runtime: Runtime, job: JobRecord, record: StepRecord) -> bool:
+    if not record.depends_on:
+        return True
+    rows = await runtime.pool.fetch(sql("get_steps"), job.id)
+    done = {r["name"] for r in rows if r["status"] == StepStatus.DONE.value}
+    return all(dep in done for dep in record.depends_on)
+
+
+async def _hold_lease(runtime: Runtime, job: JobRecord) -> int | None:
+    """This job's fencing token, acquiring the lease if it does not hold it yet.
+
+    None when another job holds it (or an older job waits for it).
+    """
+    pool = runtime.pool
+    for _ in range(2):
+        lease = await pool.fetchrow(sql("get_lease"), job.environment_id)
+        if lease is not None and lease["job_id"] == job.id:
+            token: int = lease["fencing_token"]
+            if job.lease_token not in (None, token):
+                return None
+            await pool.execute(sql("set_job_lease_token"), job.id, token)
+            return token
+        if job.lease_token is not None:
+            return None  # held once, lost since: a newer job owns the environment now
+        if lease is None:
+            await pool.execute(sql("ensure_lease_row"), job.environment_id)
+        acquired = await pool.fetchrow(sql("acquire_lease"), job.environment_id, job.id)
+        if acquired is not None:
+            await pool.execute(sql("set_job_lease_token"), job.id, acquired["fencing_token"])
+            log.info("lease.acquired", token=acquired["fencing_token"])
+            return int(acquired["fencing_token"])
+    return None
+
+
+async def _execute(runtime: Runtime, ctx: StepContext) -> None:
+    kind = runtime.kind(ctx.job.kind)
+    function = kind.steps[ctx.step]
+    started = time.monotonic()
+    await ctx.event("step.started", attempt=ctx.attempt)
+    work = asyncio.create_task(function(ctx))
+    interrupt: list[_Interrupt] = []
+    beat = asyncio.create_task(_heartbeat(runtime, ctx, work, interrupt))
+    try:
+        outputs = await work
+    except asyncio.CancelledError:
+        if not interrupt:
+            raise  # the worker is shutting down: the reconciler resumes the step
+        await _interrupted(runtime, ctx, interrupt[0])
+        return
+    except PermanentError as exc:
+        await _fail(runtime, ctx.job, ctx.step, ctx.attempt, exc.message, exc)
+        return
+    except Exception as exc:  # noqa: BLE001 - anything else is transient by definition
+        await _retry_or_fail(runtime, ctx, exc)
+        return
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+    await _done(runtime, ctx, outputs or {}, time.monotonic() - started)
+
+
+async def _heartbeat(
+    runtime: Runtime, ctx: StepContext, work: asyncio.Task[Any], interrupt: list[_Interrupt]
+) -> None:
+    """Prove the attempt alive and flush progress; stop the work if it must stop."""
+    interval = min(runtime.settings.heartbeat_seconds, 1.0)
+    while not work.done():
+        await asyncio.sleep(interval)
+        try:
+            job_status = await runtime.pool.fetchval(
+                sql("heartbeat_step"),
+                ctx.job.id,
+                ctx.step,
+                ctx.attempt,
+                ctx.progress.done,
+                ctx.progress.total,
+            )
+        except Exception as exc:  # noqa: BLE001 - a ledger hiccup must not kill the work
+            log.warning("step.heartbeat_failed", error=str(exc))
+            continue
+        if job_status is None:
+            interrupt.append(_Interrupt.CLAIM_LOST)
+        elif job_status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+            step_row = await runtime.pool.fetchrow(sql("get_step"), ctx.job.id, ctx.step)
+            if step_row is not None and step_row["on_failure"]:
+                continue
+            interrupt.append(_Interrupt.JOB_STOPPED)
+        else:
+            continue
+        log.warning("step.interrupted", reason=interrupt[0].value)
+        work.cancel()
+        return
+
+
+async def _interrupted(runtime: Runtime, ctx: StepContext, why: _Interrupt) -> None:
+    if why == _Interrupt.CLAIM_LOST:
+        return  # the other attempt owns the step now
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("skip_step"), ctx.job.id, ctx.step)
+        await advance_job(conn, ctx.job.id)
+
+
+async def _done(
+    runtime: Runtime, ctx: StepContext, outputs: dict[str, Any], seconds: float
+) -> None:
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        marked = await conn.fetchrow(
+            sql("finish_step_done"), ctx.job.id, ctx.step, ctx.attempt, outputs
+        )
+        if marked is None:
+            log.warning("step.finished_but_superseded")
+            return
+        await conn.execute(
+            sql("insert_event"),
+            ctx.job.id,
+            ctx.step,
+            "step.finished",
+            {"attempt": ctx.attempt, "seconds": round(seconds, 3)},
+        )
+        await advance_job(conn, ctx.job.id)
+    log.info("step.finished", seconds=round(seconds, 3))
+
+
+async def _fail(
+    runtime: Runtime,
+    job: JobRecord,
+    step: str,
+    attempt: int,
+    message: str,
+    exc: BaseException | None = None,
+) -> None:
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("finish_step_failed"), job.id, step, attempt, message)
+        await stop_job(conn, job.id, status=JobStatus.FAILED, error=message, step=step)
+    data = exc.data if isinstance(exc, EnvrestoreError) else {}
+    log.error("step.failed", error=message, **{k: str(v) for k, v in data.items()})
+
+
+async def _retry_or_fail(runtime: Runtime, ctx: StepContext, exc: Exception) -> None:
+    message = str(exc) if isinstance(exc, EnvrestoreError) else f"{type(exc).__name__}: {exc}"
+    if ctx.attempt >= ctx.max_attempts:
+        await _fail(
+            runtime,
+            ctx.job,
+            ctx.step,
+            ctx.attempt,
+            f"gave up after {ctx.attempt} attempts: {message}",
+            exc,
+        )
+        return
+    delay = min(
+        runtime.settings.retry_backoff_seconds * 2 ** (ctx.attempt - 1), MAX_BACKOFF_SECONDS
+    )
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        marked = await conn.fetchrow(
+            sql("retry_step_later"), ctx.job.id, ctx.step, ctx.attempt, message, delay
+        )
+        if marked is None:
+            return
+        await conn.execute(sql("insert_outbox"), ctx.job.id, ctx.step, delay)
+        await conn.execute(
+            sql("insert_event"),
+            ctx.job.id,
+            ctx.step,
+            "step.retrying",
+            {"attempt": ctx.attempt, "error": message, "delay": delay},
+        )
+    log.warning("step.retrying", error=message, delay=delay, exc_info=exc)
