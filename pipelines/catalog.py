@@ -1,0 +1,17 @@
+"""Every job kind this version of envrestore runs, by name."""
+
+from __future__ import annotations
+
+from pipelines.backup.job import BACKUP
+from pipelines.jobs.kinds import JobKind, step_index
+
+
+def job_kinds() -> dict[str, JobKind]:
+    kinds = {kind.name: kind for kind in (BACKUP,)}
+    step_index(kinds)  # refuses a step name shared by two kinds
+    return kinds
+
+
+def step_names() -> list[str]:
+    """All step names: one Dramatiq actor each."""
+    return sorted(step_index(job_kinds()))
