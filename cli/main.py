@@ -1,0 +1,480 @@
+"""The `envrestore` command: subcommands grouped by noun (db, site, env, backup, job, worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from cli.exit_codes import ExitCode
+from cli.follow import follow_job
+from config.logging import configure_logging
+from config.settings import Settings, load_settings
+from pipelines import registry
+from pipelines.backup import service as backups
+from pipelines.errors import (
+    BadInput,
+    Conflict,
+    EnvrestoreError,
+    NotFound,
+    Refused,
+    Unavailable,
+)
+from pipelines.jobs import views
+from pipelines.ledger.connection import connect, create_pool
+from pipelines.ledger.migrate import migrate
+from pipelines.objectstore import open_object_store
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="envrestore",
+    help="Back up and restore website environments (database, files, git code) as queued jobs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
+site_app = typer.Typer(help="Sites.", no_args_is_help=True)
+env_app = typer.Typer(help="Environments of a site (dev, test, live, ...).", no_args_is_help=True)
+backup_app = typer.Typer(help="Backups of an environment.", no_args_is_help=True)
+job_app = typer.Typer(help="Jobs: show, list, follow.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(site_app, name="site")
+app.add_typer(env_app, name="env")
+app.add_typer(backup_app, name="backup")
+app.add_typer(job_app, name="job")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+WaitOpt = Annotated[
+    bool, typer.Option("--wait", help="Follow the job with a progress bar until it ends.")
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--idempotency-key",
+        help="Same key and same request give the same job; another request with it is a "
+        "conflict (exit 4).",
+    ),
+]
+
+_EXIT_FOR: list[tuple[type[EnvrestoreError], ExitCode]] = [
+    (NotFound, ExitCode.NOT_FOUND),
+    (Conflict, ExitCode.CONFLICT),
+    (Refused, ExitCode.CONFLICT),
+    (BadInput, ExitCode.USAGE),
+    (Unavailable, ExitCode.UNAVAILABLE),
+]
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except (ValidationError, ValueError) as exc:
+        err.print(f"error: bad configuration: {exc}", markup=False)
+        raise typer.Exit(ExitCode.USAGE) from None
+
+
+def _run(body: Callable[[], Awaitable[T]]) -> T:
+    """Run an async command body; turn envrestore errors into one line and an exit code."""
+    try:
+        return asyncio.run(body())
+    except EnvrestoreError as exc:
+        err.print(f"error: {exc.message}", markup=False)
+        code = next((c for t, c in _EXIT_FOR if isinstance(exc, t)), ExitCode.ERROR)
+        raise typer.Exit(code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        raise typer.Exit(130) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.callback()
+def _main(
+    log_level: Annotated[
+        str,
+        typer.Option(help="Log level [env: ENVRESTORE_LOG_LEVEL].", envvar="ENVRESTORE_LOG_LEVEL"),
+    ] = "WARNING",
+) -> None:
+    configure_logging(level=log_level)
+
+
+# ------------------------------------------------------------------------ db
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Create or upgrade the ledger's tables (safe to run again) [env: ENVRESTORE_DATABASE_URL]."""
+    settings = _settings()
+
+    async def body() -> list[str]:
+        conn = await connect(settings.database_url)
+        try:
+            return [f"{m.version:03d}_{m.name}" for m in await migrate(conn)]
+        finally:
+            await conn.close()
+
+    applied = _run(body)
+    out.print(f"applied: {', '.join(applied)}" if applied else "ledger is up to date")
+
+
+# ---------------------------------------------------------------------- site
+
+
+@site_app.command("add")
+def site_add(name: Annotated[str, typer.Argument(help="Site name, e.g. mysite.")]) -> None:
+    """Register a site."""
+    settings = _settings()
+
+    async def body() -> bool:
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            return await registry.add_site(pool, name)
+        finally:
+            await pool.close()
+
+    if not _run(body):
+        err.print(f"error: site {name!r} already exists", markup=False)
+        raise typer.Exit(ExitCode.CONFLICT)
+    out.print(f"site {name} added")
+
+
+# ----------------------------------------------------------------------- env
+
+
+@env_app.command("add")
+def env_add(
+    target: Annotated[str, typer.Argument(help="SITE.ENV, e.g. mysite.dev.")],
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            help="Database DSN: mariadb://, mysql:// or postgresql://; the password may be "
+            "given as ?password_env=VAR or ?password_file=PATH.",
+        ),
+    ],
+    files: Annotated[Path, typer.Option("--files", help="The uploaded-files directory.")],
+    code: Annotated[Path, typer.Option("--code", help="The code directory (a git working tree).")],
+    protected: Annotated[
+        bool | None,
+        typer.Option(
+            "--protected/--unprotected",
+            help="Refuse direct restores unless forced (default: only 'live').",
+        ),
+    ] = None,
+) -> None:
+    """Register an environment, or update its settings."""
+    settings = _settings()
+
+    async def body() -> tuple[registry.Environment, bool]:
+        _check_env_paths(files, code)
+        from pipelines.archives.git import ensure_repo
+
+        await ensure_repo(code)
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            return await registry.add_environment(
+                pool, target, db=db, files=files, code=code, protected=protected
+            )
+        finally:
+            await pool.close()
+
+    environment, created = _run(body)
+    verb = "added" if created else "updated"
+    out.print(
+        f"environment {environment.target} {verb} ({environment.engine}"
+        f"{', protected' if environment.protected else ''})"
+    )
+
+
+def _check_env_paths(files: Path, code: Path) -> None:
+    if not files.is_dir():
+        raise BadInput(f"files directory {files} does not exist or is not a directory")
+    if not code.is_dir():
+        raise BadInput(f"code directory {code} does not exist or is not a directory")
+
+
+@env_app.command("list")
+def env_list(
+    site: Annotated[str | None, typer.Argument(help="Only this site's environments.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List environments (database DSNs shown with passwords masked)."""
+    settings = _settings()
+
+    async def body() -> list[registry.Environment]:
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            return await registry.list_environments(pool, site)
+        finally:
+            await pool.close()
+
+    environments = _run(body)
+    if as_json:
+        _print_json([e.public() for e in environments])
+        return
+    table = Table("target", "engine", "db", "files", "code", "protected")
+    for e in environments:
+        p = e.public()
+        table.add_row(
+            e.target, e.engine, p["db"], p["files"], p["code"], "yes" if e.protected else ""
+        )
+    out.print(table)
+
+
+@env_app.command("load")
+def env_load(
+    file: Annotated[Path, typer.Argument(help="A TOML file of [[env]] entries.")],
+) -> None:
+    """Register many environments from a TOML file, all checked before any is written."""
+    settings = _settings()
+
+    async def body() -> list[tuple[registry.Environment, bool]]:
+        specs = registry.read_registry_file(file)
+        from pipelines.archives.git import ensure_repo
+
+        for spec in specs:
+            _check_env_paths(spec.files, spec.code)
+            await ensure_repo(spec.code)
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            for spec in specs:
+                site, _env = registry.parse_target(spec.target)
+                await registry.add_site(pool, site)
+            return [
+                await registry.add_environment(
+                    pool, s.target, db=s.db, files=s.files, code=s.code, protected=s.protected
+                )
+                for s in specs
+            ]
+        finally:
+            await pool.close()
+
+    for environment, created in _run(body):
+        out.print(f"environment {environment.target} {'added' if created else 'updated'}")
+
+
+# -------------------------------------------------------------------- backup
+
+
+async def _finish_job_command(pool: Any, submitted: Any, *, wait: bool, as_json: bool) -> int:
+    job_id = submitted.job_id
+    if not wait:
+        if as_json:
+            _print_json({"id": str(job_id), "created": submitted.created})
+        else:
+            note = "" if submitted.created else " (existing job for this idempotency key)"
+            out.print(f"job {job_id} queued{note}")
+            out.print(f"follow it with: envrestore job show {job_id} --wait")
+        return ExitCode.OK
+    if not as_json:
+        err.print(f"job {job_id} {'queued' if submitted.created else '(existing)'}; waiting")
+    view = await follow_job(pool, job_id, quiet=as_json)
+    return _report_final(view, as_json=as_json)
+
+
+def _report_final(view: dict[str, Any], *, as_json: bool) -> int:
+    if as_json:
+        _print_json(view)
+    elif view["status"] == "succeeded":
+        out.print(f"job {view['id']} succeeded")
+    else:
+        err.print(f"job {view['id']} {view['status']}: {view['error']}", markup=False)
+    return ExitCode.OK if view["status"] == "succeeded" else ExitCode.JOB_FAILED
+
+
+@backup_app.command("create")
+def backup_create(
+    target: Annotated[str, typer.Argument(help="SITE.ENV to back up.")],
+    keep_for: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-for",
+            help="Days to keep the backup [env: ENVRESTORE_BACKUP_KEEP_DAYS, default 30].",
+        ),
+    ] = None,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up an environment: database, files and code into S3, as a queued job."""
+    settings = _settings()
+
+    async def body() -> int:
+        async with AsyncExitStack() as stack:
+            pool = await create_pool(settings.database_url, max_size=2)
+            stack.push_async_callback(pool.close)
+            store = await stack.enter_async_context(open_object_store(settings))
+            submitted = await backups.create_backup(
+                pool,
+                settings,
+                store,
+                target,
+                keep_days=keep_for,
+                idempotency_key=idempotency_key,
+            )
+            return await _finish_job_command(pool, submitted, wait=wait, as_json=as_json)
+        raise AssertionError("unreachable")
+
+    raise typer.Exit(_run(body))
+
+
+@backup_app.command("list")
+def backup_list(
+    target: Annotated[str, typer.Argument(help="SITE.ENV.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """List an environment's backups, newest first."""
+    settings = _settings()
+
+    async def body() -> list[backups.BackupRecord]:
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            return await backups.list_backups(pool, target)
+        finally:
+            await pool.close()
+
+    records = _run(body)
+    if as_json:
+        _print_json([r.public() for r in records])
+        return
+    if not records:
+        out.print(f"no backups of {target} yet (envrestore backup create {target})")
+        return
+    table = Table("id", "created_at", "kind", "engine", "git HEAD", "parts (bytes)")
+    for r in records:
+        sizes = ", ".join(f"{p['part']} {p['size']:,}" for p in r.parts)
+        table.add_row(
+            r.id, r.created_at.isoformat(), r.kind, r.engine, (r.git_head or "")[:12], sizes
+        )
+    out.print(table)
+
+
+# ----------------------------------------------------------------------- job
+
+
+@job_app.command("show")
+def job_show(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a job: status, error, steps with attempts and progress."""
+    settings = _settings()
+
+    async def body() -> int:
+        uid = views.parse_job_id(job_id)
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            if wait:
+                view = await follow_job(pool, uid, quiet=as_json)
+                return _report_final(view, as_json=as_json)
+            view = await views.show_job(pool, uid)
+        finally:
+            await pool.close()
+        if as_json:
+            _print_json(view)
+        else:
+            _print_job(view)
+        return ExitCode.OK
+
+    raise typer.Exit(_run(body))
+
+
+def _print_job(view: dict[str, Any]) -> None:
+    out.print(
+        f"job {view['id']}  {view['kind']}  {view['target'] or ''}  [bold]{view['status']}[/]"
+    )
+    if view["error"]:
+        out.print(f"error: {view['error']}", markup=False)
+    table = Table("step", "status", "attempts", "progress", "error")
+    for s in view["steps"]:
+        total = s["bytes_total"]
+        progress = f"{s['bytes_done']:,}" + (f" / {total:,}" if total else "")
+        table.add_row(s["name"], s["status"], str(s["attempts"]), progress, s["error"] or "")
+    out.print(table)
+
+
+@job_app.command("list")
+def job_list(
+    target: Annotated[str | None, typer.Argument(help="Only jobs of SITE or SITE.ENV.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List recent jobs."""
+    settings = _settings()
+
+    async def body() -> list[dict[str, Any]]:
+        site, env = None, None
+        if target:
+            site, _, env_part = target.partition(".")
+            env = env_part or None
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            return await views.list_jobs(pool, site=site, env=env, limit=limit)
+        finally:
+            await pool.close()
+
+    jobs = _run(body)
+    if as_json:
+        _print_json(jobs)
+        return
+    table = Table("id", "kind", "target", "status", "created_at", "error")
+    for j in jobs:
+        table.add_row(
+            j["id"], j["kind"], j["target"] or "", j["status"], j["created_at"], j["error"] or ""
+        )
+    out.print(table)
+
+
+# -------------------------------------------------------------------- worker
+
+
+@app.command("worker")
+def worker(
+    processes: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    threads: Annotated[int, typer.Option(help="Worker threads per process.")] = 4,
+    queues: Annotated[
+        list[str] | None,
+        typer.Option(help="Queues to consume [env: ENVRESTORE_QUEUE_NAME, default envrestore]."),
+    ] = None,
+) -> None:
+    """Start a worker: Dramatiq's CLI with envrestore's broker and actors."""
+    settings = _settings()
+    dramatiq = shutil.which("dramatiq", path=str(Path(sys.executable).parent)) or "dramatiq"
+    argv = [
+        dramatiq,
+        "workers.app:setup",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--queues",
+        *(queues or [settings.queue_name]),
+    ]
+    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with the worker
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""The worker entry point for Dramatiq's CLI: `dramatiq workers.app:setup`.
+
+Settings are read here, when a worker process starts, never at import time
+of the domain modules.
+"""
+
+from __future__ import annotations
+
+from config.logging import configure_logging
+from config.settings import load_settings
+from workers.actors import declare_actors
+from workers.broker import build_broker
+
+
+def setup() -> None:
+    """Build the broker, its middleware and the actors (called by dramatiq in each process)."""
+    settings = load_settings()
+    configure_logging()
+    broker = build_broker(settings)
+    declare_actors(broker, settings.queue_name)

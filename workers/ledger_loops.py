@@ -1,0 +1,91 @@
+"""Middleware that runs the outbox relay and the reconciler inside every worker process.
+
+The relay wakes on the ledger's NOTIFY (so a queued job starts at once) and
+polls once a second besides; the reconciler runs every few seconds, one
+process at a time (advisory lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import Middleware
+
+from config.settings import Settings
+from pipelines.jobs.outbox import relay_once
+from pipelines.jobs.reconciler import reconcile_once
+from pipelines.ledger.connection import connect
+from workers import process_runtime
+
+log = structlog.get_logger(__name__)
+
+
+class LedgerLoops(Middleware):
+    """Starts relay and reconciler tasks on the AsyncIO middleware's loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._tasks: list[Any] = []
+        process_runtime.configure(settings)
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        thread = get_event_loop_thread()
+        if thread is None:
+            raise RuntimeError("the AsyncIO middleware must come before LedgerLoops")
+        self._tasks = [
+            asyncio.run_coroutine_threadsafe(self._relay(broker), thread.loop),
+            asyncio.run_coroutine_threadsafe(self._reconcile(), thread.loop),
+        ]
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        for task in self._tasks:
+            task.cancel()
+        thread = get_event_loop_thread()
+        if thread is not None and thread.loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(
+                    process_runtime.close_runtime(), thread.loop
+                ).result(timeout=10)
+
+    async def _relay(self, broker: dramatiq.Broker) -> None:
+        wake = asyncio.Event()
+
+        def send(job_id: uuid.UUID, step: str) -> None:
+            broker.get_actor(step).send(str(job_id))
+
+        listener = None
+        while True:
+            try:
+                runtime = await process_runtime.get_runtime()
+                if listener is None or listener.is_closed():
+                    listener = await connect(self.settings.database_url)
+                    await listener.add_listener("envrestore_outbox", lambda *_args: wake.set())
+                while await relay_once(runtime.pool, send):
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive a ledger or Redis outage
+                log.warning("relay.failed", error=str(exc))
+                listener = None
+                await asyncio.sleep(1.0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=1.0)
+            wake.clear()
+
+    async def _reconcile(self) -> None:
+        while True:
+            try:
+                runtime = await process_runtime.get_runtime()
+                await reconcile_once(runtime)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep reconciling after an outage
+                log.warning("reconciler.failed", error=str(exc))
+            await asyncio.sleep(self.settings.reconcile_seconds)
