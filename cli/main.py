@@ -56,8 +56,8 @@ app.add_typer(env_app, name="env")
 app.add_typer(backup_app, name="backup")
 app.add_typer(job_app, name="job")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 WaitOpt = Annotated[

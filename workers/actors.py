@@ -1,7 +1,8 @@
 """One thin actor per step: parse the message, run the step protocol, nothing else.
 
 Actors are declared by `declare_actors` after the broker exists (CONVENTIONS:
-build the broker, add middleware, then the actors).
+build the broker, add middleware, then the actors). They take no `max_retries`
+or `time_limit`: the broker has neither middleware (see workers/broker.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,6 @@ import dramatiq
 from pipelines.catalog import step_names
 from pipelines.jobs.runner import run_step
 from workers.process_runtime import get_runtime
-
-#: Far above any step: the ledger's heartbeat, not Dramatiq, decides when a step is dead.
-_NO_TIME_LIMIT_MS = 7 * 24 * 3600 * 1000
-
 
 def _step_actor(step: str) -> Callable[[str], Awaitable[None]]:
     async def run(job_id: str) -> None:
@@ -35,8 +32,6 @@ def declare_actors(broker: dramatiq.Broker, queue_name: str) -> dict[str, dramat
             actor_name=step,
             queue_name=queue_name,
             broker=broker,
-            max_retries=0,
-            time_limit=_NO_TIME_LIMIT_MS,
         )
         for step in step_names()
     }

@@ -23,7 +23,7 @@ import structlog
 from pipelines.errors import EnvrestoreError, PermanentError
 from pipelines.jobs.advance import advance_job, stop_job
 from pipelines.jobs.context import StepContext
-from pipelines.jobs.model import JobStatus, StepStatus
+from pipelines.jobs.model import JobStatus, StepStatus, ready_steps
 from pipelines.jobs.records import JobRecord, StepRecord
 from pipelines.jobs.runtime import Runtime
 from pipelines.ledger.queries import sql
@@ -62,10 +62,10 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
     if record.status.settled:
         log.info("step.duplicate_delivery", status=record.status.value)
         return
-    if not job.status.active and not record.on_failure:
-        log.info("step.job_over", job_status=job.status.value)
+    if not _runs_in(job.status, record):
+        log.info("step.not_for_this_job_status", job_status=job.status.value)
         return
-    if record.status == StepStatus.PENDING and not await _dependencies_done(runtime, job, record):
+    if record.status == StepStatus.PENDING and not await _is_ready(runtime, job, record):
         log.info("step.not_ready")
         return
 
@@ -109,12 +109,17 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
     await _execute(runtime, ctx)
 
 
-async def _dependencies_done(runtime: Runtime, job: JobRecord, record: StepRecord) -> bool:
-    if not record.depends_on:
-        return True
+def _runs_in(job_status: JobStatus, record: StepRecord) -> bool:
+    """Regular steps run while the job is active; cleanup steps only after it failed."""
+    if record.on_failure:
+        return job_status in (JobStatus.FAILED, JobStatus.CANCELLED)
+    return job_status.active
+
+
+async def _is_ready(runtime: Runtime, job: JobRecord, record: StepRecord) -> bool:
     rows = await runtime.pool.fetch(sql("get_steps"), job.id)
-    done = {r["name"] for r in rows if r["status"] == StepStatus.DONE.value}
-    return all(dep in done for dep in record.depends_on)
+    states = [StepRecord.from_row(r).state() for r in rows]
+    return record.name in ready_steps(job.status, states)
 
 
 async def _hold_lease(runtime: Runtime, job: JobRecord) -> int | None:

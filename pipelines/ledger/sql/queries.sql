@@ -219,7 +219,8 @@ ORDER BY j.id LIMIT $1;
 -- Pending, due, dependencies done, no outbox row, and not sent recently: the message may be lost.
 SELECT s.job_id, s.name FROM job_steps s JOIN jobs j ON j.id = s.job_id
 WHERE s.status = 'pending' AND s.not_before <= now()
-  AND (j.status IN ('queued', 'running') OR s.on_failure)
+  AND CASE WHEN s.on_failure THEN j.status IN ('failed', 'cancelled')
+           ELSE j.status IN ('queued', 'running') END
   AND (s.enqueued_at IS NULL OR s.enqueued_at < now() - make_interval(secs => $1))
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = s.job_id AND o.step = s.name)
   AND NOT EXISTS (SELECT 1 FROM job_steps d WHERE d.job_id = s.job_id
