@@ -1,0 +1,35 @@
+"""Fixtures shared by the suite; the service fixtures live in tests/support."""
+
+from __future__ import annotations
+
+from tests.support.databases import *  # noqa: F403 - fixtures
+from tests.support.ledger import *  # noqa: F403 - fixtures
+from tests.support.seaweed import *  # noqa: F403 - fixtures
+from tests.support.workers import *  # noqa: F403 - fixtures
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from config.settings import Settings
+from pipelines.jobs.runtime import Runtime, open_runtime
+
+
+@pytest.fixture
+def settings(s3_settings: Settings, ledger_url: str) -> Settings:
+    """Settings on this test's ledger and bucket, with quick heartbeats and retries."""
+    return s3_settings.model_copy(
+        update={
+            "database_url": ledger_url,
+            "heartbeat_seconds": 0.2,
+            "stale_after_seconds": 2.0,
+            "retry_backoff_seconds": 0.1,
+            "max_attempts": 3,
+        }
+    )
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    async with open_runtime(settings) as rt:
+        yield rt
