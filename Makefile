@@ -1,0 +1,41 @@
+# envrestore: every target sets up what it needs on a fresh machine (Python 3.11, git, make).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install test test-unit lint demo demo-stop bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+## The whole suite: unit, integration (real PostgreSQL, MariaDB, Redis, SeaweedFS), e2e.
+test: install
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy pipelines
+
+## The main job on the embedded stack: PostgreSQL, Redis and SeaweedFS from wheels, one worker.
+demo: install
+	$(BIN)/python -m deploy.local.demo
+
+demo-stop:
+	@if test -x $(BIN)/python; then $(BIN)/python -m deploy.local.stack down; fi
+
+## Speed and memory, measured against baselines in the same run (not part of `make test`).
+bench: install
+	$(BIN)/pytest tests/bench -p no:randomly -s
+
+clean: demo-stop
+	rm -rf $(VENV) .envrestore
