@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("pg_bin_dir", "mariadb_bin_dir", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `ENVRESTORE_PG_BIN_DIR=` in an env file means "not set", not Path(".").
+        return None if value == "" else value
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -114,6 +114,10 @@ class SeaweedHandle:
             return False
         # A zombie (exited, not yet reaped by its parent) is not running.
         state = stat.rsplit(")", 1)[1].split()[0]
+        if cmdline == [b""]:
+            # Right after Popen the child may still be inside execve, when
+            # /proc/<pid>/cmdline reads empty: it is starting, not gone.
+            return state != "Z"
         return state != "Z" and any(
             arg.decode(errors="replace") == f"-dir={self._volume_dir}" for arg in cmdline
         )

@@ -44,6 +44,7 @@ async def reconcile_once(
             expired = 0
             for row in await conn.fetch(sql("expired_running_steps"), stale_after):
                 async with conn.transaction():
+                    await conn.execute(sql("lock_job"), row["job_id"])
                     back = await conn.fetchrow(
                         sql("expire_step"), row["job_id"], row["name"], stale_after
                     )

@@ -213,6 +213,7 @@ async def _interrupted(runtime: Runtime, ctx: StepContext, why: _Interrupt) -> N
     if why == _Interrupt.CLAIM_LOST:
         return  # the other attempt owns the step now
     async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("lock_job"), ctx.job.id)
         await conn.execute(sql("skip_step"), ctx.job.id, ctx.step)
         await advance_job(conn, ctx.job.id)
 
@@ -221,6 +222,7 @@ async def _done(
     runtime: Runtime, ctx: StepContext, outputs: dict[str, Any], seconds: float
 ) -> None:
     async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("lock_job"), ctx.job.id)
         marked = await conn.fetchrow(
             sql("finish_step_done"), ctx.job.id, ctx.step, ctx.attempt, outputs
         )
@@ -247,6 +249,7 @@ async def _fail(
     exc: BaseException | None = None,
 ) -> None:
     async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("lock_job"), job.id)
         await conn.execute(sql("finish_step_failed"), job.id, step, attempt, message)
         await stop_job(conn, job.id, status=JobStatus.FAILED, error=message, step=step)
     data = exc.data if isinstance(exc, EnvrestoreError) else {}
@@ -269,6 +272,7 @@ async def _retry_or_fail(runtime: Runtime, ctx: StepContext, exc: Exception) -> 
         runtime.settings.retry_backoff_seconds * 2 ** (ctx.attempt - 1), MAX_BACKOFF_SECONDS
     )
     async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("lock_job"), ctx.job.id)
         marked = await conn.fetchrow(
             sql("retry_step_later"), ctx.job.id, ctx.step, ctx.attempt, message, delay
         )

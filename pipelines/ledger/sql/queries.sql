@@ -82,7 +82,13 @@ FROM jobs WHERE id = $1;
 -- name: get_job_for_update
 SELECT id, kind, status, environment_id, site, env, params, outputs, error, error_step,
        created_at, started_at, finished_at, lease_token
-FROM jobs WHERE id = $1 FOR UPDATE;
+FROM jobs WHERE id = $1 FOR NO KEY UPDATE;
+
+-- name: lock_job
+-- Taken first by every transaction that changes a job's steps: one order of
+-- locks (job, then steps), and NO KEY UPDATE so the foreign-key share locks of
+-- event and outbox inserts never deadlock against it.
+SELECT id FROM jobs WHERE id = $1 FOR NO KEY UPDATE;
 
 -- name: list_jobs
 SELECT id, kind, status, environment_id, site, env, params, outputs, error, error_step,

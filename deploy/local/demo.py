@@ -1,0 +1,497 @@
+"""`make demo`: the embedded stack, a demo site with three environments, one backup.
+
+    python -m deploy.local.demo [--state-dir DIR]
+
+Starts (or reuses) the local stack, builds the site `demo` with `dev`, `test`
+and `live` (a PostgreSQL database with WordPress-like content, an uploads
+directory, a git repository with commits and tags), then drives the CLI
+exactly as a user would type it: register the site and its environments,
+back up `dev` through the queue with `--wait`, list the backup, and checks
+that the three parts in the object store hash to what the manifest says.
+Safe to run again: what exists is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from deploy.local import postgres, stack
+
+SITE = "demo"
+ENVS = ("dev", "test", "live")
+EXIT_CONFLICT = 4
+CHUNK = 1 << 20
+# The demo's backup takes seconds; this only ends a wait on a worker that died.
+CLI_TIMEOUT_SECONDS = 600.0
+
+
+# ---------------------------------------------------------------- output
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _heading(text: str) -> None:
+    bold = sys.stdout.isatty()
+    _say()
+    _say(f"\033[1m== {text}\033[0m" if bold else f"== {text}")
+
+
+def _show_command(argv: list[str]) -> None:
+    text = "$ " + shlex.join(argv)
+    _say(f"\033[36m{text}\033[0m" if sys.stdout.isatty() else text)
+
+
+# ---------------------------------------------------------------- site content
+
+
+USERS = [
+    ("admin", "admin@demo.example", "Site Admin"),
+    ("zoë", "zoe@demo.example", "Zoë Ångström"),
+    ("hiroshi", "hiroshi@demo.example", "山田 博"),
+    ("eleni", "eleni@demo.example", "Ελένη Παπαδοπούλου"),
+    ("marc", "marc@demo.example", "Marc-André Lefèvre"),
+]
+
+TITLES = [
+    "Hello world!",
+    "Grüße aus Zürich",
+    "日本語の投稿",
+    "Καλημέρα κόσμε",
+    "Café crème & croissants",
+    "Launch day 🚀",
+    "Notes on naïve caching",
+    "Привет, мир",
+]
+
+SCHEMA = """
+CREATE TABLE wp_users (
+    id              bigserial PRIMARY KEY,
+    user_login      text NOT NULL UNIQUE,
+    user_email      text NOT NULL,
+    display_name    text NOT NULL,
+    user_registered timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE wp_posts (
+    id            bigserial PRIMARY KEY,
+    post_author   bigint NOT NULL REFERENCES wp_users (id),
+    post_date     timestamptz NOT NULL,
+    post_title    text NOT NULL,
+    post_name     text NOT NULL,
+    post_content  text NOT NULL,
+    post_status   text NOT NULL DEFAULT 'publish',
+    post_type     text NOT NULL DEFAULT 'post'
+);
+CREATE TABLE wp_postmeta (
+    meta_id     bigserial PRIMARY KEY,
+    post_id     bigint NOT NULL REFERENCES wp_posts (id) ON DELETE CASCADE,
+    meta_key    text NOT NULL,
+    meta_value  text
+);
+CREATE INDEX wp_postmeta_post_idx ON wp_postmeta (post_id);
+CREATE TABLE wp_options (
+    option_id     bigserial PRIMARY KEY,
+    option_name   text NOT NULL UNIQUE,
+    option_value  text NOT NULL
+);
+"""
+
+
+def _posts(env: str) -> list[tuple[int, str, str, str, str]]:
+    """(author, title, slug, content, status): `live` has the most, `dev` a draft of its own."""
+    count = {"dev": 64, "test": 72, "live": 80}[env]
+    rows = []
+    for n in range(count):
+        title = f"{TITLES[n % len(TITLES)]} #{n + 1}"
+        content = (
+            f"<p>{title}: post {n + 1} of the {env} environment.</p>\n"
+            + "<p>Lorem ipsum dolor sit amet — « déjà vu », 你好, ✓.</p>\n" * (1 + n % 4)
+        )
+        rows.append((1 + n % len(USERS), title, f"post-{n + 1}", content, "publish"))
+    if env == "dev":
+        rows.append((1, "Work in progress (dev only)", "wip", "<p>Not ready yet.</p>", "draft"))
+    return rows
+
+
+async def _seed_database(pg: postgres.PostgresHandle, env: str) -> str:
+    """Create demo_<env> with content once; a later run keeps what is there."""
+    name = f"{SITE}_{env}"
+    admin = await asyncpg.connect(pg.dsn("postgres"))
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(pg.dsn(name))
+    try:
+        if await conn.fetchval("SELECT to_regclass('public.wp_posts') IS NOT NULL"):
+            return pg.dsn(name)
+        async with conn.transaction():
+            await conn.execute(SCHEMA)
+            await conn.executemany(
+                "INSERT INTO wp_users (user_login, user_email, display_name) VALUES ($1, $2, $3)",
+                USERS,
+            )
+            await conn.executemany(
+                "INSERT INTO wp_options (option_name, option_value) VALUES ($1, $2)",
+                [
+                    ("siteurl", f"https://{env}-{SITE}.example"),
+                    ("blogname", f"Demo site ({env})"),
+                    ("blogdescription", "Just another envrestore demo — ça marche"),
+                ],
+            )
+            await conn.executemany(
+                "INSERT INTO wp_posts (post_author, post_date, post_title, post_name, "
+                "post_content, post_status) "
+                "VALUES ($1, now() - make_interval(days => $6), $2, $3, $4, $5)",
+                [(*row, index) for index, row in enumerate(_posts(env))],
+            )
+            post_ids = [r["id"] for r in await conn.fetch("SELECT id FROM wp_posts ORDER BY id")]
+            meta = []
+            for post_id in post_ids:
+                meta += [
+                    (post_id, "_edit_lock", f"{1764150000 + post_id}:1"),
+                    (post_id, "_thumbnail_id", str(post_id % 7)),
+                    (post_id, "views", str(post_id * 13 % 1000)),
+                ]
+            await conn.executemany(
+                "INSERT INTO wp_postmeta (post_id, meta_key, meta_value) VALUES ($1, $2, $3)",
+                meta,
+            )
+    finally:
+        await conn.close()
+    return pg.dsn(name)
+
+
+def _write_files(root: Path, env: str) -> None:
+    """An uploads folder: text, a binary, unicode names, nested year/month folders."""
+    files = {
+        "README.txt": f"Uploaded files of the {env} environment of site {SITE}.\n",
+        "2026/10/report-q3.csv": "quarter,visits\nQ1,1200\nQ2,1350\nQ3,1610\n",
+        "2026/11/menü-de-café.txt": "Crème brûlée — 6 €\nTarte tatin — 5 €\n",
+        "2026/11/photos/header.svg": (
+            '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+            '<rect width="10" height="10" fill="teal"/></svg>\n'
+        ),
+        f"{env}-only/notes.md": f"# {env}\n\nThis file exists only in {env}.\n",
+    }
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(text, encoding="utf-8")
+    blob = root / "2026/11/photos/noise.bin"
+    if not blob.exists():
+        # Deterministic incompressible bytes, like a real image upload.
+        seed = hashlib.sha256(env.encode()).digest()
+        blob.write_bytes(b"".join(hashlib.sha256(seed + bytes([i])).digest() for i in range(256)))
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def _make_repo(repo: Path, env: str) -> None:
+    """A codebase with 3 commits and 2 tags, made once; a local identity so it works anywhere."""
+    if (repo / ".git").exists():
+        return
+    repo.mkdir(parents=True, exist_ok=True)
+    _git(repo, "init", "-q")
+    _git(repo, "symbolic-ref", "HEAD", "refs/heads/main")
+    _git(repo, "config", "user.name", "envrestore demo")
+    _git(repo, "config", "user.email", "demo@envrestore.invalid")
+    _git(repo, "config", "commit.gpgsign", "false")
+    _git(repo, "config", "tag.gpgsign", "false")
+    steps = [
+        (
+            "index.php",
+            "<?php\n// Demo site front controller.\nrequire 'wp-blog-header.php';\n",
+            "Initial import",
+            "v1.0.0",
+        ),
+        ("wp-config.php", "<?php\ndefine('DB_NAME', 'demo');\n", "Add configuration", None),
+        (
+            "themes/demo/style.css",
+            f"/* Theme: Demo ({env}) — « ok » */\nbody {{ color: #333; }}\n",
+            f"Theme tweaks for {env}",
+            "v1.1.0",
+        ),
+    ]
+    for rel, text, message, tag in steps:
+        path = repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        _git(repo, "add", rel)
+        _git(repo, "commit", "-q", "--no-verify", "-m", message)
+        if tag:
+            _git(repo, "tag", "-a", tag, "-m", f"Release {tag}")
+
+
+@dataclass(frozen=True)
+class DemoEnv:
+    name: str
+    dsn: str
+    files: Path
+    code: Path
+
+
+async def build_site(state_dir: Path, pg: postgres.PostgresHandle) -> list[DemoEnv]:
+    """Everything a hosting platform would already have: databases, uploads, code."""
+    built = []
+    for env in ENVS:
+        base = state_dir / "demo" / env
+        dsn = await _seed_database(pg, env)
+        _write_files(base / "files", env)
+        _make_repo(base / "code", env)
+        built.append(DemoEnv(env, dsn, base / "files", base / "code"))
+    return built
+
+
+# ---------------------------------------------------------------- the CLI, as typed
+
+
+def _cli(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    tolerate: tuple[int, ...] = (),
+    timeout: float = CLI_TIMEOUT_SECONDS,
+) -> int:
+    """Print the command, run it on this terminal (progress bars show), stop on failure."""
+    argv = ["envrestore", *args]
+    _show_command(argv)
+    worker_log = Path(env["ENVRESTORE_STATE_DIR"]) / "logs" / "worker.log"
+    try:
+        result = subprocess.run(
+            [*stack.envrestore_command(), *args],
+            env={**os.environ, **env},
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(
+            f"`{shlex.join(argv)}` did not finish within {timeout:.0f}s; is the worker "
+            f"running (`python -m deploy.local.stack status`)? Its log is {worker_log}"
+        ) from None
+    if result.returncode in tolerate:
+        _say(f"   (exit {result.returncode}: it already exists from an earlier run; kept)")
+    elif result.returncode != 0:
+        raise SystemExit(
+            f"`{shlex.join(argv)}` failed with exit {result.returncode}; "
+            f"the worker's log is {worker_log}"
+        )
+    return result.returncode
+
+
+# ---------------------------------------------------------------- the check
+
+
+def _manifest_parts(manifest: Any) -> dict[str, dict[str, Any]]:
+    """part name -> {key, sha256, ...}, from a manifest listing parts as a dict or a list."""
+    parts = manifest.get("parts", {}) if isinstance(manifest, dict) else {}
+    if isinstance(parts, list):
+        return {str(p.get("part") or p.get("name")): p for p in parts if isinstance(p, dict)}
+    return {str(name): p for name, p in parts.items() if isinstance(p, dict)}
+
+
+def _s3_client(env: dict[str, str]) -> Any:
+    import boto3  # aioboto3 brings it; only this check needs it
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["ENVRESTORE_S3_ENDPOINT_URL"],
+        aws_access_key_id=env["ENVRESTORE_S3_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["ENVRESTORE_S3_SECRET_ACCESS_KEY"],
+        region_name=env["ENVRESTORE_S3_REGION"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def _stream_sha256(client: Any, bucket: str, key: str) -> tuple[int, str]:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    digest, size = hashlib.sha256(), 0
+    for chunk in body.iter_chunks(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+async def _latest_backup(database_url: str) -> tuple[str, str, str | None, list[Any]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT id, manifest_key, job_id::text AS job_id FROM backups "
+            "WHERE site = $1 AND env = 'dev' ORDER BY created_at DESC LIMIT 1",
+            SITE,
+        )
+        if row is None:
+            raise SystemExit("the backup command succeeded but the ledger holds no backup of dev")
+        parts = await conn.fetch(
+            "SELECT part, key, size, sha256 FROM backup_parts WHERE backup_id = $1 ORDER BY part",
+            row["id"],
+        )
+    finally:
+        await conn.close()
+    return row["id"], row["manifest_key"], row["job_id"], list(parts)
+
+
+def check_backup(env: dict[str, str]) -> tuple[str, str | None]:
+    """Stream each part back from S3: its sha256 must equal the manifest's. Returns ids."""
+    backup_id, manifest_key, job_id, ledger_parts = asyncio.run(
+        _latest_backup(env["ENVRESTORE_DATABASE_URL"])
+    )
+    client = _s3_client(env)
+    bucket = env["ENVRESTORE_S3_BUCKET"]
+    try:
+        manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    except client.exceptions.NoSuchKey:
+        raise SystemExit(
+            f"backup {backup_id} is in the ledger but its manifest s3://{bucket}/{manifest_key} "
+            "is not in the bucket"
+        ) from None
+    in_manifest = _manifest_parts(manifest)
+    _say(f"backup {backup_id}, manifest s3://{bucket}/{manifest_key}")
+    problems = []
+    for part in ("code", "database", "files"):
+        expected = in_manifest.get(part, {})
+        ledger = next((p for p in ledger_parts if p["part"] == part), None)
+        key = expected.get("key") or (ledger["key"] if ledger else None)
+        if not key:
+            problems.append(f"{part}: not in the manifest")
+            continue
+        try:
+            size, sha = _stream_sha256(client, bucket, key)
+        except client.exceptions.NoSuchKey:
+            _say(f"  {part:<9} MISSING from the bucket: {key}")
+            problems.append(f"{part}: s3://{bucket}/{key} does not exist")
+            continue
+        wrong = [
+            where
+            for where, claimed in (
+                ("manifest", expected.get("sha256")),
+                ("ledger", ledger["sha256"] if ledger else sha),
+            )
+            if claimed != sha
+        ]
+        mark = "MISMATCH" if wrong else "ok"
+        _say(f"  {part:<9} {size:>9} bytes  sha256 {sha[:16]}…  {mark}  {key}")
+        if wrong:
+            problems.append(f"{part}: sha256 {sha} differs from the {' and '.join(wrong)}'s")
+    if problems:
+        raise SystemExit("the backup does not match its manifest: " + "; ".join(problems))
+    return backup_id, job_id
+
+
+# ---------------------------------------------------------------- main
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def run(state_dir: Path) -> None:
+    _heading("Starting the embedded stack (PostgreSQL, Redis, SeaweedFS S3, one worker)")
+    env = stack.up(state_dir)
+    pg = postgres.running(stack.StackPaths(state_dir).pg_data)
+    if pg is None:
+        raise SystemExit("PostgreSQL stopped right after the stack started; see its log")
+    _say(f"settings: {_relative(stack.StackPaths(state_dir).env_file)}")
+
+    _heading(f"Building site {SITE!r}: databases, uploaded files, git code for {', '.join(ENVS)}")
+    envs = asyncio.run(build_site(state_dir, pg))
+    for item in envs:
+        _say(
+            f"  {item.name:<5} db {item.dsn}  files {_relative(item.files)}  "
+            f"code {_relative(item.code)}"
+        )
+
+    _heading("Registering them with envrestore")
+    _show_command(["source", _relative(stack.StackPaths(state_dir).env_file)])
+    _cli(["site", "add", SITE], env, tolerate=(EXIT_CONFLICT,))
+    for item in envs:
+        _cli(
+            [
+                "env",
+                "add",
+                f"{SITE}.{item.name}",
+                "--db",
+                item.dsn,
+                "--files",
+                str(item.files),
+                "--code",
+                str(item.code),
+            ],
+            env,
+            tolerate=(EXIT_CONFLICT,),
+        )
+    _cli(["env", "list"], env)
+
+    _heading("Backing up demo.dev through the queue")
+    _cli(["backup", "create", f"{SITE}.dev", "--wait"], env)
+    _cli(["backup", "list", f"{SITE}.dev"], env)
+
+    _heading("Checking the parts in the object store against the manifest")
+    backup_id, job_id = check_backup(env)
+
+    env_file = _relative(stack.StackPaths(state_dir).env_file)
+    logs = _relative(stack.StackPaths(state_dir).logs)
+    _heading("What just happened")
+    _say(
+        f"""\
+A PostgreSQL, a Redis and a SeaweedFS S3 gateway started from Python wheels on free
+loopback ports, with their data under {_relative(state_dir)}/ (nothing else on this
+machine was touched), and one envrestore worker. The site {SITE!r} got three
+environments; `backup create --wait` queued a job whose steps the worker ran: it
+dumped demo_dev with pg_dump, archived the uploads and the git repository, streamed
+the three parts to S3 with their sha256, and recorded backup {backup_id}.
+
+Look around:
+  source {env_file}
+  envrestore job show {job_id or "<job id>"}
+  envrestore backup list {SITE}.dev
+  envrestore env list
+  tail -f {logs}/worker.log
+  python -m deploy.local.stack status
+
+Stop everything this demo started:  make demo-stop"""
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.local.demo", description=__doc__)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the stack and the demo site live (env: ENVRESTORE_STATE_DIR)",
+    )
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir.resolve() if args.state_dir else stack.default_state_dir()
+    try:
+        run(state_dir)
+    except RuntimeError as exc:  # the stack did not come up; the message says where to look
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
