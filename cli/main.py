@@ -56,7 +56,8 @@ app.add_typer(env_app, name="env")
 app.add_typer(backup_app, name="backup")
 app.add_typer(job_app, name="job")
 
-out = Console(soft_wrap=True)
+# Off a terminal (pipes, CI, the demo's capture) tables get room instead of 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]

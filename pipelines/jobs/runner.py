@@ -224,7 +224,13 @@ async def _done(
     async with runtime.pool.acquire() as conn, conn.transaction():
         await conn.execute(sql("lock_job"), ctx.job.id)
         marked = await conn.fetchrow(
-            sql("finish_step_done"), ctx.job.id, ctx.step, ctx.attempt, outputs
+            sql("finish_step_done"),
+            ctx.job.id,
+            ctx.step,
+            ctx.attempt,
+            outputs,
+            ctx.progress.done,
+            ctx.progress.total,
         )
         if marked is None:
             log.warning("step.finished_but_superseded")

@@ -135,9 +135,10 @@ WHERE s.job_id = $1 AND s.name = $2 AND s.status = 'running' AND s.attempts = $3
 RETURNING j.status AS job_status;
 
 -- name: finish_step_done
+-- The final counters: a step quicker than one heartbeat never flushed them.
 UPDATE job_steps
 SET status = 'done', finished_at = now(), outputs = $4, heartbeat_at = NULL,
-    bytes_done = GREATEST(bytes_done, COALESCE(bytes_total, bytes_done))
+    bytes_done = GREATEST(bytes_done, $5), bytes_total = COALESCE($6, bytes_total, $5)
 WHERE job_id = $1 AND name = $2 AND status = 'running' AND attempts = $3
 RETURNING name;
 
