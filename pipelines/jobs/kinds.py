@@ -27,11 +27,21 @@ class JobKind:
     steps: Mapping[str, StepFn]
     #: Once this step has started, cancelling is refused (the environment is changing).
     irreversible_from: str | None = None
+    #: A job's own plan from its parameters (a subset of `plan`), e.g. one element only.
+    planner: Callable[[Mapping[str, Any]], Plan] | None = None
 
     def __post_init__(self) -> None:
         missing = set(self.plan.names) - set(self.steps)
         if missing:
             raise ValueError(f"job kind {self.name!r} has no function for steps {sorted(missing)}")
+
+    def plan_for(self, params: Mapping[str, Any]) -> Plan:
+        """The steps this job will run; always drawn from the kind's full plan."""
+        plan = self.plan if self.planner is None else self.planner(params)
+        unknown = set(plan.names) - set(self.plan.names)
+        if unknown:
+            raise ValueError(f"plan of {self.name!r} names unknown steps {sorted(unknown)}")
+        return plan
 
 
 def step_index(kinds: Mapping[str, JobKind]) -> dict[str, str]:

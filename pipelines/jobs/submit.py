@@ -80,6 +80,7 @@ async def _insert_job(
     fingerprint: str,
 ) -> Submitted:
     job_id = uuid.uuid4()
+    plan = kind.plan_for(params)
     async with pool.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             existing = await conn.fetchrow(
@@ -106,7 +107,7 @@ async def _insert_job(
             )
             if claimed is None:
                 raise _RaceLostError
-        for position, step in enumerate(kind.plan.steps):
+        for position, step in enumerate(plan.steps):
             await conn.execute(
                 sql("insert_step"),
                 job_id,
@@ -118,7 +119,7 @@ async def _insert_job(
             )
         states = [
             StepState(s.name, StepStatus.PENDING, s.depends_on, s.on_failure)
-            for s in kind.plan.steps
+            for s in plan.steps
         ]
         for name in ready_steps(JobStatus.QUEUED, states):
             await conn.execute(sql("insert_outbox"), job_id, name, 0.0)
