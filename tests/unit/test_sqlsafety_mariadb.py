@@ -1,0 +1,288 @@
+"""The MariaDB/MySQL statement filter: what it refuses (by line), normalises and leaves alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pipelines.errors import UnsafeInput
+from pipelines.sqlsafety import FilterReport, check_dump, filter_dump
+from pipelines.sqlsafety.lines import LineSplitter, iter_lines
+
+HEADER = b"""-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB
+--
+-- Host: 127.0.0.1    Database: site
+/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;
+/*!40101 SET NAMES utf8mb4 */;
+/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */;
+"""  # 6 lines
+
+# Verbatim shapes of mariadb-dump --routines --triggers --events output.
+REAL_DUMP = (
+    HEADER
+    + rb"""
+DROP TABLE IF EXISTS `t`;
+/*!40101 SET @saved_cs_client     = @@character_set_client */;
+/*!40101 SET character_set_client = utf8mb4 */;
+CREATE TABLE `t` (
+  `id` int(11) NOT NULL,
+  `s` text DEFAULT NULL,
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+/*!40101 SET character_set_client = @saved_cs_client */;
+LOCK TABLES `t` WRITE;
+/*!40000 ALTER TABLE `t` DISABLE KEYS */;
+INSERT INTO `t` VALUES (1,'a\\b'),(2,'it\'s; DROP DATABASE x; \\! rm -rf /'),(3,NULL),(4,0x00FF),
+(5,'GRANT ALL ON *.* TO x'),(6,'LOAD_FILE(\'/etc/passwd\')'),(7,"double \" quoted; USE mysql");
+/*!40000 ALTER TABLE `t` ENABLE KEYS */;
+UNLOCK TABLES;
+/*!50003 SET @saved_sql_mode       = @@sql_mode */ ;
+/*!50003 SET sql_mode              = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_AUTO_CREATE_USER,NO_ENGINE_SUBSTITUTION' */ ;
+DELIMITER ;;
+/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN SET NEW.s = CONCAT(NEW.s, ';'); END
+*/;;
+DELIMITER ;
+/*!50003 SET sql_mode              = @saved_sql_mode */ ;
+DELIMITER ;;
+CREATE DEFINER=`root`@`127.0.0.1` PROCEDURE `p`()
+BEGIN SELECT 1; SELECT 'x;;y'; END
+;;
+DELIMITER ;
+/*!50001 CREATE ALGORITHM=UNDEFINED */
+/*!50013 DEFINER=`root`@`%` SQL SECURITY DEFINER */
+/*!50001 VIEW `v` AS select `t`.`id` AS `id` from `t` */;
+/*!40101 SET SQL_MODE=@OLD_SQL_MODE */;
+-- Dump completed on 2026-11-26 11:02:58
+"""
+)
+
+
+async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]
+
+
+async def run(data: bytes, size: int = 1 << 20, **kw) -> tuple[bytes, FilterReport]:
+    report = FilterReport()
+    out = [c async for c in filter_dump(chunked(data, size), engine="mariadb", report=report, **kw)]
+    return b"".join(out), report
+
+
+async def refused(data: bytes) -> UnsafeInput:
+    with pytest.raises(UnsafeInput) as info:
+        await run(data)
+    return info.value
+
+
+async def test_real_dump_passes_with_only_definers_rewritten():
+    out, report = await run(REAL_DUMP)
+    assert out == REAL_DUMP.replace(b"DEFINER=`root`@`localhost`", b"DEFINER=CURRENT_USER").replace(
+        b"DEFINER=`root`@`127.0.0.1`", b"DEFINER=CURRENT_USER"
+    ).replace(b"DEFINER=`root`@`%`", b"DEFINER=CURRENT_USER")
+    assert report.normalised == ["rewrote DEFINER= clauses to CURRENT_USER"]
+    assert report.lines == REAL_DUMP.count(b"\n")
+    assert report.bytes_in == len(REAL_DUMP)
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+async def test_chunk_boundaries_do_not_change_the_output(size):
+    expected, _ = await run(REAL_DUMP)
+    out, _ = await run(REAL_DUMP, size)
+    assert out == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem", "shown"),
+    [
+        (b"\\! rm -rf /\n", "client_command", '"\\! rm -rf /"'),
+        (b"system rm -rf /\n", "client_command", '"system rm -rf /"'),
+        (b"source /etc/passwd\n", "client_command", "source"),
+        (b"\\. /tmp/x.sql\n", "client_command", "\\."),
+        (b"connect other\n", "client_command", "connect"),
+        (b"\\r other\n", "client_command", "\\r"),
+        (b"\\u other\n", "client_command", "\\u"),
+        (b"pager cat > /tmp/x\n", "client_command", "pager"),
+        (b"tee /tmp/out\n", "client_command", "tee"),
+        (b"\\T /tmp/out\n", "client_command", "\\T"),
+        (b"\\P cat\n", "client_command", "\\P"),
+        (b"SELECT 1; \\! id\n", "client_command", "\\! id"),
+        (b"SELECT 1 /*!40101 \\! id */;\n", "client_command", "\\! id"),
+        (b"quit\n", "client_command", "quit"),
+        (b"USE mysql;\n", "database", "USE"),
+        (b"CREATE DATABASE other;\nCREATE DATABASE evil;\n", "database", "evil"),
+        (b"DROP DATABASE other;\n", "database", "DROP"),
+        (b"GRANT ALL ON *.* TO 'x'@'%';\n", "grant", "GRANT"),
+        (b"REVOKE ALL ON *.* FROM 'x'@'%';\n", "revoke", "REVOKE"),
+        (b"CREATE USER 'x'@'%' IDENTIFIED BY 'y';\n", "account", "CREATE USER"),
+        (b"ALTER USER root IDENTIFIED BY 'y';\n", "account", "ALTER USER"),
+        (b"SET PASSWORD FOR root = PASSWORD('x');\n", "password", "SET PASSWORD"),
+        (b"SELECT * FROM t INTO OUTFILE '/var/www/shell.php';\n", "outfile", "OUTFILE"),
+        (b"SELECT 1 INTO DUMPFILE '/tmp/x';\n", "outfile", "DUMPFILE"),
+        (b"LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t;\n", "load_data", "LOAD DATA"),
+        (b"LOAD XML INFILE '/x' INTO TABLE t;\n", "load_data", "LOAD XML"),
+        (b"INSERT INTO t VALUES (1, LOAD_FILE('/etc/passwd'));\n", "load_file", "LOAD_FILE"),
+        (b"INSTALL PLUGIN x SONAME 'x.so';\n", "plugin", "INSTALL"),
+        (b"CREATE FUNCTION f RETURNS STRING SONAME 'evil.so';\n", "plugin", "SONAME"),
+        (b"SHUTDOWN;\n", "shutdown", "SHUTDOWN"),
+        (b"KILL 12;\n", "kill", "KILL"),
+        (b"SET GLOBAL general_log_file = '/var/www/x.php';\n", "global", "GLOBAL"),
+        (b"CALL p();\n", "call", "CALL"),
+        (b"PREPARE s FROM @q;\n", "dynamic_sql", "PREPARE"),
+        (b"SET sql_mode = 'ANSI_QUOTES';\n", "quoting_mode", "ANSI_QUOTES"),
+        (b"SET SESSION sql_mode='NO_BACKSLASH_ESCAPES';\n", "quoting_mode", "NO_BACKSLASH"),
+        (b"SET @saved_sql_mode = 'ANSI';\n", "quoting_mode", "saved_sql_mode"),
+        (b"SET NAMES gbk;\n", "quoting_mode", "gbk"),
+        (
+            b"CREATE TABLE x (a int) ENGINE=CONNECT table_type=CSV file_name='/etc/passwd';\n",
+            "engine",
+            "CONNECT",
+        ),
+        (
+            b"SELECT `a\\`; SELECT LOAD_FILE('/etc/passwd'); -- ` FROM t;\n",
+            "backslash_identifier",
+            "`a",
+        ),
+        (b"DELIMITER '\n", "delimiter", "DELIMITER"),
+    ],
+)
+async def test_refusals_name_the_line_and_the_problem(sql, problem, shown):
+    error = await refused(HEADER + sql)
+    lines = sql.count(b"\n")
+    assert error.data["problem"] == problem
+    assert error.data["line"] in range(7, 7 + lines)
+    assert str(error).startswith(f"line {error.data['line']}: ")
+    assert "is not allowed in a dump" in str(error)
+    assert shown in str(error) or shown in error.data["statement"]
+
+
+async def test_refusal_message_reads_like_the_issue():
+    error = await refused(b"SELECT 1;\n" * 1233 + b"\\! rm -rf /\n")
+    assert str(error).startswith(
+        'line 1234: mysql client command "\\! rm -rf /" is not allowed in a dump'
+    )
+    assert error.data == {"line": 1234, "statement": "\\! rm -rf /", "problem": "client_command"}
+
+
+async def test_forbidden_words_inside_literals_and_comments_pass_untouched():
+    dump = (
+        b"INSERT INTO t VALUES ('\\\\! rm -rf', 'LOAD_FILE(x)', 'GRANT', \"USE mysql\");\n"
+        b"-- GRANT ALL; \\! rm -rf /\n"
+        b"# system rm -rf /\n"
+        b"/* LOAD DATA INFILE '/etc/passwd'\n"
+        b"   \\! still a comment */ SELECT 1;\n"
+        b"INSERT INTO t VALUES ('multi-line literal\n"
+        b"\\! not a command; GRANT ALL; USE mysql;\n"
+        b"ends here');\n"
+    )
+    out, _ = await run(dump)
+    assert out == dump
+
+
+async def test_an_unterminated_literal_hides_nothing_after_it_ends():
+    error = await refused(b"INSERT INTO t VALUES ('a\nb');\nGRANT ALL ON *.* TO x;\n")
+    assert error.data["line"] == 3
+
+
+async def test_delimiter_blocks_split_statements_on_the_new_delimiter():
+    dump = (
+        b"DELIMITER ;;\n"
+        b"CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN\n"
+        b"  SET NEW.a = 1;\n"
+        b"END ;;\n"
+        b"DELIMITER ;\n"
+        b"SELECT 1;\n"
+    )
+    out, report = await run(dump)
+    assert out == dump
+    assert report.statements == 2
+
+
+async def test_semicolon_inside_a_delimiter_block_still_ends_a_statement_for_the_server():
+    error = await refused(b"DELIMITER ;;\nCREATE TABLE x (a int);\nUSE mysql;;\n")
+    assert (error.data["line"], error.data["problem"]) == (3, "use")
+
+
+async def test_a_client_command_after_a_delimiter_change_is_still_refused():
+    error = await refused(b"DELIMITER $$\nSELECT 1$$\nsystem id\n")
+    assert (error.data["line"], error.data["problem"]) == (3, "client_command")
+
+
+async def test_sandbox_line_create_database_and_use_of_the_own_database_are_dropped():
+    dump = (
+        b"/*M!999999\\- enable the sandbox mode */ \n"
+        b"--\n-- Current Database: `site`\n--\n"
+        b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `site`"
+        b" /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n"
+        b"USE `site`;\n"
+        b"/*!40000 DROP DATABASE IF EXISTS `site`*/;\n"
+        b"CREATE TABLE `a` (`id` int);\n"
+    )
+    out, report = await run(dump)
+    assert out == b"\n--\n-- Current Database: `site`\n--\n\n\n\nCREATE TABLE `a` (`id` int);\n"
+    assert "dropped the sandbox-mode line of MariaDB 11 dumps" in report.normalised
+    assert "dropped CREATE DATABASE of the dump's own database" in report.normalised
+    assert "dropped USE of the dump's own database" in report.normalised
+
+
+async def test_use_without_a_preceding_create_database_is_refused():
+    error = await refused(b"CREATE TABLE a (id int);\nUSE `site`;\n")
+    assert (error.data["line"], error.data["problem"]) == (2, "database")
+
+
+async def test_a_second_database_in_one_dump_is_refused():
+    dump = b"-- Current Database: `site`\nUSE `site`;\n-- Current Database: `other`\n"
+    error = await refused(dump)
+    assert (error.data["line"], error.data["problem"]) == (3, "multiple_databases")
+
+
+async def test_newer_collations_are_mapped_outside_literals_only():
+    dump = (
+        b"CREATE TABLE `a` (`s` varchar(9) COLLATE utf8mb4_0900_ai_ci)"
+        b" DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_uca1400_ai_ci;\n"
+        b"INSERT INTO `a` VALUES ('utf8mb4_0900_ai_ci');\n"
+    )
+    out, report = await run(dump)
+    assert out == (
+        b"CREATE TABLE `a` (`s` varchar(9) COLLATE utf8mb4_unicode_ci)"
+        b" DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;\n"
+        b"INSERT INTO `a` VALUES ('utf8mb4_0900_ai_ci');\n"
+    )
+    assert "rewrote collation utf8mb4_0900_ai_ci to utf8mb4_unicode_ci" in report.normalised
+
+
+async def test_the_collation_map_is_a_parameter():
+    dump = b"CREATE TABLE `a` (`id` int) COLLATE=utf8mb4_0900_ai_ci;\n"
+    out, _ = await run(dump, collation_map={"utf8mb4_0900_ai_ci": "utf8mb4_general_ci"})
+    assert out == b"CREATE TABLE `a` (`id` int) COLLATE=utf8mb4_general_ci;\n"
+
+
+async def test_crlf_lines_are_read_like_lf_lines():
+    dump = (
+        b"DELIMITER ;;\r\nCREATE PROCEDURE p() BEGIN SELECT 1; END;;\r\n"
+        b"DELIMITER ;\r\nSELECT 1;\r\n"
+    )
+    out, report = await run(dump)
+    assert out == dump
+    assert report.statements == 2
+
+
+async def test_a_line_longer_than_the_cap_is_refused():
+    with pytest.raises(UnsafeInput, match="longer than 1000 bytes"):
+        await run(b"INSERT INTO t VALUES " + b"(1)," * 1000 + b"(1);\n", 100, max_line=1000)
+
+
+async def test_check_dump_consumes_the_stream_and_reports():
+    report = await check_dump(chunked(REAL_DUMP, 4096), engine="mariadb")
+    assert report.lines == REAL_DUMP.count(b"\n")
+    assert report.statements > 10
+
+
+async def test_line_splitter_keeps_lines_whole_across_chunks():
+    data = b"a\r\n" + b"x" * 5000 + b"\nlast"
+    lines = [line async for line in iter_lines(chunked(data, 7))]
+    assert lines == [b"a\r\n", b"x" * 5000 + b"\n", b"last"]
+    splitter = LineSplitter()
+    assert splitter.feed(b"no newline") == b""
+    assert splitter.feed(b" yet\nrest") == b"no newline yet\n"
+    assert splitter.finish() == b"rest"

