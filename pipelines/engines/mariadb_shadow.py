@@ -1,0 +1,764 @@
+"""MariaDB shadow databases: import with the `mariadb` client, swap with one RENAME TABLE.
+
+MariaDB cannot rename a database, but one multi-table `RENAME TABLE` moving live's
+tables into the rollback database and the shadow's into live is atomic. What it
+does not move, measured on 10.11 (tests/integration/test_shadow_switch.py):
+
+- a table with triggers cannot change database: the whole statement fails with
+  ERROR 1435 "Trigger in wrong schema";
+- a view cannot change database (ERROR 1450 "Changing schema ... is not allowed");
+  the views left behind name their database explicitly, so they keep pointing at
+  the old database's tables;
+- routines and events belong to their database and do not follow tables.
+
+So the switch drops the triggers of both sides, renames, and recreates the
+shadow's triggers, views, routines and events in live from their definitions
+(read with SHOW CREATE, which prints same-database names unqualified), all inside
+the measured window; the old live objects are recreated in the rollback database
+afterwards. The definitions are saved first in a table of the rollback database
+(`__envrestore_switch`), so a worker dying after a DROP TRIGGER loses nothing: the
+next attempt reads them back and finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from pipelines.dsn import Dsn
+from pipelines.engines.mariadb import MariaDbEngine, quote_identifier
+from pipelines.engines.shadow import ImportReport, ProgressCallback, ShadowNames, SwitchReport
+from pipelines.errors import (
+    BadInput,
+    EnvrestoreError,
+    NotFound,
+    PermanentError,
+    Refused,
+    TransientError,
+)
+from pipelines.streams import empty_stream, run_consumer
+
+log = structlog.get_logger(__name__)
+
+#: Where a switch keeps the object definitions it is moving (in the outgoing database).
+PLAN_TABLE = "__envrestore_switch"
+#: A switch waits this long for running queries on live tables, then gives up (and is retried).
+LOCK_WAIT_SECONDS = 10
+#: `mariadb --help` probed once per client binary: does it know --sandbox?
+_SANDBOX_SUPPORT: dict[str, bool] = {}
+
+_q = quote_identifier
+
+
+def _lit(text: str) -> str:
+    """A string literal immune to sql_mode (NO_BACKSLASH_ESCAPES) and quoting tricks."""
+    return f"_utf8mb4 X'{text.encode('utf-8').hex()}'"
+
+
+def _unhex(value: str) -> str:
+    return bytes.fromhex(value).decode("utf-8") if value != "NULL" else ""
+
+
+def _unescape_batch(value: str) -> str:
+    """Undo the `mariadb --batch` escaping of \\0, \\t, \\n and \\\\ in a field."""
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            nxt = value[i + 1]
+            out.append({"n": "\n", "t": "\t", "0": "\0", "\\": "\\"}.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _definer(definer: str) -> str:
+    if not definer:
+        return ""
+    user, at, host = definer.rpartition("@")
+    return f"DEFINER={_q(user)}@{_q(host)} " if at else f"DEFINER={_q(definer)} "
+
+
+@dataclass(frozen=True)
+class MariaDbShadow:
+    """The restore side of MariaDB/MySQL, on top of `MariaDbEngine`'s client handling."""
+
+    engine: MariaDbEngine
+
+    # ------------------------------------------------------------ plumbing
+
+    def _where(self, dsn: Dsn) -> str:
+        return f"MariaDB at {dsn.socket or f'{dsn.host}:{dsn.port}'}"
+
+    async def _run(self, dsn: Dsn, script: str, *, what: str, database: str) -> list[list[str]]:
+        """Run a script as one session on the server (no default database); rows of its output."""
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield script.encode("utf-8")
+
+        admin = dsn.with_database("information_schema")
+        try:
+            out = await run_consumer(
+                self.engine.client_argv(admin, "--batch", "--skip-column-names"),
+                stream(),
+                env=self.engine.environment(dsn),
+                secrets=self.engine.secrets(dsn),
+            )
+        except EnvrestoreError as exc:
+            raise self._error(exc, dsn, what=what, database=database) from exc
+        return [line.split("\t") for line in out.splitlines()]
+
+    def _error(
+        self, exc: EnvrestoreError, dsn: Dsn, *, what: str, database: str
+    ) -> EnvrestoreError:
+        detail = str(exc.data.get("stderr", exc.message))
+        cls: type[EnvrestoreError] = type(exc)
+        if "lock wait timeout" in detail.lower():
+            cls = TransientError
+            detail += (
+                f"; a long query held a lock on the live tables for {LOCK_WAIT_SECONDS}s,"
+                " the step is retried"
+            )
+        return cls(
+            f"{what} of database {database!r} on {self._where(dsn)} failed: {detail}",
+            dsn=dsn.masked(),
+            database=database,
+            stderr=detail,
+        )
+
+    async def _existing(self, dsn: Dsn, *names: str) -> set[str]:
+        rows = await self._run(
+            dsn,
+            "SELECT HEX(schema_name) FROM information_schema.schemata WHERE schema_name IN ("
+            + ", ".join(_lit(name) for name in names)
+            + ");",
+            what="listing databases",
+            database=names[0],
+        )
+        return {_unhex(row[0]) for row in rows if row and row[0]}
+
+    async def _tables(self, dsn: Dsn, database: str) -> list[str]:
+        """Everything RENAME TABLE moves: base tables, sequences; not views, not the plan."""
+        rows = await self._run(
+            dsn,
+            "SELECT HEX(table_name) FROM information_schema.tables "
+            f"WHERE table_schema = {_lit(database)} AND table_type <> 'VIEW' "
+            f"AND table_name <> {_lit(PLAN_TABLE)} ORDER BY table_name;",
+            what="listing tables",
+            database=database,
+        )
+        return [_unhex(row[0]) for row in rows if row and row[0]]
+
+    async def _client_has_sandbox(self) -> bool:
+        client = self.engine.client()
+        if client not in _SANDBOX_SUPPORT:
+            try:
+                help_text = await run_consumer([client, "--no-defaults", "--help"], empty_stream())
+            except EnvrestoreError:
+                help_text = ""
+            _SANDBOX_SUPPORT[client] = "--sandbox" in help_text
+        return _SANDBOX_SUPPORT[client]
+
+    # ------------------------------------------------------------ prepare, import, check
+
+    async def prepare_shadow(self, dsn: Dsn, names: ShadowNames) -> None:
+        rows = await self._run(
+            dsn,
+            "SELECT default_character_set_name, default_collation_name "
+            f"FROM information_schema.schemata WHERE schema_name = {_lit(names.live)};",
+            what="reading the charset",
+            database=names.live,
+        )
+        if (not rows or len(rows[0]) < 2) and names.shadow == names.live:
+            # In-place wipe retried after its DROP: live is gone, take the server's defaults.
+            log.warning("shadow.recreating_live_with_defaults", dsn=dsn.masked())
+            await self._run(
+                dsn,
+                f"CREATE DATABASE IF NOT EXISTS {_q(names.live)};",
+                what="recreating",
+                database=names.live,
+            )
+            return
+        if not rows or len(rows[0]) < 2:
+            raise NotFound(
+                f"database {names.live!r} does not exist on {self._where(dsn)}; create it or "
+                "fix the DSN",
+                dsn=dsn.masked(),
+                database=names.live,
+            )
+        charset, collation = rows[0][0], rows[0][1]
+        await self._run(
+            dsn,
+            f"DROP DATABASE IF EXISTS {_q(names.shadow)};\n"
+            f"CREATE DATABASE {_q(names.shadow)} CHARACTER SET {_q(charset)} "
+            f"COLLATE {_q(collation)};",
+            what="creating the shadow",
+            database=names.shadow,
+        )
+        log.info("shadow.prepared", engine="mariadb", dsn=dsn.masked(), shadow=names.shadow)
+
+    async def import_into(
+        self,
+        dsn: Dsn,
+        chunks: AsyncIterator[bytes],
+        *,
+        on_progress: ProgressCallback | None = None,
+        connections: int = 1,
+    ) -> ImportReport:
+        """`mariadb --binary-mode` fed the dump; `connections=2` splits big tables' INSERTs."""
+        if connections not in (1, 2):
+            raise BadInput(f"connections must be 1 or 2, not {connections}")
+        options = ["--binary-mode", "--max-allowed-packet=1G"]
+        if await self._client_has_sandbox():
+            options.append("--sandbox")
+        fed = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal fed
+            try:
+                async for chunk in chunks:
+                    fed += len(chunk)
+                    if on_progress is not None:
+                        on_progress(fed)
+                    yield chunk
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # run_consumer reads these as "the client closed stdin" and would wait
+                # for a client still reading: name the source instead.
+                raise TransientError(
+                    f"the dump stream for database {dsn.database!r} broke after {fed} bytes "
+                    f"({exc}); the import is retried",
+                    database=dsn.database,
+                    bytes=fed,
+                ) from exc
+
+        started = time.monotonic()
+        try:
+            if connections == 1:
+                await run_consumer(
+                    self.engine.client_argv(dsn, *options),
+                    counted(),
+                    env=self.engine.environment(dsn),
+                    secrets=self.engine.secrets(dsn),
+                )
+            else:
+                await self._import_split(dsn, options, counted())
+        except EnvrestoreError as exc:
+            raise self._error(exc, dsn, what="import", database=dsn.database) from exc
+        seconds = time.monotonic() - started
+        log.info(
+            "shadow.imported",
+            engine="mariadb",
+            dsn=dsn.masked(),
+            bytes=fed,
+            seconds=seconds,
+            connections=connections,
+        )
+        return ImportReport(dsn.database, fed, seconds, tuple(options))
+
+    async def _import_split(
+        self, dsn: Dsn, options: list[str], chunks: AsyncIterator[bytes]
+    ) -> None:
+        """Two client sessions fed by `_Splitter` (PERFORMANCE.md: 1.36x on 2 cores)."""
+        sync = f"{_q(dsn.database)}.{_q(SYNC_TABLE)}"
+        await self._run(
+            dsn,
+            f"CREATE OR REPLACE TABLE {sync} (id INT PRIMARY KEY) ENGINE=InnoDB;",
+            what="import",
+            database=dsn.database,
+        )
+        splitter = _Splitter(dsn.database)
+        argv = self.engine.client_argv(dsn, *options)
+        env, secrets = self.engine.environment(dsn), self.engine.secrets(dsn)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(splitter.run(chunks))
+                for dest in (0, 1):
+                    group.create_task(
+                        run_consumer(argv, splitter.stream(dest), env=env, secrets=secrets)
+                    )
+        except BaseExceptionGroup as group_error:
+            # The first real failure, not the cancellations it caused in the other tasks.
+            errors = [
+                e for e in group_error.exceptions if not isinstance(e, asyncio.CancelledError)
+            ]
+            raise (errors or list(group_error.exceptions))[0] from None
+        await self._run(dsn, f"DROP TABLE IF EXISTS {sync};", what="import", database=dsn.database)
+
+    async def sanity_check(self, dsn: Dsn) -> dict[str, int]:
+        return await self.engine.list_tables(dsn)
+
+    async def drop_database(self, dsn: Dsn, name: str) -> None:
+        if name == dsn.database:
+            raise Refused(f"refusing to drop the live database {name!r} as a shadow/rollback")
+        await self._run(dsn, f"DROP DATABASE IF EXISTS {_q(name)};", what="dropping", database=name)
+        log.info("shadow.dropped", engine="mariadb", dsn=dsn.masked(), database=name)
+
+    # ------------------------------------------------------------ object definitions
+
+    async def _capture(self, dsn: Dsn, database: str) -> dict[str, Any]:
+        """Tables and the definitions of every trigger, view, routine and event of a database."""
+        db = _lit(database)
+        rows = await self._run(
+            dsn,
+            f"""
+SELECT 'G', HEX(trigger_name), HEX(event_object_table), action_timing, event_manipulation,
+       HEX(action_statement), HEX(definer), HEX(sql_mode), HEX(collation_connection)
+  FROM information_schema.triggers WHERE trigger_schema = {db}
+  ORDER BY event_object_table, action_timing, event_manipulation, action_order;
+SELECT 'V', HEX(table_name) FROM information_schema.views WHERE table_schema = {db};
+SELECT 'R', routine_type, HEX(routine_name) FROM information_schema.routines
+  WHERE routine_schema = {db};
+SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = {db};
+""",
+            what="reading triggers, views, routines and events",
+            database=database,
+        )
+        objects: list[dict[str, str]] = []
+        shows: list[tuple[str, str]] = []
+        for row in rows:
+            if row[0] == "G":
+                name, table = _unhex(row[1]), _unhex(row[2])
+                create = (
+                    f"CREATE {_definer(_unhex(row[6]))}TRIGGER {_q(name)} {row[3]} {row[4]} "
+                    f"ON {_q(table)} FOR EACH ROW {_unhex(row[5])}"
+                )
+                objects.append(
+                    {
+                        "kind": "TRIGGER",
+                        "name": name,
+                        "create": create,
+                        "sql_mode": _unhex(row[7]),
+                        "collation": _unhex(row[8]),
+                    }
+                )
+            elif row[0] == "V":
+                shows.append(("VIEW", _unhex(row[1])))
+            elif row[0] == "R":
+                if row[1] not in ("PROCEDURE", "FUNCTION"):
+                    raise Refused(
+                        f"database {database!r} holds a {row[1]} ({_unhex(row[2])!r}); "
+                        "only procedures and functions can be moved by a switch",
+                        database=database,
+                    )
+                shows.append((row[1], _unhex(row[2])))
+            elif row[0] == "E":
+                shows.append(("EVENT", _unhex(row[1])))
+        if shows:
+            # In the object's own database SHOW CREATE prints its same-database names unqualified.
+            script = f"USE {_q(database)};\n" + "".join(
+                f"SHOW CREATE {kind} {_q(name)};\n" for kind, name in shows
+            )
+            lines = await self._run(
+                dsn, script, what="reading object definitions", database=database
+            )
+            if len(lines) != len(shows):
+                raise PermanentError(
+                    f"reading the definitions in database {database!r} returned {len(lines)} "
+                    f"rows for {len(shows)} objects; cannot switch safely",
+                    database=database,
+                )
+            for (kind, name), line in zip(shows, lines, strict=True):
+                fields = [_unescape_batch(field) for field in line]
+                if kind == "VIEW":
+                    obj = {"create": fields[1], "sql_mode": "", "collation": fields[3]}
+                elif kind == "EVENT":
+                    obj = {"create": fields[3], "sql_mode": fields[1], "collation": fields[5]}
+                    obj["time_zone"] = fields[2]
+                else:
+                    obj = {"create": fields[2], "sql_mode": fields[1], "collation": fields[4]}
+                if obj["create"] in ("", "NULL"):
+                    raise BadInput(
+                        f"the DSN's user cannot read the definition of {kind} {name!r} in "
+                        f"{database!r}; grant it SHOW VIEW / the routine's privileges",
+                        database=database,
+                    )
+                objects.append({"kind": kind, "name": name, **obj})
+        return {"tables": await self._tables(dsn, database), "objects": _ordered(objects)}
+
+    async def _plan(
+        self, dsn: Dsn, live: str, incoming: str, outgoing: str, charset: Sequence[str]
+    ) -> dict[str, Any]:
+        """The saved plan of this swap, or a fresh one saved now (before anything is dropped)."""
+        table = f"{_q(outgoing)}.{_q(PLAN_TABLE)}"
+        await self._run(
+            dsn,
+            f"CREATE DATABASE IF NOT EXISTS {_q(outgoing)} CHARACTER SET {_q(charset[0])} "
+            f"COLLATE {_q(charset[1])};\n"
+            f"CREATE TABLE IF NOT EXISTS {table} (id INT PRIMARY KEY, plan LONGBLOB NOT NULL) "
+            "ENGINE=InnoDB;",
+            what="creating the rollback database",
+            database=outgoing,
+        )
+        read = f"SELECT HEX(plan) FROM {table} WHERE id = 1;"
+        rows = await self._run(dsn, read, what="reading the switch plan", database=outgoing)
+        if not rows:
+            plan = {
+                "incoming": await self._capture(dsn, incoming),
+                "outgoing": await self._capture(dsn, live),
+            }
+            blob = json.dumps(plan).encode("utf-8").hex()
+            # One row: the plan is saved whole or not at all; a concurrent attempt's wins.
+            rows = await self._run(
+                dsn,
+                f"INSERT IGNORE INTO {table} VALUES (1, X'{blob}');\n{read}",
+                what="saving the switch plan",
+                database=outgoing,
+            )
+        result: dict[str, Any] = json.loads(bytes.fromhex(rows[0][0]))
+        return result
+
+    # ------------------------------------------------------------ switch
+
+    async def swap_in(self, dsn: Dsn, live: str, incoming: str, outgoing: str) -> SwitchReport:
+        """Move live's tables to `outgoing` and `incoming`'s to live, objects recreated."""
+        existing = await self._existing(dsn, live, incoming, outgoing)
+        if live not in existing:
+            raise NotFound(
+                f"database {live!r} does not exist on {self._where(dsn)}; nothing to switch",
+                dsn=dsn.masked(),
+                database=live,
+            )
+        if incoming not in existing:
+            if outgoing in existing:
+                # Finished earlier; only the plan table may be left by a worker that died.
+                await self._run(
+                    dsn,
+                    f"DROP TABLE IF EXISTS {_q(outgoing)}.{_q(PLAN_TABLE)};",
+                    what="tidying the switch plan",
+                    database=outgoing,
+                )
+                log.info("shadow.switch_already_done", engine="mariadb", live=live)
+                return SwitchReport(0.0, already_done=True)
+            raise NotFound(
+                f"database {incoming!r} does not exist on {self._where(dsn)}: nothing to swap "
+                f"into {live!r}; prepare and import it first",
+                dsn=dsn.masked(),
+                database=incoming,
+            )
+        charset = await self._run(
+            dsn,
+            "SELECT default_character_set_name, default_collation_name FROM "
+            f"information_schema.schemata WHERE schema_name = {_lit(live)};",
+            what="reading the charset",
+            database=live,
+        )
+        plan = await self._plan(dsn, live, incoming, outgoing, charset[0])
+        inc, out = plan["incoming"], plan["outgoing"]
+
+        # Outside the window: the incoming database is not live yet.
+        drop_incoming = _drops(incoming, [o for o in inc["objects"] if o["kind"] == "TRIGGER"])
+        if drop_incoming:
+            await self._run(
+                dsn, drop_incoming, what="dropping the shadow's triggers", database=incoming
+            )
+
+        renamed = await self._renamed(dsn, incoming, outgoing, inc["tables"], out["tables"])
+        script = ["DELIMITER ;;", f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS};;"]
+        if not renamed:
+            live_tables = await self._tables(dsn, live)
+            moves = [f"{_q(live)}.{_q(t)} TO {_q(outgoing)}.{_q(t)}" for t in live_tables]
+            moves += [f"{_q(incoming)}.{_q(t)} TO {_q(live)}.{_q(t)}" for t in inc["tables"]]
+            script.append(_drops(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"], ";;"))
+            if moves:
+                script.append("RENAME TABLE " + ", ".join(moves) + ";;")
+        script.append(_drops(live, out["objects"] + inc["objects"], ";;"))
+        script.append(_creates(live, inc["objects"]))
+        started = time.monotonic()
+        try:
+            await self._run(dsn, "\n".join(script), what="switch", database=live)
+        except EnvrestoreError:
+            if not await self._renamed(dsn, incoming, outgoing, inc["tables"], out["tables"]):
+                # Nothing moved: give live back the triggers the script dropped.
+                await self._run(
+                    dsn,
+                    "DELIMITER ;;\n"
+                    + _drops(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"], ";;")
+                    + _creates(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"]),
+                    what="restoring live's triggers after a failed switch",
+                    database=live,
+                )
+            raise
+        window = time.monotonic() - started
+
+        await self._run(
+            dsn,
+            "DELIMITER ;;\n"
+            + _drops(outgoing, out["objects"], ";;")
+            + _creates(outgoing, out["objects"])
+            + f"DROP DATABASE IF EXISTS {_q(incoming)};;\n"
+            + f"DROP TABLE IF EXISTS {_q(outgoing)}.{_q(PLAN_TABLE)};;\n",
+            what="keeping the rollback point",
+            database=outgoing,
+        )
+        log.info(
+            "shadow.switched",
+            engine="mariadb",
+            dsn=dsn.masked(),
+            incoming=incoming,
+            outgoing=outgoing,
+            tables=len(inc["tables"]),
+            window_seconds=round(window, 4),
+        )
+        return SwitchReport(window, already_done=False)
+
+    async def _renamed(
+        self,
+        dsn: Dsn,
+        incoming: str,
+        outgoing: str,
+        incoming_tables: list[str],
+        outgoing_tables: list[str],
+    ) -> bool:
+        """Whether the (atomic) RENAME TABLE of this plan has already happened."""
+        if incoming_tables:
+            return incoming_tables[0] not in await self._tables(dsn, incoming)
+        if outgoing_tables:
+            return outgoing_tables[0] in await self._tables(dsn, outgoing)
+        return True
+
+
+_DROP = {
+    "TRIGGER": "TRIGGER",
+    "VIEW": "VIEW",
+    "PROCEDURE": "PROCEDURE",
+    "FUNCTION": "FUNCTION",
+    "EVENT": "EVENT",
+}
+
+
+def _drops(database: str, objects: list[dict[str, str]], end: str = ";") -> str:
+    seen: set[tuple[str, str]] = set()
+    lines = []
+    for obj in objects:
+        key = (obj["kind"], obj["name"])
+        if key in seen:
+            continue
+        seen.add(key)
+        lines.append(f"DROP {_DROP[obj['kind']]} IF EXISTS {_q(database)}.{_q(obj['name'])}{end}\n")
+    return "".join(lines)
+
+
+def _creates(database: str, objects: list[dict[str, str]]) -> str:
+    """Statements (delimiter `;;`) recreating objects in `database` as they were defined."""
+    lines = [f"USE {_q(database)};;\n"]
+    for obj in objects:
+        settings = []
+        if obj.get("sql_mode") is not None and obj["kind"] != "VIEW":
+            settings.append(f"sql_mode = {_lit(obj['sql_mode'])}")
+        if obj.get("collation"):
+            settings.append(f"collation_connection = {_lit(obj['collation'])}")
+        if obj.get("time_zone"):
+            settings.append(f"time_zone = {_lit(obj['time_zone'])}")
+        if settings:
+            lines.append("SET SESSION " + ", ".join(settings) + ";;\n")
+        lines.append(obj["create"] + ";;\n")
+    return "".join(lines)
+
+
+def _ordered(objects: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Creation order: routines (views may call them), views after the views they name,
+    then triggers and events."""
+    views = [o for o in objects if o["kind"] == "VIEW"]
+    done: list[dict[str, str]] = []
+    pending = list(views)
+    while pending:
+        names = {o["name"] for o in pending}
+        ready = [
+            o
+            for o in pending
+            if not any(
+                other != o["name"] and _q(other) in o["create"].split(" AS ", 1)[-1]
+                for other in names
+            )
+        ]
+        if not ready:  # a cycle cannot exist in valid views; keep the rest as listed
+            ready = pending
+        done += ready
+        pending = [o for o in pending if o not in ready]
+    routines = [o for o in objects if o["kind"] in ("PROCEDURE", "FUNCTION")]
+    rest = [o for o in objects if o["kind"] in ("TRIGGER", "EVENT")]
+    return routines + done + rest
+
+
+# ---------------------------------------------------------------- two-connection import
+
+#: Shadow-local table through which the two import sessions wait for each other.
+SYNC_TABLE = "__envrestore_import_sync"
+#: A table's INSERTs stay on the first connection until its block is this large.
+SPLIT_AFTER_BYTES = 4 << 20
+_FLUSH_BYTES = 256 << 10
+_INSERT_RE = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)` VALUES\b")
+_SESSION_RE = re.compile(rb"^(?:/\*!\d+ )?SET\b[^\n]*;\r?\n?$|^/\*M!999999\\- enable the sandbox")
+_LOCK_RE = re.compile(rb"^(?:LOCK TABLES\b[^\n]*WRITE|UNLOCK TABLES);\r?\n?$")
+_DELIMITER_RE = re.compile(rb"^DELIMITER\s+(\S+)")
+
+
+class _Splitter:
+    """Routes a mysqldump stream to two sessions, byte-balanced, in dump order per table.
+
+    Expects mysqldump/mariadb-dump text: no raw newline inside a string literal
+    (they write `\\n`), so a line ending in `;` ends an INSERT. Everything goes
+    to the first session (A) except the INSERT statements of a table whose
+    block has grown past SPLIT_AFTER_BYTES: those alternate so both sessions carry
+    as many bytes. Two waits keep the result identical to one session: B waits
+    until A has run the statements before the block (CREATE TABLE), and A waits
+    until B has run its INSERTs before A's next statement (a trigger must not fire
+    on dumped rows). Session settings (SET lines) go to both; LOCK TABLES lines are
+    dropped (A's WRITE lock would block B). Anything unusual stays on A.
+    """
+
+    def __init__(self, database: str) -> None:
+        self.sync = f"{_q(database)}.{_q(SYNC_TABLE)}".encode()
+        self.out: tuple[bytearray, bytearray] = (bytearray(), bytearray())
+        self.sent = [0, 0]
+        self.queues: tuple[asyncio.Queue[bytes | None], asyncio.Queue[bytes | None]] = (
+            asyncio.Queue(4),
+            asyncio.Queue(4),
+        )
+        self.delimiter = b";"
+        self.at_boundary = True
+        self.block_table: bytes | None = None
+        self.block_bytes = 0
+        self.block_signal = 0
+        self.b_waited = False
+        self.b_dirty = False
+        self.signals = 0
+        self.insert_dest: int | None = None
+        #: How an INSERT's last row line ends (`;\r\n` when the dump has CRLF lines).
+        self.statement_end = b";\n"
+
+    async def emit(self, dest: int, data: bytes, *, flush: bool = False) -> None:
+        self.sent[dest] += len(data)
+        if len(data) >= _FLUSH_BYTES:
+            await self.flush(dest)  # big slices go as they are, without a copy
+            await self.queues[dest].put(data)
+            return
+        self.out[dest].extend(data)
+        if flush or len(self.out[dest]) >= _FLUSH_BYTES:
+            await self.flush(dest)
+
+    async def flush(self, dest: int) -> None:
+        if self.out[dest]:
+            await self.queues[dest].put(bytes(self.out[dest]))
+            self.out[dest].clear()
+
+    def signal_sql(self, number: int) -> bytes:
+        return b"INSERT INTO %s VALUES (%d); COMMIT;\n" % (self.sync, number)
+
+    def wait_sql(self, number: int, delimiter: bytes) -> bytes:
+        return (
+            b"DELIMITER //\nBEGIN NOT ATOMIC WHILE NOT EXISTS (SELECT 1 FROM %s WHERE id = %d) "
+            b"DO DO SLEEP(0.002); END WHILE; END//\nDELIMITER %s\n"
+        ) % (self.sync, number, delimiter)
+
+    async def end_block(self) -> None:
+        """A takes over again: if B carried part of the block, A waits for B to finish it."""
+        if self.b_dirty:
+            self.signals += 1
+            await self.emit(1, self.signal_sql(self.signals), flush=True)
+            await self.emit(0, self.wait_sql(self.signals, self.delimiter))
+            self.b_dirty = False
+        self.block_table = None
+
+    async def line(self, line: bytes) -> None:
+        if self.insert_dest is not None:
+            # Inside a multi-row INSERT (mariadb-dump writes one row per line).
+            self.block_bytes += len(line)
+            await self.emit(self.insert_dest, line)
+            if line.rstrip().endswith(b";"):
+                self.insert_dest = None
+            return
+        insert = _INSERT_RE.match(line) if self.at_boundary and self.delimiter == b";" else None
+        if insert is not None:
+            table = insert.group(1)
+            if table != self.block_table:
+                await self.end_block()
+                self.signals += 1
+                self.block_table, self.block_bytes = table, 0
+                self.block_signal, self.b_waited = self.signals, False
+                await self.emit(0, self.signal_sql(self.signals), flush=True)
+            self.block_bytes += len(line)
+            if line.endswith(b"\r\n"):
+                self.statement_end = b";\r\n"
+            dest = 0
+            if self.block_bytes > SPLIT_AFTER_BYTES and self.sent[1] < self.sent[0]:
+                dest = 1
+                if not self.b_waited:
+                    await self.emit(1, self.wait_sql(self.block_signal, b";"))
+                    self.b_waited = True
+                self.b_dirty = True
+            await self.emit(dest, line)
+            if not line.rstrip().endswith(b";"):
+                self.insert_dest = dest
+            return
+        stripped = line.strip()
+        if self.block_table is not None and stripped and not stripped.startswith(b"--"):
+            await self.end_block()
+        if self.at_boundary and self.delimiter == b";" and _LOCK_RE.match(line):
+            return
+        if self.at_boundary and self.delimiter == b";" and _SESSION_RE.match(line):
+            await self.emit(1, line)
+        await self.emit(0, line)
+        delimiter = _DELIMITER_RE.match(stripped) if self.at_boundary else None
+        if delimiter is not None:
+            self.delimiter = delimiter.group(1)
+        elif stripped and not stripped.startswith((b"--", b"/*M!999999")):
+            # `/*M!999999\- enable the sandbox mode */` is a client command, not SQL.
+            self.at_boundary = stripped.endswith(self.delimiter)
+
+    async def rows(self, data: bytes, start: int) -> int:
+        """Forward the rows of the current INSERT from `data[start:]`; where to go on from."""
+        assert self.insert_dest is not None
+        end = data.find(self.statement_end, start)
+        if end != -1:
+            stop = end + len(self.statement_end)
+            dest, self.insert_dest = self.insert_dest, None
+        else:
+            stop = data.rfind(b"\n", start) + 1  # whole lines only; 0: none complete yet
+            if stop <= start:
+                return start
+            dest = self.insert_dest
+        self.block_bytes += stop - start
+        await self.emit(dest, data[start:stop])
+        return stop
+
+    async def run(self, chunks: AsyncIterator[bytes]) -> None:
+        header = b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED;\n"
+        await self.emit(0, header)
+        await self.emit(1, header)
+        rest = b""
+        async for chunk in chunks:
+            data = rest + chunk if rest else chunk
+            start = 0
+            while True:
+                if self.insert_dest is not None:
+                    # Fast path: the rest of an INSERT goes as one slice, not line by line.
+                    start = await self.rows(data, start)
+                    if self.insert_dest is not None:
+                        break
+                end = data.find(b"\n", start)
+                if end == -1:
+                    break
+                await self.line(data[start : end + 1])
+                start = end + 1
+            rest = data[start:]
+        if rest:
+            await self.line(rest + b"\n")
+        await self.end_block()
+        for dest in (0, 1):
+            await self.flush(dest)
+            await self.queues[dest].put(None)
+
+    async def stream(self, dest: int) -> AsyncIterator[bytes]:
+        while (item := await self.queues[dest].get()) is not None:
+            yield item

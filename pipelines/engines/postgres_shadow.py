@@ -1,0 +1,351 @@
+"""PostgreSQL shadow databases: import with `psql`, swap by renaming whole databases.
+
+A database rename is O(1), but PostgreSQL refuses it while anyone is connected.
+The switch therefore blocks new connections to live (ALLOW_CONNECTIONS false),
+terminates its sessions, and renames both databases and re-allows connections in
+one transaction (ALTER DATABASE ... RENAME is transactional), so the names swap
+at once or not at all. All of it runs on a maintenance connection (the
+`postgres` database, or the DSN's `?maintenance_db=`), never on the databases
+being renamed.
+
+Database-level settings (`ALTER DATABASE ... SET`), grants and comments on the
+database belong to the database object, not to a plain pg_dump: the shadow
+takes the live database's settings and connection limit in `prepare_shadow`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from pipelines.dsn import Dsn
+from pipelines.engines.postgres import PostgresEngine, quote_identifier
+from pipelines.engines.shadow import ImportReport, ProgressCallback, ShadowNames, SwitchReport
+from pipelines.errors import (
+    BadInput,
+    Conflict,
+    EnvrestoreError,
+    NotFound,
+    PermanentError,
+    Refused,
+    TransientError,
+)
+from pipelines.streams import run_consumer
+
+log = structlog.get_logger(__name__)
+
+_q = quote_identifier
+#: How long a switch keeps terminating sessions of live before giving up (and being retried).
+TERMINATE_SECONDS = 10.0
+#: lz4 TOAST compression: 2.4x faster imports than pglz (PERFORMANCE.md); PostgreSQL >= 14.
+LZ4_OPTIONS = "-c default_toast_compression=lz4"
+
+
+def _lit(text: str) -> str:
+    """A standard-conforming string literal (for DDL, which takes no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+_LIST_ITEM = re.compile(r'\s*("(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*)\s*(?:,|$)')
+
+
+def _setting_value(value: str) -> str:
+    """A stored `ALTER DATABASE ... SET` value as SQL again.
+
+    List settings (search_path) are stored as `"$user", public`: one quoted
+    literal would make them a single name, so a list of plain or quoted
+    identifiers is re-emitted as it was (it is checked to be nothing else).
+    """
+    if "," in value:
+        items = []
+        position = 0
+        while position < len(value):
+            match = _LIST_ITEM.match(value, position)
+            if match is None or match.end() == position:
+                break
+            items.append(match.group(1))
+            position = match.end()
+        else:
+            return ", ".join(items)
+    return _lit(value)
+
+
+@dataclass(frozen=True)
+class PostgresShadow:
+    """The restore side of PostgreSQL, on top of `PostgresEngine`'s connections and clients."""
+
+    engine: PostgresEngine
+
+    def _where(self, dsn: Dsn) -> str:
+        return f"PostgreSQL at {dsn.socket or f'{dsn.host}:{dsn.port}'}"
+
+    async def _maintenance(self, dsn: Dsn) -> asyncpg.Connection:
+        return await self.engine.connect(
+            dsn.with_database(dsn.params.get("maintenance_db", "postgres"))
+        )
+
+    def _error(self, exc: Exception, dsn: Dsn, *, what: str, database: str) -> EnvrestoreError:
+        cls: type[EnvrestoreError] = PermanentError
+        hint = ""
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            cls, hint = BadInput, "; the DSN's user needs CREATEDB and to own the database"
+        elif isinstance(exc, asyncpg.ObjectInUseError | asyncpg.LockNotAvailableError):
+            cls, hint = TransientError, "; sessions are still connected, the step is retried"
+        elif isinstance(
+            exc, OSError | asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError
+        ):
+            cls = TransientError
+        return cls(
+            f"{what} of database {database!r} on {self._where(dsn)} failed: {exc}{hint}",
+            dsn=dsn.masked(),
+            database=database,
+        )
+
+    # ------------------------------------------------------------ prepare, import, check
+
+    async def prepare_shadow(self, dsn: Dsn, names: ShadowNames) -> None:
+        conn = await self._maintenance(dsn)
+        try:
+            version = conn.get_server_version().major
+            locale = (
+                "datlocprovider::text, daticulocale"
+                if version in (15, 16)
+                else "datlocprovider::text, datlocale"
+                if version >= 17
+                else "'c', NULL"
+            )
+            row = await conn.fetchrow(
+                "SELECT pg_encoding_to_char(encoding), datcollate, datctype, "
+                f"{locale}, pg_get_userbyid(datdba), datconnlimit, current_user "
+                "FROM pg_database WHERE datname = $1",
+                names.live,
+            )
+            if row is None and names.shadow == names.live:
+                # In-place wipe retried after its DROP: live is gone, take the server's defaults.
+                log.warning("shadow.recreating_live_with_defaults", dsn=dsn.masked())
+                await conn.execute(f"CREATE DATABASE {_q(names.live)} TEMPLATE template0")
+                return
+            if row is None:
+                raise NotFound(
+                    f"database {names.live!r} does not exist on {self._where(dsn)}; create it "
+                    "or fix the DSN",
+                    dsn=dsn.masked(),
+                    database=names.live,
+                )
+            encoding, collate, ctype, provider, icu, owner, limit, me = row
+            settings = await conn.fetch(
+                "SELECT unnest(setconfig) FROM pg_db_role_setting s JOIN pg_database d "
+                "ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole = 0",
+                names.live,
+            )
+            create = (
+                f"CREATE DATABASE {_q(names.shadow)} TEMPLATE template0 "
+                f"ENCODING {_lit(encoding)} LC_COLLATE {_lit(collate)} LC_CTYPE {_lit(ctype)}"
+            )
+            if provider == "i":
+                create += f" LOCALE_PROVIDER icu ICU_LOCALE {_lit(icu)}"
+            if owner != me:
+                create += f" OWNER {_q(owner)}"
+            if limit != -1:
+                create += f" CONNECTION LIMIT {int(limit)}"
+            force = " WITH (FORCE)" if version >= 13 else ""
+            await conn.execute(f"DROP DATABASE IF EXISTS {_q(names.shadow)}{force}")
+            await conn.execute(create)
+            for (setting,) in settings:
+                key, _, value = str(setting).partition("=")
+                await conn.execute(
+                    f"ALTER DATABASE {_q(names.shadow)} SET {_q(key)} = {_setting_value(value)}"
+                )
+        except asyncpg.PostgresError as exc:
+            raise self._error(exc, dsn, what="creating the shadow", database=names.shadow) from exc
+        finally:
+            await conn.close()
+        log.info("shadow.prepared", engine="postgresql", dsn=dsn.masked(), shadow=names.shadow)
+
+    async def import_into(
+        self,
+        dsn: Dsn,
+        chunks: AsyncIterator[bytes],
+        *,
+        on_progress: ProgressCallback | None = None,
+        connections: int = 1,
+        lz4: bool = True,
+    ) -> ImportReport:
+        """psql fed the dump; lz4 TOAST compression when the server has it (`lz4=False`: bench)."""
+        if connections != 1:
+            # PERFORMANCE.md: parallel restore gains nothing here; the bound is TOAST compression.
+            raise BadInput(f"PostgreSQL imports use one connection, not {connections}")
+        conn = await self.engine.connect(dsn)
+        try:
+            has_lz4 = await conn.fetchval(
+                "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                "WHERE name = 'default_toast_compression'"
+            )
+        finally:
+            await conn.close()
+        env = self.engine.environment(dsn)
+        options: tuple[str, ...] = ()
+        if lz4 and has_lz4:
+            env["PGOPTIONS"] = LZ4_OPTIONS
+            options = (f"PGOPTIONS={LZ4_OPTIONS}",)
+        fed = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal fed
+            try:
+                async for chunk in chunks:
+                    fed += len(chunk)
+                    if on_progress is not None:
+                        on_progress(fed)
+                    yield chunk
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # run_consumer reads these as "the client closed stdin" and would wait
+                # for a client still reading: name the source instead.
+                raise TransientError(
+                    f"the dump stream for database {dsn.database!r} broke after {fed} bytes "
+                    f"({exc}); the import is retried",
+                    database=dsn.database,
+                    bytes=fed,
+                ) from exc
+
+        started = time.monotonic()
+        try:
+            await run_consumer(
+                self.engine.psql_argv(dsn), counted(), env=env, secrets=self.engine.secrets(dsn)
+            )
+        except EnvrestoreError as exc:
+            detail = str(exc.data.get("stderr", exc.message))
+            raise type(exc)(
+                f"import into database {dsn.database!r} on {self._where(dsn)} failed: {detail}",
+                dsn=dsn.masked(),
+                database=dsn.database,
+                stderr=detail,
+            ) from exc
+        seconds = time.monotonic() - started
+        log.info(
+            "shadow.imported", engine="postgresql", dsn=dsn.masked(), bytes=fed, seconds=seconds
+        )
+        return ImportReport(dsn.database, fed, seconds, options)
+
+    async def sanity_check(self, dsn: Dsn) -> dict[str, int]:
+        return await self.engine.list_tables(dsn)
+
+    async def drop_database(self, dsn: Dsn, name: str) -> None:
+        if name == dsn.database:
+            raise Refused(f"refusing to drop the live database {name!r} as a shadow/rollback")
+        conn = await self._maintenance(dsn)
+        try:
+            force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
+            await conn.execute(f"DROP DATABASE IF EXISTS {_q(name)}{force}")
+        except asyncpg.PostgresError as exc:
+            raise self._error(exc, dsn, what="dropping", database=name) from exc
+        finally:
+            await conn.close()
+        log.info("shadow.dropped", engine="postgresql", dsn=dsn.masked(), database=name)
+
+    # ------------------------------------------------------------ switch
+
+    async def _terminate(self, conn: asyncpg.Connection, database: str) -> None:
+        """End every session on `database` (new ones are already refused)."""
+        deadline = time.monotonic() + TERMINATE_SECONDS
+        while True:
+            pids = await conn.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+            if not pids:
+                return
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"{len(pids)} sessions on database {database!r} did not end within "
+                    f"{TERMINATE_SECONDS:.0f}s of pg_terminate_backend; the switch is retried",
+                    database=database,
+                )
+            await asyncio.sleep(0.01)
+
+    async def swap_in(self, dsn: Dsn, live: str, incoming: str, outgoing: str) -> SwitchReport:
+        """Rename live to `outgoing` and `incoming` to live; finish a half-done swap."""
+        conn = await self._maintenance(dsn)
+        try:
+            return await self._swap(conn, dsn, live, incoming, outgoing)
+        except asyncpg.PostgresError as exc:
+            raise self._error(exc, dsn, what="switch", database=live) from exc
+        finally:
+            await conn.close()
+
+    async def _swap(
+        self, conn: asyncpg.Connection, dsn: Dsn, live: str, incoming: str, outgoing: str
+    ) -> SwitchReport:
+        rows = await conn.fetch(
+            "SELECT datname, datallowconn FROM pg_database WHERE datname = ANY($1::text[])",
+            [live, incoming, outgoing],
+        )
+        allowed = {row["datname"]: row["datallowconn"] for row in rows}
+        if incoming not in allowed:
+            if live in allowed and outgoing in allowed:
+                # Done earlier; a worker that died before re-allowing connections is repaired.
+                for name in (live, outgoing):
+                    if not allowed[name]:
+                        await conn.execute(f"ALTER DATABASE {_q(name)} ALLOW_CONNECTIONS true")
+                log.info("shadow.switch_already_done", engine="postgresql", live=live)
+                return SwitchReport(0.0, already_done=True)
+            raise NotFound(
+                f"database {incoming!r} does not exist on {self._where(dsn)}: nothing to swap "
+                f"into {live!r}; prepare and import it first",
+                dsn=dsn.masked(),
+                database=incoming,
+            )
+        if live in allowed and outgoing in allowed:
+            raise Conflict(
+                f"database {outgoing!r} already exists beside {live!r} and {incoming!r} on "
+                f"{self._where(dsn)}; drop it or use another tag",
+                dsn=dsn.masked(),
+                database=outgoing,
+            )
+        if live not in allowed and outgoing not in allowed:
+            raise NotFound(
+                f"database {live!r} does not exist on {self._where(dsn)}; nothing to switch",
+                dsn=dsn.masked(),
+                database=live,
+            )
+
+        # Outside the window: the incoming database is not live yet.
+        await conn.execute(f"ALTER DATABASE {_q(incoming)} ALLOW_CONNECTIONS false")
+        await self._terminate(conn, incoming)
+
+        started = time.monotonic()
+        if live in allowed:
+            await conn.execute(f"ALTER DATABASE {_q(live)} ALLOW_CONNECTIONS false")
+            try:
+                await self._terminate(conn, live)
+                async with conn.transaction():
+                    await conn.execute(f"ALTER DATABASE {_q(live)} RENAME TO {_q(outgoing)}")
+                    await conn.execute(f"ALTER DATABASE {_q(incoming)} RENAME TO {_q(live)}")
+                    await conn.execute(f"ALTER DATABASE {_q(live)} ALLOW_CONNECTIONS true")
+            except BaseException:
+                # Nothing was renamed (one transaction): live takes connections again.
+                await conn.execute(f"ALTER DATABASE {_q(live)} ALLOW_CONNECTIONS true")
+                raise
+        else:
+            # Half-done by an older attempt: live is already the rollback point.
+            async with conn.transaction():
+                await conn.execute(f"ALTER DATABASE {_q(incoming)} RENAME TO {_q(live)}")
+                await conn.execute(f"ALTER DATABASE {_q(live)} ALLOW_CONNECTIONS true")
+        window = time.monotonic() - started
+        await conn.execute(f"ALTER DATABASE {_q(outgoing)} ALLOW_CONNECTIONS true")
+        log.info(
+            "shadow.switched",
+            engine="postgresql",
+            dsn=dsn.masked(),
+            incoming=incoming,
+            outgoing=outgoing,
+            window_seconds=round(window, 4),
+        )
+        return SwitchReport(window, already_done=False)
