@@ -32,9 +32,11 @@ from pipelines.errors import (
     Unavailable,
 )
 from pipelines.jobs import views
+from pipelines.jobs.cancel import cancel_job
 from pipelines.ledger.connection import connect, create_pool
 from pipelines.ledger.migrate import migrate
 from pipelines.objectstore import open_object_store
+from pipelines.restore import service as restores
 
 T = TypeVar("T")
 
@@ -368,6 +370,91 @@ def backup_list(
     out.print(table)
 
 
+# ------------------------------------------------------------------- restore
+
+
+@app.command("restore")
+def restore(
+    target: Annotated[str, typer.Argument(help="SITE.ENV to restore.")],
+    backup: Annotated[
+        str, typer.Option("--backup", help="A backup id of this environment, or 'latest'.")
+    ] = "latest",
+    element: Annotated[
+        str,
+        typer.Option("--element", help="all, database, files or code (or a comma list)."),
+    ] = "all",
+    in_place: Annotated[
+        bool,
+        typer.Option(
+            "--in-place",
+            help="Wipe the live targets first, then import into them (no room for a second "
+            "copy). A failure then leaves the environment empty; there is no rollback point.",
+        ),
+    ] = False,
+    force_live: Annotated[
+        bool, typer.Option("--force-live", help="Allow restoring a protected environment.")
+    ] = False,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore an environment from one of its backups: database, files and code replaced.
+
+    Everything is imported beside the live content and swapped in at the end;
+    a job that fails before that leaves the environment as it was.
+    """
+    settings = _settings()
+    if in_place and not as_json:
+        err.print(
+            "warning: --in-place wipes the live database and directories BEFORE importing; "
+            "if the restore fails the environment stays empty and there is no rollback point",
+            markup=False,
+        )
+
+    async def body() -> int:
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            submitted = await restores.create_restore(
+                pool,
+                settings,
+                target,
+                backup=backup,
+                element=element,
+                in_place=in_place,
+                force_live=force_live,
+                idempotency_key=idempotency_key,
+            )
+            return await _finish_job_command(pool, submitted, wait=wait, as_json=as_json)
+        finally:
+            await pool.close()
+
+    raise typer.Exit(_run(body))
+
+
+@app.command("rollback")
+def rollback(
+    job_id: Annotated[str, typer.Argument(help="The restore (or rollback) job to undo.")],
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Swap back the content a restore replaced (kept ENVRESTORE_ROLLBACK_HOURS, default 24)."""
+    settings = _settings()
+
+    async def body() -> int:
+        uid = views.parse_job_id(job_id)
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            submitted = await restores.create_rollback(
+                pool, settings, uid, idempotency_key=idempotency_key
+            )
+            return await _finish_job_command(pool, submitted, wait=wait, as_json=as_json)
+        finally:
+            await pool.close()
+
+    raise typer.Exit(_run(body))
+
+
 # ----------------------------------------------------------------------- job
 
 
@@ -411,6 +498,25 @@ def _print_job(view: dict[str, Any]) -> None:
         progress = f"{s['bytes_done']:,}" + (f" / {total:,}" if total else "")
         table.add_row(s["name"], s["status"], str(s["attempts"]), progress, s["error"] or "")
     out.print(table)
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Cancel a job; a restore can be cancelled until its switch begins (then: rollback)."""
+    settings = _settings()
+
+    async def body() -> None:
+        from pipelines.catalog import job_kinds
+
+        uid = views.parse_job_id(job_id)
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            await cancel_job(pool, uid, job_kinds())
+        finally:
+            await pool.close()
+
+    _run(body)
+    out.print(f"job {job_id} cancelled; its cleanup runs on the workers")
 
 
 @job_app.command("list")

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # An operator's bandwidth cap on bulk streams (bytes/s, 0 = none), so a
     # backup does not starve the site it reads from.
     stream_rate_limit: int = Field(default=0, ge=0)
+    # Tests only: named pauses (pipelines/failpoints.py), as JSON.
+    failpoints: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("state_dir")
     @classmethod

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pipelines.backup.job import BACKUP
 from pipelines.jobs.kinds import JobKind, step_index
+from pipelines.restore.job import EXPIRE_ROLLBACK, RESTORE, ROLLBACK
 
 
 def job_kinds() -> dict[str, JobKind]:
-    kinds = {kind.name: kind for kind in (BACKUP,)}
+    kinds = {kind.name: kind for kind in (BACKUP, RESTORE, ROLLBACK, EXPIRE_ROLLBACK)}
     step_index(kinds)  # refuses a step name shared by two kinds
     return kinds
 

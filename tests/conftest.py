@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from tests.support.databases import *  # noqa: F403 - fixtures
-from tests.support.ledger import *  # noqa: F403 - fixtures
-from tests.support.seaweed import *  # noqa: F403 - fixtures
-from tests.support.workers import *  # noqa: F403 - fixtures
-
 from collections.abc import AsyncIterator
 
 import pytest
 
 from config.settings import Settings
 from pipelines.jobs.runtime import Runtime, open_runtime
+from tests.support.databases import *  # noqa: F403 - fixtures
+from tests.support.ledger import *  # noqa: F403 - fixtures
+from tests.support.seaweed import *  # noqa: F403 - fixtures
+from tests.support.workers import *  # noqa: F403 - fixtures
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pipelines.catalog import step_names
 from pipelines.jobs.runner import run_step
 from workers.process_runtime import get_runtime
 
+
 def _step_actor(step: str) -> Callable[[str], Awaitable[None]]:
     async def run(job_id: str) -> None:
         await run_step(await get_runtime(), job_id, step)

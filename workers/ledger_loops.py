@@ -21,6 +21,7 @@ from config.settings import Settings
 from pipelines.jobs.outbox import relay_once
 from pipelines.jobs.reconciler import reconcile_once
 from pipelines.ledger.connection import connect
+from pipelines.restore.service import schedule_expiries
 from workers import process_runtime
 
 log = structlog.get_logger(__name__)
@@ -84,6 +85,7 @@ class LedgerLoops(Middleware):
             try:
                 runtime = await process_runtime.get_runtime()
                 await reconcile_once(runtime)
+                await schedule_expiries(runtime.pool, runtime.settings)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep reconciling after an outage

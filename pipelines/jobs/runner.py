@@ -69,6 +69,16 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
         log.info("step.not_ready")
         return
 
+    if not record.on_failure and job.environment_id is not None:
+        # The lease first: a step that must wait is not claimed, so its
+        # attempts and start time stay untouched while it waits its turn.
+        token = await _hold_lease(runtime, job)
+        if token is None:
+            await pool.execute(sql("insert_outbox"), job_id, step, LEASE_RETRY_SECONDS)
+            log.info("step.waiting_for_lease", target=job.target)
+            return
+        job = dataclasses.replace(job, lease_token=token)
+
     claim = await pool.fetchrow(
         sql("claim_step"), job_id, step, runtime.worker_id, runtime.settings.stale_after_seconds
     )
@@ -87,15 +97,7 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
             "(its worker died each time); giving up",
         )
         return
-
-    if not record.on_failure and job.environment_id is not None:
-        token = await _hold_lease(runtime, job)
-        if token is None:
-            await pool.execute(sql("unclaim_step"), job_id, step, attempt, LEASE_RETRY_SECONDS)
-            await pool.execute(sql("insert_outbox"), job_id, step, LEASE_RETRY_SECONDS)
-            log.info("step.waiting_for_lease", target=job.target)
-            return
-        job = dataclasses.replace(job, lease_token=token)
+    if not record.on_failure:
         await pool.execute(sql("set_job_running"), job_id)
 
     ctx = StepContext(

@@ -17,9 +17,17 @@ def _pg_fill(dsn_text: str) -> None:
     import subprocess
 
     subprocess.run(
-        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", dsn_text, "-c",
-         "CREATE TABLE node (nid serial PRIMARY KEY, title text);"
-         "INSERT INTO node (title) SELECT 'n' || g FROM generate_series(1, 500) g;"],
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            dsn_text,
+            "-c",
+            "CREATE TABLE node (nid serial PRIMARY KEY, title text);"
+            "INSERT INTO node (title) SELECT 'n' || g FROM generate_series(1, 500) g;",
+        ],
         check=True,
     )
 
@@ -31,8 +39,9 @@ def register(env, tmp_path, dsn) -> dict:
     code = make_repo(tmp_path / "code")
     assert run_cli(env, "db", "migrate").returncode == 0
     assert run_cli(env, "site", "add", "shop").returncode == 0
-    added = run_cli(env, "env", "add", "shop.dev", "--db", dsn_text, "--files", str(files),
-                    "--code", str(code))
+    added = run_cli(
+        env, "env", "add", "shop.dev", "--db", dsn_text, "--files", str(files), "--code", str(code)
+    )
     assert added.returncode == 0, added.stderr
     return {"files": files, "code": code, "dsn": dsn_text}
 
@@ -79,8 +88,9 @@ def test_idempotency_key_on_the_cli(cli_env, worker_pool, tmp_path, postgres_db)
     first = run_json(cli_env, "backup", "create", "shop.dev", "--idempotency-key", "k1")
     again = run_json(cli_env, "backup", "create", "shop.dev", "--idempotency-key", "k1")
     assert again["id"] == first["id"] and again["created"] is False
-    other = run_cli(cli_env, "backup", "create", "shop.dev", "--idempotency-key", "k1",
-                    "--keep-for", "2")
+    other = run_cli(
+        cli_env, "backup", "create", "shop.dev", "--idempotency-key", "k1", "--keep-for", "2"
+    )
     assert other.returncode == 4
     assert "k1" in other.stderr and "different request" in other.stderr
     worker_pool.start()
@@ -93,14 +103,44 @@ def test_bad_input_is_one_clear_line_and_a_named_exit_code(cli_env, tmp_path, po
     paths = register(cli_env, tmp_path, postgres_db)
     missing = run_cli(cli_env, "backup", "create", "nosuch.dev")
     assert missing.returncode == 3 and "nosuch" in missing.stderr
-    bad_dsn = run_cli(cli_env, "env", "add", "shop.test", "--db", "oracle://x/y",
-                      "--files", str(paths["files"]), "--code", str(paths["code"]))
+    bad_dsn = run_cli(
+        cli_env,
+        "env",
+        "add",
+        "shop.test",
+        "--db",
+        "oracle://x/y",
+        "--files",
+        str(paths["files"]),
+        "--code",
+        str(paths["code"]),
+    )
     assert bad_dsn.returncode == 2 and "oracle" in bad_dsn.stderr
-    no_files = run_cli(cli_env, "env", "add", "shop.test", "--db", paths["dsn"],
-                       "--files", str(tmp_path / "absent"), "--code", str(paths["code"]))
+    no_files = run_cli(
+        cli_env,
+        "env",
+        "add",
+        "shop.test",
+        "--db",
+        paths["dsn"],
+        "--files",
+        str(tmp_path / "absent"),
+        "--code",
+        str(paths["code"]),
+    )
     assert no_files.returncode == 2 and "absent" in no_files.stderr
-    not_git = run_cli(cli_env, "env", "add", "shop.test", "--db", paths["dsn"],
-                      "--files", str(paths["files"]), "--code", str(paths["files"]))
+    not_git = run_cli(
+        cli_env,
+        "env",
+        "add",
+        "shop.test",
+        "--db",
+        paths["dsn"],
+        "--files",
+        str(paths["files"]),
+        "--code",
+        str(paths["files"]),
+    )
     assert not_git.returncode == 2 and "git" in not_git.stderr
     bad_job = run_cli(cli_env, "job", "show", "not-a-uuid")
     assert bad_job.returncode == 2

@@ -31,8 +31,12 @@ def test_sigkilled_worker_mid_step_job_completes_with_one_backup(
     dsn = f"postgresql://{postgres_db.user}@{postgres_db.host}:{postgres_db.port}/{postgres_db.database}"
     assert run_cli(env, "db", "migrate").returncode == 0
     assert run_cli(env, "site", "add", "shop").returncode == 0
-    assert run_cli(env, "env", "add", "shop.dev", "--db", dsn, "--files", str(files),
-                   "--code", str(code)).returncode == 0
+    assert (
+        run_cli(
+            env, "env", "add", "shop.dev", "--db", dsn, "--files", str(files), "--code", str(code)
+        ).returncode
+        == 0
+    )
 
     first = worker_pool.start()
     job_id = run_json(env, "backup", "create", "shop.dev")["id"]

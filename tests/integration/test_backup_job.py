@@ -95,11 +95,12 @@ async def test_backup_parts_restore_to_the_same_content(
     parts = {p["part"]: p for p in backup.parts}
     assert set(parts) == {"code", "database", "files"}
     stamp = backup.created_at.strftime("%Y-%m-%dT%H-%M-%S")
-    for part, suffix in (("code", "code.tar.gz"), ("database", "database.sql.gz"),
-                         ("files", "files.tar.gz")):
-        assert parts[part]["key"] == (
-            f"backups/shop/dev/{backup.id}/shop_dev_{stamp}_UTC_{suffix}"
-        )
+    for part, suffix in (
+        ("code", "code.tar.gz"),
+        ("database", "database.sql.gz"),
+        ("files", "files.tar.gz"),
+    ):
+        assert parts[part]["key"] == (f"backups/shop/dev/{backup.id}/shop_dev_{stamp}_UTC_{suffix}")
 
     # Every part's bytes in S3 hash to what the ledger and the manifest say.
     manifest = json.loads(await runtime.store.get_bytes(backup.manifest_key, max_size=1 << 20))
@@ -151,9 +152,7 @@ async def test_backup_parts_restore_to_the_same_content(
 
 
 @pytest.mark.parametrize("site_env", ["mariadb"], indirect=True)
-async def test_same_idempotency_key_gives_one_job_and_another_request_conflicts(
-    runtime, site_env
-):
+async def test_same_idempotency_key_gives_one_job_and_another_request_conflicts(runtime, site_env):
     first = await create_backup(
         runtime.pool, runtime.settings, runtime.store, "shop.dev", idempotency_key="click-1"
     )
@@ -177,7 +176,7 @@ async def test_same_idempotency_key_gives_one_job_and_another_request_conflicts(
 
 @pytest.mark.parametrize("site_env", ["postgresql"], indirect=True)
 async def test_bad_environment_is_refused_before_any_job(runtime, site_env, tmp_path):
-    with pytest.raises(NotFound, match="shop.test"):
+    with pytest.raises(NotFound, match=r"shop\.test"):
         await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.test")
     with pytest.raises(NotFound, match="nosuch"):
         await create_backup(runtime.pool, runtime.settings, runtime.store, "nosuch.dev")

@@ -241,9 +241,7 @@ async def test_cancelled_upload_leaves_no_object_and_no_open_upload(open_store):
     hanging = asyncio.Event()
     async with open_store(s3_part_size_mb=5) as store:
         task = asyncio.create_task(
-            store.put_stream(
-                "cancelled.bin", generate(sizes, hang_after=12 * MIB, hanging=hanging)
-            )
+            store.put_stream("cancelled.bin", generate(sizes, hang_after=12 * MIB, hanging=hanging))
         )
         await asyncio.wait_for(hanging.wait(), timeout=60)  # two parts handed to S3
         await asyncio.sleep(0.2)

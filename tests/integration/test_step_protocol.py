@@ -207,9 +207,7 @@ async def test_a_job_that_lost_its_lease_fails_without_running_its_step(toy, scr
     await relay_once(rt.pool, lambda j, s: sent.append((j, s)))
     await run_step(rt, job.job_id, "fetch")  # takes the lease (token 1)
     # An operator (or a bug) hands the environment to someone else: token 2.
-    await rt.pool.execute(
-        "UPDATE env_leases SET job_id = NULL, fencing_token = fencing_token + 1"
-    )
+    await rt.pool.execute("UPDATE env_leases SET job_id = NULL, fencing_token = fencing_token + 1")
     await run_step(rt, job.job_id, "left")
     view = await show_job(rt.pool, job.job_id)
     steps = {s["name"]: s for s in view["steps"]}

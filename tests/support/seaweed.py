@@ -88,9 +88,7 @@ def _admin_client(handle: SeaweedHandle) -> Any:
 def _drop_bucket(s3: Any, bucket: str) -> None:
     uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     for upload in uploads:
-        s3.abort_multipart_upload(
-            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-        )
+        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
         if keys:

@@ -57,7 +57,7 @@ def tree_digest(root: Path) -> dict[str, str]:
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
         if path.is_symlink():
-            out[rel] = "link:" + os.readlink(path)
+            out[rel] = "link:" + str(path.readlink())
         elif path.is_file():
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out

@@ -119,13 +119,6 @@ WHERE job_id = $1 AND name = $2
        OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $4)))
 RETURNING attempts, max_attempts;
 
--- name: unclaim_step
--- Give a claim back without counting it (the lease was busy).
-UPDATE job_steps
-SET status = 'pending', attempts = attempts - 1, heartbeat_at = NULL, claimed_by = NULL,
-    not_before = now() + make_interval(secs => $4)
-WHERE job_id = $1 AND name = $2 AND status = 'running' AND attempts = $3;
-
 -- name: heartbeat_step
 UPDATE job_steps s
 SET heartbeat_at = now(), bytes_done = $4, bytes_total = $5
@@ -286,3 +279,36 @@ SELECT pg_try_advisory_lock($1) AS locked;
 
 -- name: unlock_reconciler
 SELECT pg_advisory_unlock($1);
+
+-- name: latest_backup_id
+SELECT id FROM backups WHERE environment_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1;
+
+-- name: insert_rollback_point
+INSERT INTO rollback_points (job_id, environment_id, details, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(hours => $4))
+ON CONFLICT (job_id) DO NOTHING;
+
+-- name: get_rollback_point
+SELECT job_id, environment_id, details, created_at, expires_at, status, rollback_job_id
+FROM rollback_points WHERE job_id = $1;
+
+-- name: newest_kept_rollback_point
+SELECT job_id FROM rollback_points
+WHERE environment_id = $1 AND status = 'kept'
+ORDER BY created_at DESC LIMIT 1;
+
+-- name: set_rollback_point_status
+UPDATE rollback_points SET status = $2, rollback_job_id = COALESCE($3, rollback_job_id)
+WHERE job_id = $1;
+
+-- name: due_rollback_points
+SELECT job_id FROM rollback_points
+WHERE status = 'kept' AND expires_at <= now()
+ORDER BY expires_at LIMIT $1;
+
+-- name: later_restore_switched
+-- A restore of the same environment that switched after the given one.
+SELECT r.job_id FROM rollback_points r, rollback_points me
+WHERE me.job_id = $1 AND r.environment_id = me.environment_id
+  AND r.created_at > me.created_at AND r.status = 'kept'
+LIMIT 1;

@@ -1,0 +1,120 @@
+"""The imports, run in parallel: each reads its part once, checks it, builds beside live.
+
+import_db:    object → sha256 → gunzip (capped) → statement filter → client → shadow db
+import_files: object → sha256 → gunzip (capped) → safe tar extraction → staging dir
+apply_code:   likewise into a staging repository, which keeps the live history
+
+Each verdict (sha256 against the manifest, archive and SQL safety) is in before
+the step ends; `switch` depends on all three, so nothing live changes until then.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipelines import trees
+from pipelines.archives.code_restore import prepare_code
+from pipelines.archives.extract import extract_tar
+from pipelines.archives.safety import limits_for
+from pipelines.dsn import Dsn
+from pipelines.engines.shadow import ShadowNames, import_into, prepare_shadow, sanity_check
+from pipelines.errors import IntegrityError
+from pipelines.jobs.context import StepContext
+from pipelines.restore.parts import PartStream
+from pipelines.restore.prepare import dump_cap, parts_of, targets_of
+from pipelines.restore.targets import RestoreTargets, naming_part
+from pipelines.sqlsafety import FilterReport, filter_dump
+
+
+def _import_target(ctx: StepContext, targets: RestoreTargets) -> Dsn:
+    names = targets.db_names
+    live = targets.environment.dsn
+    return live if ctx.job.params.get("in_place") else live.with_database(names.shadow)
+
+
+async def import_db(ctx: StepContext) -> dict[str, Any]:
+    """Stream the dump, checked statement by statement, into the shadow database."""
+    await ctx.check_lease()
+    targets = await targets_of(ctx)
+    ref = (await parts_of(ctx))["database"]
+    target = _import_target(ctx, targets)
+    if ctx.attempt > 1:
+        # An earlier attempt died mid-import: start again from an empty database.
+        names = targets.db_names
+        if ctx.job.params.get("in_place"):
+            names = ShadowNames(live=names.live, shadow=names.live, rollback=names.rollback)
+        await prepare_shadow(targets.environment.dsn, names, settings=ctx.settings)
+    stream = PartStream(ctx, ref, max_output=dump_cap(ref.size))
+    report = FilterReport()
+    with naming_part("database"):
+        filtered = filter_dump(
+            stream.decompressed(),
+            engine=targets.environment.engine,  # type: ignore[arg-type]
+            report=report,
+        )
+        imported = await import_into(target, filtered, settings=ctx.settings)
+        verdict = stream.verdict()
+    tables = await sanity_check(target, settings=ctx.settings)
+    if report.statements and not tables:
+        raise IntegrityError(
+            f"the dump ran {report.statements} statements but {target.database} has no "
+            "tables afterwards; the dump is not a database dump",
+            part="database",
+        )
+    await ctx.event("restore.db_imported", tables=len(tables), rows=sum(tables.values()))
+    return {
+        **verdict,
+        "database": target.database,
+        "tables": tables,
+        "rows": sum(tables.values()),
+        "statements": report.statements,
+        "normalised": list(report.normalised),
+        "seconds": round(imported.seconds, 3),
+    }
+
+
+async def _extract(ctx: StepContext, element: str) -> tuple[Path, dict[str, Any]]:
+    targets = await targets_of(ctx)
+    ref = (await parts_of(ctx))[element]
+    dest = targets.live(element) if ctx.job.params.get("in_place") else targets.staging(element)
+    if dest.exists() and any(dest.iterdir()):
+        trees.discard(dest)  # a partial tree from an earlier attempt
+    limits = limits_for(ref.size, ctx.settings)
+    stream = PartStream(ctx, ref, max_output=limits.max_stream_bytes)
+    with naming_part(element):
+        report = await extract_tar(stream.decompressed(), dest, limits=limits)
+        verdict = stream.verdict()
+    return dest, {
+        **verdict,
+        "path": str(dest),
+        "members": report.members,
+        "bytes": report.bytes,
+        "top": report.top,
+    }
+
+
+async def import_files(ctx: StepContext) -> dict[str, Any]:
+    """Extract the files part, safely, into the staging directory beside the live one."""
+    await ctx.check_lease()
+    _dest, outputs = await _extract(ctx, "files")
+    return outputs
+
+
+async def apply_code(ctx: StepContext) -> dict[str, Any]:
+    """Extract the code part into a staging repository that keeps the live history."""
+    await ctx.check_lease()
+    targets = await targets_of(ctx)
+    dest, outputs = await _extract(ctx, "code")
+    live = targets.live("code")
+    code = await prepare_code(
+        dest, live if live.exists() and live != dest else None, job_tag=targets.tag
+    )
+    resolved = await ctx.outputs_of("resolve")
+    if resolved.get("git_head") and code["head"] != resolved["git_head"]:
+        raise IntegrityError(
+            f"verify failed for the code part: its HEAD is {code['head']}, the backup "
+            f"recorded {resolved['git_head']}",
+            part="code",
+        )
+    return {**outputs, "head": code["head"], "tags": code["tags"]}

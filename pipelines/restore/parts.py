@@ -1,0 +1,80 @@
+"""Reading a backup part from the object store as untrusted input.
+
+Every byte passes a meter (size, sha256) on its way in; the verdict against
+the manifest is given when the stream ends, before anything live changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.errors import IntegrityError
+from pipelines.failpoints import failpoint
+from pipelines.jobs.context import StepContext
+from pipelines.streams import StreamMeter, gzip_decompress, rate_limited, zstd_decompress
+
+
+@dataclass(frozen=True)
+class PartRef:
+    """One part of a resolved backup."""
+
+    part: str
+    key: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def from_outputs(cls, data: dict[str, Any]) -> PartRef:
+        return cls(data["part"], data["key"], int(data["size"]), data["sha256"])
+
+
+class PartStream:
+    """The part's decompressed bytes, metered; `verdict()` checks size and sha256."""
+
+    def __init__(self, ctx: StepContext, ref: PartRef, *, max_output: int) -> None:
+        self.ctx = ctx
+        self.ref = ref
+        self.max_output = max_output
+        self.meter = StreamMeter(on_progress=lambda done: ctx.progress.set(done, ref.size))
+
+    def raw(self) -> AsyncIterator[bytes]:
+        """The compressed bytes as stored."""
+        self.ctx.progress.set(0, self.ref.size)
+        source = self.ctx.store.get_stream(self.ref.key)
+        return self.meter.wrap(
+            self._pausable(rate_limited(source, self.ctx.settings.stream_rate_limit))
+        )
+
+    async def _pausable(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Tests can pause a step here, after its first chunk, to kill it mid-stream."""
+        first = True
+        async for chunk in chunks:
+            yield chunk
+            if first:
+                first = False
+                await failpoint(self.ctx.settings, f"{self.ctx.step}.mid_stream")
+
+    def decompressed(self) -> AsyncIterator[bytes]:
+        if self.ref.key.endswith(".zst"):
+            return zstd_decompress(self.raw(), max_output=self.max_output)
+        return gzip_decompress(self.raw(), max_output=self.max_output)
+
+    def verdict(self) -> dict[str, Any]:
+        """Raise IntegrityError unless what was read is exactly what the manifest promises."""
+        if self.meter.size != self.ref.size or self.meter.sha256 != self.ref.sha256:
+            raise IntegrityError(
+                f"verify failed for the {self.ref.part} part ({self.ref.key}): read "
+                f"{self.meter.size} bytes with sha256 {self.meter.sha256[:16]}…, the manifest "
+                f"says {self.ref.size} bytes with sha256 {self.ref.sha256[:16]}…; the object "
+                "was changed or damaged — restore another backup",
+                part=self.ref.part,
+                key=self.ref.key,
+            )
+        return {"part": self.ref.part, "bytes": self.meter.size, "sha256": self.meter.sha256}
+
+
+async def drain(chunks: AsyncIterator[bytes]) -> None:
+    async for _ in chunks:
+        pass
