@@ -458,14 +458,22 @@ async def run_consumer(
     finished = False
     broken = False
     try:
-        try:
-            async for chunk in chunks:
+        # Only errors of the pipe to the client mean "it stopped reading"; the
+        # same exception types raised by the input stream (a dropped download)
+        # must propagate, or we would wait forever on a client still reading.
+        async for chunk in chunks:
+            try:
                 proc.stdin.write(chunk)
                 await proc.stdin.drain()
-            proc.stdin.close()
-            await proc.stdin.wait_closed()
-        except (BrokenPipeError, ConnectionResetError):
-            broken = True
+            except (BrokenPipeError, ConnectionResetError):
+                broken = True
+                break
+        if not broken:
+            try:
+                proc.stdin.close()
+                await proc.stdin.wait_closed()
+            except (BrokenPipeError, ConnectionResetError):
+                broken = True
         returncode = await proc.wait()
         stderr = await stderr_task
         stdout = await stdout_task

@@ -208,3 +208,15 @@ async def test_run_consumer_kills_the_process_when_the_input_fails():
     with pytest.raises(IntegrityError, match="bad input stream"):
         await run_consumer(["cat"], broken())
     assert {child.pid for child in psutil.Process().children()} <= before
+
+
+async def test_consumer_fails_when_the_input_stream_drops_mid_way():
+    """A ConnectionResetError from the source (a dropped download) fails the import, promptly."""
+    from pipelines.streams import run_consumer
+
+    async def dropping():
+        yield b"partial data\n"
+        raise ConnectionResetError("connection reset by peer")
+
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(run_consumer(["cat"], dropping()), timeout=30)
