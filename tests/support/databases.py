@@ -47,7 +47,7 @@ def _probe(what: str, dsn: Dsn) -> None:
         _unreachable(what, dsn, str(exc))
 
 
-def _mariadb_admin(admin: Dsn, sql: str) -> None:
+def _mariadb_admin(admin: Dsn, sql: str) -> str:
     env = dict(os.environ)
     password = admin.resolve_password()
     if password:
@@ -57,25 +57,28 @@ def _mariadb_admin(admin: Dsn, sql: str) -> None:
         if admin.socket
         else ["--protocol=TCP", f"--host={admin.host}", f"--port={admin.port}"]
     )
-    subprocess.run(
-        ["mariadb", *where, f"--user={admin.user or 'root'}", "--batch", "-e", sql],
+    done = subprocess.run(
+        ["mariadb", *where, f"--user={admin.user or 'root'}", "--batch", "-N", "-e", sql],
         check=True,
         env=env,
         capture_output=True,
         timeout=60,
     )
+    return done.stdout.decode()
 
 
-def _postgres_admin(admin: Dsn, sql: str) -> None:
+def _postgres_admin(admin: Dsn, sql: str) -> str:
     env = dict(os.environ)
     password = admin.resolve_password()
     if password:
         env["PGPASSWORD"] = password
-    subprocess.run(
+    return subprocess.run(
         [
             "psql",
             "-X",
             "-q",
+            "-A",
+            "-t",
             "-v",
             "ON_ERROR_STOP=1",
             "--host",
@@ -93,7 +96,7 @@ def _postgres_admin(admin: Dsn, sql: str) -> None:
         env=env,
         capture_output=True,
         timeout=60,
-    )
+    ).stdout.decode()
 
 
 def _name() -> str:
@@ -140,7 +143,14 @@ def make_mariadb_db(mariadb_server: Dsn) -> Iterator[Callable[[], Dsn]]:
 
     yield make
     for name in created:
-        _mariadb_admin(mariadb_server, f"DROP DATABASE IF EXISTS `{name}`")
+        # Restores in the test leave shadow and rollback databases beside it.
+        kept = _mariadb_admin(
+            mariadb_server,
+            f"SELECT schema_name FROM information_schema.schemata "
+            f"WHERE schema_name LIKE '{name}\\_\\_envr\\_%'",
+        ).split()
+        for database in [name, *kept]:
+            _mariadb_admin(mariadb_server, f"DROP DATABASE IF EXISTS `{database}`")
 
 
 @pytest.fixture
@@ -158,7 +168,12 @@ def make_postgres_db(postgres_server: Dsn) -> Iterator[Callable[[], Dsn]]:
 
     yield make
     for name in created:
-        _postgres_admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        kept = _postgres_admin(
+            postgres_server,
+            f"SELECT datname FROM pg_database WHERE datname LIKE '{name}\\_\\_envr\\_%'",
+        ).split()
+        for database in [name, *kept]:
+            _postgres_admin(postgres_server, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 @pytest.fixture
