@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ import asyncpg
 from pipelines.dsn import Dsn, parse_dsn
 from pipelines.errors import BadInput, NotFound
 from pipelines.ledger.queries import sql
+from pipelines.ledger.types import Row
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 #: Environments protected unless said otherwise: restoring them directly is refused.
@@ -44,7 +44,7 @@ class Environment:
         return parse_dsn(self.db_dsn)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Environment:
+    def from_row(cls, row: Row) -> Environment:
         return cls(
             id=row["id"],
             site=row["site"],
@@ -129,6 +129,7 @@ async def add_environment(
             str(code),
             protected,
         )
+        assert row is not None  # an upsert always returns its row
         await conn.execute(sql("ensure_lease_row"), row["id"])
         created = bool(row["created"])
     return await get_environment(pool, target), created

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
 import structlog
 
 from pipelines.jobs.model import JobStatus, StepStatus, ready_steps
 from pipelines.jobs.records import JobRecord, StepRecord
 from pipelines.ledger.queries import sql
+from pipelines.ledger.types import Conn
 
 log = structlog.get_logger(__name__)
 
 
-async def advance_job(conn: asyncpg.Connection, job_id: uuid.UUID) -> JobStatus | None:
+async def advance_job(conn: Conn, job_id: uuid.UUID) -> JobStatus | None:
     """Settle the job's status, skip what can no longer run, and queue what is ready.
 
     Must run inside a transaction; locks the job row so that two steps
@@ -65,7 +65,7 @@ async def advance_job(conn: asyncpg.Connection, job_id: uuid.UUID) -> JobStatus 
 
 
 async def stop_job(
-    conn: asyncpg.Connection,
+    conn: Conn,
     job_id: uuid.UUID,
     *,
     status: JobStatus,

@@ -21,9 +21,7 @@ from pipelines.jobs.model import JobStatus
 from pipelines.ledger.queries import sql
 
 
-async def cancel_job(
-    pool: asyncpg.Pool, job_id: uuid.UUID, kinds: Mapping[str, JobKind]
-) -> None:
+async def cancel_job(pool: asyncpg.Pool, job_id: uuid.UUID, kinds: Mapping[str, JobKind]) -> None:
     """Cancel an active job; its cleanup steps then run, running steps stop within a heartbeat."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(sql("get_job_for_update"), job_id)

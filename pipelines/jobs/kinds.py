@@ -6,7 +6,7 @@ message `(job_id, step)` is enough to find the code to run.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from pipelines.jobs.model import Plan
 if TYPE_CHECKING:
     from pipelines.jobs.context import StepContext
 
-StepFn = Callable[["StepContext"], Awaitable[dict[str, Any]]]
+StepFn = Callable[["StepContext"], Coroutine[Any, Any, dict[str, Any]]]
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pipelines.jobs.model import JobStatus, StepState, StepStatus
+from pipelines.ledger.types import Row
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class JobRecord:
     lease_token: int | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
+    def from_row(cls, row: Row) -> JobRecord:
         return cls(
             id=row["id"],
             kind=row["kind"],
@@ -75,7 +75,7 @@ class StepRecord:
     enqueued_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> StepRecord:
+    def from_row(cls, row: Row) -> StepRecord:
         return cls(
             name=row["name"],
             position=row["position"],

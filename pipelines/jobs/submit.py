@@ -118,8 +118,7 @@ async def _insert_job(
                 max_attempts,
             )
         states = [
-            StepState(s.name, StepStatus.PENDING, s.depends_on, s.on_failure)
-            for s in plan.steps
+            StepState(s.name, StepStatus.PENDING, s.depends_on, s.on_failure) for s in plan.steps
         ]
         for name in ready_steps(JobStatus.QUEUED, states):
             await conn.execute(sql("insert_outbox"), job_id, name, 0.0)

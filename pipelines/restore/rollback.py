@@ -59,8 +59,8 @@ async def swap_back(ctx: StepContext) -> dict[str, Any]:
             names = _names(entry)
             report = await shadow.rollback(environment.dsn, names, tag, settings=ctx.settings)
             windows["database"] = report.window_seconds
-            aside = shadow.shadow_names(names.live, tag).rollback
-            undo["database"] = {"live": names.live, "rollback": aside}
+            aside_db = shadow.shadow_names(names.live, tag).rollback
+            undo["database"] = {"live": names.live, "rollback": aside_db}
         else:
             live, rollback = Path(entry["live"]), Path(entry["rollback"])
             aside = trees.aside_path(live, tag)

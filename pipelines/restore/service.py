@@ -142,6 +142,8 @@ async def schedule_expiries(pool: asyncpg.Pool, settings: Settings, *, limit: in
     queued = 0
     for row in await pool.fetch(sql("due_rollback_points"), limit):
         point = await pool.fetchrow(sql("get_rollback_point"), row["job_id"])
+        if point is None:
+            continue
         environment = await get_environment_by_id(pool, point["environment_id"])
         submitted = await submit_job(
             pool,
