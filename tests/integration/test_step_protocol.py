@@ -7,6 +7,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from pipelines import registry
 from pipelines.errors import BadInput, TransientError
@@ -214,3 +216,15 @@ async def test_a_job_that_lost_its_lease_fails_without_running_its_step(toy, scr
     assert "left" not in script.calls
     assert steps["left"]["status"] == "pending"
     assert view["status"] == "running"
+
+
+async def test_step_logs_are_bound_with_job_step_site_env_and_attempt(toy):
+    rt, kind, env = toy
+    job = await submit(rt, kind, env)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await drive(rt, job.job_id)
+    finished = [e for e in logs if e["event"] == "step.finished"]
+    assert {e["step"] for e in finished} == {"fetch", "left", "right", "join"}
+    for entry in finished:
+        assert entry["job_id"] == str(job.job_id)
+        assert (entry["site"], entry["env"], entry["attempt"]) == ("toy", "dev", 1)
