@@ -150,3 +150,34 @@ def test_bad_input_is_one_clear_line_and_a_named_exit_code(cli_env, tmp_path, po
     no_bucket = run_cli(env, "backup", "create", "shop.dev")
     assert no_bucket.returncode == 3 and "no-such-bucket-here" in no_bucket.stderr
     assert cli_env["ENVRESTORE_S3_SECRET_ACCESS_KEY"] not in no_bucket.stderr
+
+
+def test_env_load_registers_all_or_nothing(cli_env, tmp_path):
+    for env in ("dev", "live"):
+        (tmp_path / env / "files").mkdir(parents=True)
+        make_repo(tmp_path / env / "code", commits=1)
+    good = tmp_path / "good.toml"
+    good.write_text(
+        "[[env]]\ntarget = 'blog.dev'\ndb = 'mariadb://root@127.0.0.1:3306/blog_dev'\n"
+        "files = 'dev/files'\ncode = 'dev/code'\n\n"
+        "[[env]]\ntarget = 'blog.live'\ndb = 'postgresql://app@127.0.0.1/blog'\n"
+        "files = 'live/files'\ncode = 'live/code'\n"
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        "[[env]]\ntarget = 'news.dev'\ndb = 'mariadb://root@127.0.0.1:3306/news'\n"
+        "files = 'dev/files'\ncode = 'dev/code'\n\n"
+        "[[env]]\ntarget = 'news.live'\ndb = 'mariadb://root@127.0.0.1:3306/news'\n"
+        "files = 'live/files'\ncode = 'nowhere'\n"
+    )
+    assert run_cli(cli_env, "db", "migrate").returncode == 0
+    refused = run_cli(cli_env, "env", "load", str(bad))
+    assert refused.returncode == 2
+    assert "nowhere" in refused.stderr
+    assert run_json(cli_env, "env", "list") == []
+    loaded = run_cli(cli_env, "env", "load", str(good))
+    assert loaded.returncode == 0, loaded.stderr
+    envs = {f"{e['site']}.{e['env']}": e for e in run_json(cli_env, "env", "list")}
+    assert set(envs) == {"blog.dev", "blog.live"}
+    assert envs["blog.live"]["protected"] is True
+    assert envs["blog.dev"]["protected"] is False
