@@ -34,7 +34,13 @@ import structlog
 
 from pipelines.dsn import Dsn
 from pipelines.engines.mariadb import MariaDbEngine, quote_identifier
-from pipelines.engines.shadow import ImportReport, ProgressCallback, ShadowNames, SwitchReport
+from pipelines.engines.shadow import (
+    FedCounter,
+    ImportReport,
+    ProgressCallback,
+    ShadowNames,
+    SwitchReport,
+)
 from pipelines.errors import (
     BadInput,
     EnvrestoreError,
@@ -221,37 +227,19 @@ class MariaDbShadow:
         options = ["--binary-mode", "--max-allowed-packet=1G"]
         if await self._client_has_sandbox():
             options.append("--sandbox")
-        fed = 0
-
-        async def counted() -> AsyncIterator[bytes]:
-            nonlocal fed
-            try:
-                async for chunk in chunks:
-                    fed += len(chunk)
-                    if on_progress is not None:
-                        on_progress(fed)
-                    yield chunk
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                # run_consumer reads these as "the client closed stdin" and would wait
-                # for a client still reading: name the source instead.
-                raise TransientError(
-                    f"the dump stream for database {dsn.database!r} broke after {fed} bytes "
-                    f"({exc}); the import is retried",
-                    database=dsn.database,
-                    bytes=fed,
-                ) from exc
+        fed = FedCounter(dsn.database, on_progress)
 
         started = time.monotonic()
         try:
             if connections == 1:
                 await run_consumer(
                     self.engine.client_argv(dsn, *options),
-                    counted(),
+                    fed.wrap(chunks),
                     env=self.engine.environment(dsn),
                     secrets=self.engine.secrets(dsn),
                 )
             else:
-                await self._import_split(dsn, options, counted())
+                await self._import_split(dsn, options, fed.wrap(chunks))
         except EnvrestoreError as exc:
             raise self._error(exc, dsn, what="import", database=dsn.database) from exc
         seconds = time.monotonic() - started
@@ -259,11 +247,11 @@ class MariaDbShadow:
             "shadow.imported",
             engine="mariadb",
             dsn=dsn.masked(),
-            bytes=fed,
+            bytes=fed.bytes,
             seconds=seconds,
             connections=connections,
         )
-        return ImportReport(dsn.database, fed, seconds, tuple(options))
+        return ImportReport(dsn.database, fed.bytes, seconds, tuple(options))
 
     async def _import_split(
         self, dsn: Dsn, options: list[str], chunks: AsyncIterator[bytes]

@@ -26,7 +26,13 @@ import structlog
 
 from pipelines.dsn import Dsn
 from pipelines.engines.postgres import PostgresEngine, quote_identifier
-from pipelines.engines.shadow import ImportReport, ProgressCallback, ShadowNames, SwitchReport
+from pipelines.engines.shadow import (
+    FedCounter,
+    ImportReport,
+    ProgressCallback,
+    ShadowNames,
+    SwitchReport,
+)
 from pipelines.errors import (
     BadInput,
     Conflict,
@@ -194,30 +200,15 @@ class PostgresShadow:
         if lz4 and has_lz4:
             env["PGOPTIONS"] = LZ4_OPTIONS
             options = (f"PGOPTIONS={LZ4_OPTIONS}",)
-        fed = 0
-
-        async def counted() -> AsyncIterator[bytes]:
-            nonlocal fed
-            try:
-                async for chunk in chunks:
-                    fed += len(chunk)
-                    if on_progress is not None:
-                        on_progress(fed)
-                    yield chunk
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                # run_consumer reads these as "the client closed stdin" and would wait
-                # for a client still reading: name the source instead.
-                raise TransientError(
-                    f"the dump stream for database {dsn.database!r} broke after {fed} bytes "
-                    f"({exc}); the import is retried",
-                    database=dsn.database,
-                    bytes=fed,
-                ) from exc
+        fed = FedCounter(dsn.database, on_progress)
 
         started = time.monotonic()
         try:
             await run_consumer(
-                self.engine.psql_argv(dsn), counted(), env=env, secrets=self.engine.secrets(dsn)
+                self.engine.psql_argv(dsn),
+                fed.wrap(chunks),
+                env=env,
+                secrets=self.engine.secrets(dsn),
             )
         except EnvrestoreError as exc:
             detail = str(exc.data.get("stderr", exc.message))
@@ -229,9 +220,13 @@ class PostgresShadow:
             ) from exc
         seconds = time.monotonic() - started
         log.info(
-            "shadow.imported", engine="postgresql", dsn=dsn.masked(), bytes=fed, seconds=seconds
+            "shadow.imported",
+            engine="postgresql",
+            dsn=dsn.masked(),
+            bytes=fed.bytes,
+            seconds=seconds,
         )
-        return ImportReport(dsn.database, fed, seconds, options)
+        return ImportReport(dsn.database, fed.bytes, seconds, options)
 
     async def sanity_check(self, dsn: Dsn) -> dict[str, int]:
         return await self.engine.list_tables(dsn)

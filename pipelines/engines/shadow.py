@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from pipelines.dsn import Dsn
-from pipelines.errors import BadInput
+from pipelines.errors import BadInput, TransientError
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -57,6 +57,35 @@ class SwitchReport:
 
 
 ProgressCallback = Callable[[int], None]
+
+
+class FedCounter:
+    """Counts the dump bytes fed to a client and reports them as progress.
+
+    A dropped source (ConnectionResetError from the download) becomes a
+    TransientError that names the database, so it is not mistaken for the
+    client closing its input.
+    """
+
+    def __init__(self, database: str, on_progress: ProgressCallback | None) -> None:
+        self.database = database
+        self.on_progress = on_progress
+        self.bytes = 0
+
+    async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                self.bytes += len(chunk)
+                if self.on_progress is not None:
+                    self.on_progress(self.bytes)
+                yield chunk
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise TransientError(
+                f"the dump stream for database {self.database!r} broke after {self.bytes} "
+                f"bytes ({exc}); the import is retried",
+                database=self.database,
+                bytes=self.bytes,
+            ) from exc
 
 
 class ShadowEngine(Protocol):
