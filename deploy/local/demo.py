@@ -1,4 +1,4 @@
-"""`make demo`: the embedded stack, a demo site with three environments, one backup.
+"""`make demo`: the embedded stack, a demo site with three environments, a backup, a restore.
 
     python -m deploy.local.demo [--state-dir DIR]
 
@@ -8,7 +8,10 @@ directory, a git repository with commits and tags), then drives the CLI
 exactly as a user would type it: register the site and its environments,
 back up `dev` through the queue with `--wait`, list the backup, and checks
 that the three parts in the object store hash to what the manifest says.
-Safe to run again: what exists is reused.
+Then it changes dev's content, restores dev from that backup with `--wait`,
+checks that the content is back as it was, and shows that restoring the
+protected `live` is refused. Safe to run again: what exists is reused, and
+each run compares dev's content with itself within that run.
 """
 
 from __future__ import annotations
@@ -269,9 +272,13 @@ def _cli(
     env: dict[str, str],
     *,
     tolerate: tuple[int, ...] = (),
+    note: str = "it already exists from an earlier run; kept",
     timeout: float = CLI_TIMEOUT_SECONDS,
 ) -> int:
-    """Print the command, run it on this terminal (progress bars show), stop on failure."""
+    """Print the command, run it on this terminal (progress bars show), stop on failure.
+
+    An exit code in `tolerate` is expected (`note` says why) and does not stop the demo.
+    """
     argv = ["envrestore", *args]
     _show_command(argv)
     worker_log = Path(env["ENVRESTORE_STATE_DIR"]) / "logs" / "worker.log"
@@ -288,7 +295,7 @@ def _cli(
             f"running (`python -m deploy.local.stack status`)? Its log is {worker_log}"
         ) from None
     if result.returncode in tolerate:
-        _say(f"   (exit {result.returncode}: it already exists from an earlier run; kept)")
+        _say(f"   (exit {result.returncode}: {note})")
     elif result.returncode != 0:
         raise SystemExit(
             f"`{shlex.join(argv)}` failed with exit {result.returncode}; "
@@ -397,6 +404,178 @@ def check_backup(env: dict[str, str]) -> tuple[str, str | None]:
     return backup_id, job_id
 
 
+# ---------------------------------------------------------------- dev's content
+
+
+CONTENT_TABLES = ("wp_users", "wp_posts", "wp_postmeta", "wp_options")
+#: What the demo does to dev after the backup, as an editor would: shown, then run.
+CHANGE_SQL = (
+    "DELETE FROM wp_posts WHERE id IN (SELECT id FROM wp_posts ORDER BY post_date LIMIT 5)",
+    "UPDATE wp_posts SET post_title = 'Edited on dev after the backup' "
+    "WHERE id = (SELECT id FROM wp_posts ORDER BY post_date DESC, id DESC LIMIT 1)",
+)
+ADDED_UPLOAD = "2026/12/uploaded-after-backup.txt"
+EDITED_CODE = "themes/demo/style.css"
+
+
+@dataclass(frozen=True)
+class DevContent:
+    """What a user would look at to tell one version of dev's content from another."""
+
+    rows: tuple[tuple[str, int], ...]  # (table, row count)
+    rows_md5: str  # over every row of CONTENT_TABLES, as text
+    newest_title: str
+    files: tuple[tuple[str, int, str], ...]  # (path under files/, size, sha256)
+    head: str
+    refs: str  # branches and tags: `git show-ref --heads --tags`
+    worktree: str  # `git status --porcelain`: uncommitted changes
+    log: str  # git log --oneline -3
+
+    def differences(self, other: DevContent) -> list[str]:
+        """One line per part (database, files, code) whose content is not the same."""
+        found = []
+        if (self.rows, self.rows_md5, self.newest_title) != (
+            other.rows,
+            other.rows_md5,
+            other.newest_title,
+        ):
+            found.append(
+                f"database: {_rows_text_of(self.rows)}, md5 {self.rows_md5[:12]} "
+                f"vs {_rows_text_of(other.rows)}, md5 {other.rows_md5[:12]}"
+            )
+        if self.files != other.files:
+            mine, theirs = set(self.files), set(other.files)
+            changed = sorted({f[0] for f in mine ^ theirs})
+            found.append(f"files: {', '.join(changed)} differ")
+        if (self.head, self.refs, self.worktree) != (other.head, other.refs, other.worktree):
+            found.append(
+                f"code: HEAD {self.head[:12]} vs {other.head[:12]}, or its branches, tags "
+                "or uncommitted changes"
+            )
+        return found
+
+
+async def _read_database(dsn: str) -> tuple[tuple[tuple[str, int], ...], str, str]:
+    """Row counts, one md5 over all rows, the newest post's title; the connection is closed
+    before returning (a restore's switch waits for no session of the database)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        counts = []
+        for table in CONTENT_TABLES:
+            rows = await conn.fetch(f"SELECT t::text AS row FROM {table} t ORDER BY 1")
+            counts.append((table, len(rows)))
+            for row in rows:
+                digest.update(f"{table}\t{row['row']}\n".encode())
+        newest = await conn.fetchval(
+            "SELECT post_title FROM wp_posts ORDER BY post_date DESC, id DESC LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    return tuple(counts), digest.hexdigest(), str(newest)
+
+
+def _read_files(root: Path) -> tuple[tuple[str, int, str], ...]:
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(chunk)
+        found.append((path.relative_to(root).as_posix(), path.stat().st_size, digest.hexdigest()))
+    return tuple(found)
+
+
+def _git_out(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def look_at_dev(dev: DemoEnv) -> DevContent:
+    """Read dev's database, uploads and code, and show a little of each."""
+    rows, rows_md5, newest = asyncio.run(_read_database(dev.dsn))
+    files = _read_files(dev.files)
+    _say(f"database {dev.dsn.rsplit('/', 1)[-1]}: {_rows_text_of(rows)}")
+    _say(f"  newest post: {newest!r}; md5 of all rows {rows_md5[:12]}")
+    _say(f"uploads {_relative(dev.files)}/: {len(files)} files")
+    for rel, size, sha in files:
+        _say(f"  {size:>6} bytes  sha256 {sha[:12]}  {rel}")
+    _show_command(["git", "-C", _relative(dev.code), "log", "--oneline", "-3"])
+    log = _git_out(dev.code, "log", "--oneline", "-3")
+    _say(log)
+    return DevContent(
+        rows=rows,
+        rows_md5=rows_md5,
+        newest_title=newest,
+        files=files,
+        head=_git_out(dev.code, "rev-parse", "HEAD"),
+        refs=_git_out(dev.code, "show-ref", "--heads", "--tags"),
+        worktree=_git_out(dev.code, "status", "--porcelain"),
+        log=log,
+    )
+
+
+def _rows_text_of(rows: tuple[tuple[str, int], ...]) -> str:
+    return ", ".join(f"{table} {count} rows" for table, count in rows)
+
+
+async def _edit_database(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for sql in CHANGE_SQL:
+            _say(f"{dsn.rsplit('/', 1)[-1]}=# {sql};")
+            _say(f"  {await conn.execute(sql)}")
+    finally:
+        await conn.close()
+
+
+def change_dev(dev: DemoEnv, before: DevContent) -> None:
+    """Edit dev as its users would after the backup: posts, uploads, a commit."""
+    asyncio.run(_edit_database(dev.dsn))
+    removed = next((f[0] for f in before.files if f[0] != "README.txt"), None)
+    if removed is not None:
+        (dev.files / removed).unlink()
+        _say(f"deleted upload {removed}")
+    added = dev.files / ADDED_UPLOAD
+    added.parent.mkdir(parents=True, exist_ok=True)
+    added.write_text(f"Uploaded after the backup, before HEAD {before.head[:12]} was restored.\n")
+    _say(f"added upload {ADDED_UPLOAD}")
+    with (dev.code / EDITED_CODE).open("a", encoding="utf-8") as handle:
+        handle.write("body { background: #111; color: #eee; } /* dark mode, not reviewed */\n")
+    _say(f"edited {EDITED_CODE}")
+    message = "Dark mode (not reviewed)"
+    _show_command(["git", "-C", _relative(dev.code), "commit", "-q", "-am", message])
+    _git(dev.code, "commit", "-q", "--no-verify", "-am", message)
+
+
+def check_content_back(before: DevContent, after: DevContent) -> None:
+    """Stop the demo unless the restore brought back exactly what was backed up."""
+    problems = before.differences(after)
+    if problems:
+        raise SystemExit(
+            "the restore succeeded but dev's content differs from the backup's: "
+            + "; ".join(problems)
+        )
+    _say("content is back — same as before the changes:")
+    _say(f"  database  same rows in all {len(after.rows)} tables (md5 {after.rows_md5[:12]})")
+    _say(f"  files     same {len(after.files)} files: names, sizes and sha256")
+    _say(f"  code      same HEAD {after.head[:12]}, branches and tags, no uncommitted change")
+
+
+async def _latest_restore_job(database_url: str) -> str | None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        job_id = await conn.fetchval(
+            "SELECT id::text FROM jobs WHERE kind = 'restore' AND site = $1 AND env = 'dev' "
+            "ORDER BY created_at DESC LIMIT 1",
+            SITE,
+        )
+    finally:
+        await conn.close()
+    return str(job_id) if job_id else None
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -451,6 +630,44 @@ def run(state_dir: Path) -> None:
     _heading("Checking the parts in the object store against the manifest")
     backup_id, job_id = check_backup(env)
 
+    dev = next(item for item in envs if item.name == "dev")
+    _heading("demo.dev's content, as backed up")
+    before = look_at_dev(dev)
+
+    _heading("Changing demo.dev as its users would: posts, uploads, code")
+    change_dev(dev, before)
+    changed = look_at_dev(dev)
+    if not before.differences(changed):
+        raise SystemExit("the demo's changes to dev left its content as it was")
+
+    _heading(f"Restoring demo.dev from backup {backup_id}")
+    _cli(["restore", f"{SITE}.dev", "--backup", backup_id, "--wait"], env)
+    restore_job = asyncio.run(_latest_restore_job(env["ENVRESTORE_DATABASE_URL"]))
+
+    _heading("demo.dev's content after the restore")
+    after = look_at_dev(dev)
+    check_content_back(before, after)
+
+    _heading("Undoing a restore, and why live is not restored directly")
+    _say(
+        "The content the restore replaced is kept (ENVRESTORE_ROLLBACK_HOURS, default 24);\n"
+        "this would swap it back in:\n"
+        f"  envrestore rollback {restore_job or '<restore job id>'} --wait\n"
+        "Restoring a protected environment is refused (exit 4):"
+    )
+    code = _cli(
+        ["restore", f"{SITE}.live"],
+        env,
+        tolerate=(EXIT_CONFLICT,),
+        note="refused by policy, as it should be",
+    )
+    if code != EXIT_CONFLICT:
+        raise SystemExit(f"`envrestore restore {SITE}.live` was not refused (exit {code})")
+    _say(
+        f"The way to {SITE}.live: restore {SITE}.dev or {SITE}.test, check the result there,\n"
+        f"then clone its content to {SITE}.live."
+    )
+
     env_file = _relative(stack.StackPaths(state_dir).env_file)
     logs = _relative(stack.StackPaths(state_dir).logs)
     _heading("What just happened")
@@ -463,10 +680,18 @@ environments; `backup create --wait` queued a job whose steps the worker ran: it
 dumped demo_dev with pg_dump, archived the uploads and the git repository, streamed
 the three parts to S3 with their sha256, and recorded backup {backup_id}.
 
+Then dev changed (posts deleted and retitled, an upload deleted and one added, a
+commit) and `restore --wait` put the backup back: the worker checked each part's
+sha256, imported the dump into a shadow database, unpacked the uploads and the code
+beside the live ones, and swapped all three in at the end; a failure before that
+swap would have left dev untouched. The replaced content is the rollback point.
+
 Look around:
   source {env_file}
-  envrestore job show {job_id or "<job id>"}
+  envrestore job show {restore_job or "<restore job id>"}    # the restore
+  envrestore job show {job_id or "<backup job id>"}    # the backup
   envrestore backup list {SITE}.dev
+  envrestore job list {SITE}
   envrestore env list
   tail -f {logs}/worker.log
   python -m deploy.local.stack status
