@@ -282,7 +282,18 @@ def _migrate(env: dict[str, str]) -> None:
 
 
 def _env_fingerprint(env: dict[str, str]) -> str:
-    return hashlib.sha256(render_env(env).encode()).hexdigest()[:16]
+    """The worker's settings and the code it runs: a change of either restarts it.
+
+    A worker started before `git pull` would otherwise keep running old code
+    (and, say, know no actor for a step added since).
+    """
+    digest = hashlib.sha256(render_env(env).encode())
+    for package in ("config", "pipelines", "workers"):
+        for path in sorted((REPO_ROOT / package).rglob("*")):
+            if path.suffix in (".py", ".sql") and path.is_file():
+                digest.update(str(path.relative_to(REPO_ROOT)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _start_worker(paths: StackPaths, env: dict[str, str]) -> dict[str, Any]:
@@ -410,7 +421,7 @@ def up(state_dir: Path | None = None, *, worker: bool = True) -> dict[str, str]:
         if proc is not None and old.get("env_fingerprint") == _env_fingerprint(env):
             log.info("worker.reused", pid=proc.pid)
         else:
-            if proc is not None:  # settings changed under it: restart with the new ones
+            if proc is not None:  # settings or code changed under it: restart it
                 terminate(proc, group=True)
             record["worker"] = _start_worker(paths, env)
             _write_private(paths.json_file, json.dumps(record, indent=2) + "\n")
