@@ -8,10 +8,10 @@ import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import asyncpg
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -33,6 +33,7 @@ from pipelines.errors import (
 )
 from pipelines.jobs import views
 from pipelines.jobs.cancel import cancel_job
+from pipelines.jobs.submit import Submitted
 from pipelines.ledger.connection import connect, create_pool
 from pipelines.ledger.migrate import migrate
 from pipelines.objectstore import open_object_store
@@ -277,7 +278,29 @@ def env_load(
 # -------------------------------------------------------------------- backup
 
 
-async def _finish_job_command(pool: Any, submitted: Any, *, wait: bool, as_json: bool) -> int:
+def _job_command(
+    settings: Settings,
+    submit: Callable[[asyncpg.Pool], Awaitable[Submitted]],
+    *,
+    wait: bool,
+    as_json: bool,
+) -> NoReturn:
+    """Run a command that creates a job: submit it, then report or follow it."""
+
+    async def body() -> int:
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            submitted = await submit(pool)
+            return await _finish_job_command(pool, submitted, wait=wait, as_json=as_json)
+        finally:
+            await pool.close()
+
+    raise typer.Exit(_run(body))
+
+
+async def _finish_job_command(
+    pool: asyncpg.Pool, submitted: Submitted, *, wait: bool, as_json: bool
+) -> int:
     job_id = submitted.job_id
     if not wait:
         if as_json:
@@ -320,12 +343,9 @@ def backup_create(
     """Back up an environment: database, files and code into S3, as a queued job."""
     settings = _settings()
 
-    async def body() -> int:
-        async with AsyncExitStack() as stack:
-            pool = await create_pool(settings.database_url, max_size=2)
-            stack.push_async_callback(pool.close)
-            store = await stack.enter_async_context(open_object_store(settings))
-            submitted = await backups.create_backup(
+    async def submit(pool: asyncpg.Pool) -> Submitted:
+        async with open_object_store(settings) as store:
+            return await backups.create_backup(
                 pool,
                 settings,
                 store,
@@ -333,10 +353,8 @@ def backup_create(
                 keep_days=keep_for,
                 idempotency_key=idempotency_key,
             )
-            return await _finish_job_command(pool, submitted, wait=wait, as_json=as_json)
-        raise AssertionError("unreachable")
 
-    raise typer.Exit(_run(body))
+    _job_command(settings, submit, wait=wait, as_json=as_json)
 
 
 @backup_app.command("list")
@@ -411,24 +429,19 @@ def restore(
             markup=False,
         )
 
-    async def body() -> int:
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            submitted = await restores.create_restore(
-                pool,
-                settings,
-                target,
-                backup=backup,
-                element=element,
-                in_place=in_place,
-                force_live=force_live,
-                idempotency_key=idempotency_key,
-            )
-            return await _finish_job_command(pool, submitted, wait=wait, as_json=as_json)
-        finally:
-            await pool.close()
+    async def submit(pool: asyncpg.Pool) -> Submitted:
+        return await restores.create_restore(
+            pool,
+            settings,
+            target,
+            backup=backup,
+            element=element,
+            in_place=in_place,
+            force_live=force_live,
+            idempotency_key=idempotency_key,
+        )
 
-    raise typer.Exit(_run(body))
+    _job_command(settings, submit, wait=wait, as_json=as_json)
 
 
 @app.command("rollback")
@@ -441,18 +454,12 @@ def rollback(
     """Swap back the content a restore replaced (kept ENVRESTORE_ROLLBACK_HOURS, default 24)."""
     settings = _settings()
 
-    async def body() -> int:
-        uid = views.parse_job_id(job_id)
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            submitted = await restores.create_rollback(
-                pool, settings, uid, idempotency_key=idempotency_key
-            )
-            return await _finish_job_command(pool, submitted, wait=wait, as_json=as_json)
-        finally:
-            await pool.close()
+    async def submit(pool: asyncpg.Pool) -> Submitted:
+        return await restores.create_rollback(
+            pool, settings, views.parse_job_id(job_id), idempotency_key=idempotency_key
+        )
 
-    raise typer.Exit(_run(body))
+    _job_command(settings, submit, wait=wait, as_json=as_json)
 
 
 # ----------------------------------------------------------------------- job
