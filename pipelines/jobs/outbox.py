@@ -1,8 +1,8 @@
 """The outbox relay: messages the ledger says are due, handed to a sender.
 
-The sender (Dramatiq in workers/, a list in tests) is called before the rows
-are deleted are committed: a crash in between sends a message twice, which
-the step protocol absorbs; it never loses one.
+The sender (Dramatiq in workers/, a list in tests) is called before the
+deletion of the rows is committed: a crash in between sends a message twice,
+which the step protocol absorbs; it never loses one.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipelines import trees
 from pipelines.engines.shadow import ShadowNames, shadow_names
-from pipelines.errors import EnvrestoreError, IntegrityError, UnsafeInput
+from pipelines.errors import IntegrityError, UnsafeInput
 from pipelines.registry import Environment
 
 ELEMENTS = ("database", "files", "code")
@@ -64,5 +64,3 @@ def naming_part(part: str) -> Iterator[None]:
         raise type(exc)(
             f"verify failed for the {part} part: {exc.message}", part=part, **exc.data
         ) from exc
-    except EnvrestoreError:
-        raise
