@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     pg_bin_dir: Path | None = None
     mariadb_bin_dir: Path | None = None
     gzip_level: int = Field(default=6, ge=1, le=9)
+    # MariaDB restores: 2 feeds the big tables' INSERTs over two sessions
+    # (PERFORMANCE.md: 1.36x on 2 cores, but noisy); 1 is the plain client.
+    mariadb_import_connections: int = Field(default=1, ge=1, le=2)
 
     # Backups and restores
     backup_keep_days: int = Field(default=30, ge=1)

@@ -53,7 +53,10 @@ async def import_db(ctx: StepContext) -> dict[str, Any]:
             engine=targets.environment.engine,  # type: ignore[arg-type]
             report=report,
         )
-        imported = await import_into(target, filtered, settings=ctx.settings)
+        connections = ctx.settings.mariadb_import_connections if target.engine == "mariadb" else 1
+        imported = await import_into(
+            target, filtered, connections=connections, settings=ctx.settings
+        )
         verdict = stream.verdict()
     tables = await sanity_check(target, settings=ctx.settings)
     if report.statements and not tables:

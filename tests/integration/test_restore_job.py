@@ -351,3 +351,16 @@ async def test_rollback_points_are_dropped_when_they_expire(runtime, backed_up):
 async def _databases(dsn: Dsn) -> list[str]:
     rows = await engine_for(dsn).query(dsn.with_database("mysql"), "SHOW DATABASES")  # type: ignore[attr-defined]
     return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+async def test_mariadb_restore_over_two_connections_gives_the_same_content(runtime, backed_up):
+    site = backed_up
+    await change_everything(site)
+    settings = runtime.settings.model_copy(update={"mariadb_import_connections": 2})
+    rt = dataclasses.replace(runtime, settings=settings)
+    job = await create_restore(rt.pool, settings, "shop.dev", element="database")
+    view = await drive(rt, job.job_id)
+    assert view["status"] == "succeeded", view
+    after = await snapshot(site["dsn"], site["files"], site["code"])
+    assert (after.tables, after.rows) == (site["before"].tables, site["before"].rows)
