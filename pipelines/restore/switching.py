@@ -32,7 +32,11 @@ async def switch(ctx: StepContext) -> dict[str, Any]:
     in_place = bool(ctx.job.params.get("in_place"))
     windows: dict[str, float] = {}
     details: dict[str, Any] = {"tag": targets.tag, "elements": elements_of(ctx)}
-    started = time.monotonic()
+    # The environment is mixed (some parts new, some old) from the moment the
+    # first swap took effect until the last one ends; each swap reports its
+    # own window, which ends when its call returns.
+    mixed_since: float | None = None
+    last_end = 0.0
     if not in_place:
         done: list[str] = []
         try:
@@ -53,14 +57,16 @@ async def switch(ctx: StepContext) -> dict[str, Any]:
                         trees.swap_in, live, staging, rollback
                     )
                     details[element] = {"live": str(live), "rollback": str(rollback)}
+                last_end = time.monotonic()
+                if mixed_since is None:
+                    mixed_since = last_end - windows[element]
                 done.append(element)
                 await failpoint(ctx.settings, f"switch.after_{element}")
         except PermanentError:
             # Never leave the environment half-restored: undo the swaps already made.
             await _undo(ctx, targets, done)
             raise
-    # The environment was changing from the first swap to the last.
-    window = round(time.monotonic() - started, 6) if not in_place else 0.0
+    window = round(last_end - mixed_since, 6) if mixed_since is not None else 0.0
     async with ctx.runtime.pool.acquire() as conn, conn.transaction():
         if not in_place:
             await conn.execute(
