@@ -141,5 +141,6 @@ def test_progress_is_reported_while_importing(cli_env, worker_pool, site):
     stop.set()
     watcher.join()
     assert done.returncode == 0, done.stderr
+    assert "import_files" in done.stderr  # a bar per step, drawn on stderr
     assert len(set(seen)) >= 3  # the counter moved while the step ran
     assert seen == sorted(seen)
