@@ -90,7 +90,8 @@ async def test_decompression_bomb_is_refused_before_it_is_inflated():
 
 
 async def test_zstd_round_trip_and_bomb_cap():
-    zstandard = pytest.importorskip("zstandard")
+    import zstandard
+
     frames = zstandard.ZstdCompressor().compress(PAYLOAD) + zstandard.ZstdCompressor().compress(
         b"tail"
     )
