@@ -154,3 +154,18 @@ async def prepare_code(staging: Path, live_repo: Path | None, *, job_tag: str) -
     tags = await _tags(staging)
     log.info("code.prepared", head=head, tags=len(tags), preserved_refs=preserved)
     return {"head": head, "tags": tags, "preserved_refs": preserved}
+
+
+async def forget_pre_restore(repo: Path, *, job_tag: str) -> int:
+    """Delete the refs one restore kept of the live history (when its rollback point expires).
+
+    Without this, every restore adds a namespace of refs that later code
+    backups carry forever. Returns how many refs were deleted.
+    """
+    if not await _is_repo(_real(repo)):
+        return 0
+    refs = await _git(repo, "for-each-ref", "--format=%(refname)", f"{PRE_RESTORE}/{job_tag}/")
+    names = refs.split()
+    for name in names:
+        await _git(repo, "update-ref", "-d", name)
+    return len(names)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import trees
+from pipelines.archives.code_restore import forget_pre_restore
 from pipelines.engines import shadow
 from pipelines.engines.shadow import ShadowNames
 from pipelines.errors import Conflict, NotFound
@@ -99,6 +100,8 @@ async def drop_rollback_point(ctx: StepContext) -> dict[str, Any]:
             path = Path(entry["rollback"])
             if await asyncio.to_thread(path.exists):
                 await trees.delete_tree_later(path)
+            if element == "code":
+                await forget_pre_restore(Path(entry["live"]), job_tag=details["tag"])
     await ctx.runtime.pool.execute(
         sql("set_rollback_point_status"), point["job_id"], "expired", None
     )

@@ -333,11 +333,14 @@ async def test_rollback_points_are_dropped_when_they_expire(runtime, backed_up):
     assert kept_files.is_dir()
     assert kept_db in await _databases(site["dsn"])
 
+    kept_refs = git(site["code"], "for-each-ref", "refs/envrestore/pre-restore/")
+    assert kept_refs  # the live history before the restore, kept while the point is
     assert await schedule_expiries(rt.pool, settings) == 1
     assert await schedule_expiries(rt.pool, settings) == 0  # one job per point
     [expiry] = [j for j in await list_jobs(rt.pool) if j["kind"] == "expire_rollback"]
     assert (await drive(rt, uuid.UUID(expiry["id"])))["status"] == "succeeded"
     assert not kept_files.exists()
+    assert git(site["code"], "for-each-ref", "refs/envrestore/pre-restore/") == ""
     assert kept_db not in await _databases(site["dsn"])
     status = await rt.pool.fetchval(
         "SELECT status FROM rollback_points WHERE job_id = $1", job.job_id
