@@ -24,7 +24,7 @@ test-unit: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy pipelines
+	$(BIN)/mypy pipelines cli workers config
 
 ## The main job on the embedded stack: PostgreSQL, Redis and SeaweedFS from wheels, one worker.
 demo: install

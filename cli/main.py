@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -93,7 +93,7 @@ def _settings() -> Settings:
         raise typer.Exit(ExitCode.USAGE) from None
 
 
-def _run(body: Callable[[], Awaitable[T]]) -> T:
+def _run(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run an async command body; turn envrestore errors into one line and an exit code."""
     try:
         return asyncio.run(body())
@@ -104,6 +104,15 @@ def _run(body: Callable[[], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         raise typer.Exit(130) from None
+
+
+async def _with_ledger(settings: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """A small pool on the ledger for the length of one command."""
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        return await use(pool)
+    finally:
+        await pool.close()
 
 
 def _print_json(data: Any) -> None:
@@ -148,11 +157,7 @@ def site_add(name: Annotated[str, typer.Argument(help="Site name, e.g. mysite.")
     settings = _settings()
 
     async def body() -> bool:
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            return await registry.add_site(pool, name)
-        finally:
-            await pool.close()
+        return await _with_ledger(settings, lambda pool: registry.add_site(pool, name))
 
     if not _run(body):
         err.print(f"error: site {name!r} already exists", markup=False)
@@ -192,13 +197,12 @@ def env_add(
         from pipelines.archives.git import ensure_repo
 
         await ensure_repo(code)
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            return await registry.add_environment(
+        return await _with_ledger(
+            settings,
+            lambda pool: registry.add_environment(
                 pool, target, db=db, files=files, code=code, protected=protected
-            )
-        finally:
-            await pool.close()
+            ),
+        )
 
     environment, created = _run(body)
     verb = "added" if created else "updated"
@@ -224,11 +228,7 @@ def env_list(
     settings = _settings()
 
     async def body() -> list[registry.Environment]:
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            return await registry.list_environments(pool, site)
-        finally:
-            await pool.close()
+        return await _with_ledger(settings, lambda pool: registry.list_environments(pool, site))
 
     environments = _run(body)
     if as_json:
@@ -257,8 +257,8 @@ def env_load(
         for spec in specs:
             _check_env_paths(spec.files, spec.code)
             await ensure_repo(spec.code)
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
+
+        async def register(pool: asyncpg.Pool) -> list[tuple[registry.Environment, bool]]:
             for spec in specs:
                 site, _env = registry.parse_target(spec.target)
                 await registry.add_site(pool, site)
@@ -268,8 +268,8 @@ def env_load(
                 )
                 for s in specs
             ]
-        finally:
-            await pool.close()
+
+        return await _with_ledger(settings, register)
 
     for environment, created in _run(body):
         out.print(f"environment {environment.target} {'added' if created else 'updated'}")
@@ -287,15 +287,10 @@ def _job_command(
 ) -> NoReturn:
     """Run a command that creates a job: submit it, then report or follow it."""
 
-    async def body() -> int:
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            submitted = await submit(pool)
-            return await _finish_job_command(pool, submitted, wait=wait, as_json=as_json)
-        finally:
-            await pool.close()
+    async def submit_and_report(pool: asyncpg.Pool) -> int:
+        return await _finish_job_command(pool, await submit(pool), wait=wait, as_json=as_json)
 
-    raise typer.Exit(_run(body))
+    raise typer.Exit(_run(lambda: _with_ledger(settings, submit_and_report)))
 
 
 async def _finish_job_command(
@@ -366,11 +361,7 @@ def backup_list(
     settings = _settings()
 
     async def body() -> list[backups.BackupRecord]:
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            return await backups.list_backups(pool, target)
-        finally:
-            await pool.close()
+        return await _with_ledger(settings, lambda pool: backups.list_backups(pool, target))
 
     records = _run(body)
     if as_json:
@@ -476,14 +467,10 @@ def job_show(
 
     async def body() -> int:
         uid = views.parse_job_id(job_id)
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            if wait:
-                view = await follow_job(pool, uid, quiet=as_json)
-                return _report_final(view, as_json=as_json)
-            view = await views.show_job(pool, uid)
-        finally:
-            await pool.close()
+        if wait:
+            view = await _with_ledger(settings, lambda pool: follow_job(pool, uid, quiet=as_json))
+            return _report_final(view, as_json=as_json)
+        view = await _with_ledger(settings, lambda pool: views.show_job(pool, uid))
         if as_json:
             _print_json(view)
         else:
@@ -516,11 +503,7 @@ def job_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> No
         from pipelines.catalog import job_kinds
 
         uid = views.parse_job_id(job_id)
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            await cancel_job(pool, uid, job_kinds())
-        finally:
-            await pool.close()
+        await _with_ledger(settings, lambda pool: cancel_job(pool, uid, job_kinds()))
 
     _run(body)
     out.print(f"job {job_id} cancelled; its cleanup runs on the workers")
@@ -540,11 +523,9 @@ def job_list(
         if target:
             site, _, env_part = target.partition(".")
             env = env_part or None
-        pool = await create_pool(settings.database_url, max_size=2)
-        try:
-            return await views.list_jobs(pool, site=site, env=env, limit=limit)
-        finally:
-            await pool.close()
+        return await _with_ledger(
+            settings, lambda pool: views.list_jobs(pool, site=site, env=env, limit=limit)
+        )
 
     jobs = _run(body)
     if as_json:

@@ -25,14 +25,14 @@ def _step_actor(step: str) -> Callable[[str], Awaitable[None]]:
     return run
 
 
-def declare_actors(broker: dramatiq.Broker, queue_name: str) -> dict[str, dramatiq.Actor]:
+StepActor = dramatiq.Actor[[str], None]
+
+
+def declare_actors(broker: dramatiq.Broker, queue_name: str) -> dict[str, StepActor]:
     """Declare an actor named after each step of every job kind."""
     return {
-        step: dramatiq.actor(
-            _step_actor(step),
-            actor_name=step,
-            queue_name=queue_name,
-            broker=broker,
+        step: dramatiq.actor(actor_name=step, queue_name=queue_name, broker=broker)(
+            _step_actor(step)
         )
         for step in step_names()
     }

@@ -18,7 +18,7 @@ from workers.ledger_loops import LedgerLoops
 
 def build_broker(settings: Settings) -> RedisBroker:
     """A Redis broker with envrestore's middleware; also made the global broker."""
-    broker = RedisBroker(url=settings.redis_url, middleware=[])
+    broker = RedisBroker(url=settings.redis_url, middleware=[])  # type: ignore[no-untyped-call]  # dramatiq ships RedisBroker untyped
     broker.add_middleware(ShutdownNotifications())
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(AsyncIO())
