@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     # MariaDB restores: 2 feeds the big tables' INSERTs over two sessions
     # (PERFORMANCE.md: 1.36x on 2 cores, but noisy); 1 is the plain client.
     mariadb_import_connections: int = Field(default=1, ge=1, le=2)
+    # Untrusted dumps: a statement running longer than this is killed (server-side
+    # max_statement_time / statement_timeout), and so is an import whose client
+    # accepts no input for the idle timeout. Seconds.
+    import_statement_timeout: float = Field(default=3600.0, gt=0)
+    import_idle_timeout: float = Field(default=600.0, gt=0)
+    # The longest line of a dump the statement filter buffers before refusing it
+    # (mysqldump's extended INSERTs are ~1 MiB; pg_dump's COPY rows are one row).
+    sql_max_line_mb: int = Field(default=64, ge=1, le=1024)
+    # Restored files: "normalise" gives 0644/0755 (exec bit kept, group/other
+    # write and setuid/setgid/sticky cleared); "keep" keeps the archive's
+    # permission bits except setuid/setgid/sticky, which are never kept.
+    files_mode_policy: Literal["normalise", "keep"] = "normalise"
 
     # Backups and restores
     backup_keep_days: int = Field(default=30, ge=1)

@@ -49,6 +49,37 @@ class ImportReport:
 
 
 @dataclass(frozen=True)
+class ImportLogin:
+    """Who the import client connects as: least privilege for untrusted dumps.
+
+    `dsn` names the database the import fills, with the login's credentials.
+    `user` is the login created for this job (None when the environment's own
+    DSN user is used, with `reason` saying why); it can reach only `dsn.database`.
+    """
+
+    dsn: Dsn
+    user: str | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RunningStatement:
+    """A statement the import is running now, as the server reports it."""
+
+    seconds: float
+    text: str
+
+
+#: Import logins are named `envr_i_<tag>`; objects defined by them are re-owned at switch.
+IMPORT_LOGIN_PREFIX = "envr_i_"
+
+
+def import_login_name(tag: str) -> str:
+    """The login of one job's import (deterministic, so a later step can drop it)."""
+    return f"{IMPORT_LOGIN_PREFIX}{tag[:24]}"
+
+
+@dataclass(frozen=True)
 class SwitchReport:
     """How long the live name was unavailable or changing; already_done: nothing left to do."""
 
@@ -103,6 +134,29 @@ class ShadowEngine(Protocol):
     ) -> ImportReport: ...
 
     async def sanity_check(self, dsn: Dsn) -> dict[str, int]: ...
+
+    async def create_import_login(self, dsn: Dsn, database: str, tag: str) -> ImportLogin:
+        """A login for this job that can reach only `database` (dropped and made anew
+        when it exists); the DSN user itself, with the reason, when it cannot create one."""
+        ...
+
+    async def hand_over(self, dsn: Dsn, database: str, login: ImportLogin) -> None:
+        """After the import: make what the login created belong to the DSN user."""
+        ...
+
+    async def drop_import_login(self, dsn: Dsn, tag: str) -> None:
+        """End the login's sessions and drop it; a no-op when it does not exist."""
+        ...
+
+    async def running_statements(
+        self, dsn: Dsn, database: str, user: str | None
+    ) -> list[RunningStatement]:
+        """Statements running now in `database` (by `user` when given), longest first."""
+        ...
+
+    async def end_sessions(self, dsn: Dsn, database: str, user: str | None) -> None:
+        """Kill the sessions working in `database` (by `user` when given)."""
+        ...
 
     async def swap_in(self, dsn: Dsn, live: str, incoming: str, outgoing: str) -> SwitchReport: ...
 
@@ -174,6 +228,25 @@ async def import_into(
     return await shadow_engine_for(dsn_of_shadow, settings).import_into(
         dsn_of_shadow, chunks, on_progress=on_progress, connections=connections
     )
+
+
+async def create_import_login(
+    dsn: Dsn, database: str, tag: str, *, settings: Settings | None = None
+) -> ImportLogin:
+    """A least-privilege login for one job's import into `database` (see ShadowEngine)."""
+    return await shadow_engine_for(dsn, settings).create_import_login(dsn, database, tag)
+
+
+async def hand_over(
+    dsn: Dsn, database: str, login: ImportLogin, *, settings: Settings | None = None
+) -> None:
+    """Give what the import login created to the DSN user (before the switch)."""
+    await shadow_engine_for(dsn, settings).hand_over(dsn, database, login)
+
+
+async def drop_import_login(dsn: Dsn, tag: str, *, settings: Settings | None = None) -> None:
+    """Drop one job's import login if it exists (import end, finalize, abandon)."""
+    await shadow_engine_for(dsn, settings).drop_import_login(dsn, tag)
 
 
 async def sanity_check(dsn_of_shadow: Dsn, *, settings: Settings | None = None) -> dict[str, int]:
