@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,6 +21,7 @@ from rich.progress import (
 )
 
 from pipelines.jobs.views import show_job
+from pipelines.text import clean_text
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -53,15 +55,24 @@ async def follow_job(
                 if step["status"] == "skipped" and step["name"] not in tasks:
                     continue
                 if step["name"] not in tasks:
+                    # The description is drawn as rich markup: escape it, and
+                    # never print control characters.
                     tasks[step["name"]] = bars.add_task(
-                        step["name"], total=step["bytes_total"], status=step["status"]
+                        escape(clean_text(step["name"], 80, newlines=False)),
+                        total=step["bytes_total"],
+                        status=escape(clean_text(step["status"], 20, newlines=False)),
                     )
                 total = step["bytes_total"]
                 done = step["bytes_done"]
                 if step["status"] == "done" and total is None:
                     total = done or 1
                     done = total
-                bars.update(tasks[step["name"]], completed=done, total=total, status=step["status"])
+                bars.update(
+                    tasks[step["name"]],
+                    completed=done,
+                    total=total,
+                    status=escape(clean_text(step["status"], 20, newlines=False)),
+                )
             if view["status"] in TERMINAL:
                 return view
             await asyncio.sleep(interval)

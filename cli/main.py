@@ -16,6 +16,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cli.exit_codes import ExitCode
 from cli.follow import follow_job
@@ -38,6 +39,7 @@ from pipelines.ledger.connection import connect, create_pool
 from pipelines.ledger.migrate import migrate
 from pipelines.objectstore import open_object_store
 from pipelines.restore import service as restores
+from pipelines.text import clean_text
 
 T = TypeVar("T")
 
@@ -98,7 +100,7 @@ def _run(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(body())
     except EnvrestoreError as exc:
-        err.print(f"error: {exc.message}", markup=False)
+        err.print(f"error: {clean_text(exc.message)}", markup=False)
         code = next((c for t, c in _EXIT_FOR if isinstance(exc, t)), ExitCode.ERROR)
         raise typer.Exit(code) from None
     except KeyboardInterrupt:
@@ -317,7 +319,7 @@ def _report_final(view: dict[str, Any], *, as_json: bool) -> int:
     elif view["status"] == "succeeded":
         out.print(f"job {view['id']} succeeded")
     else:
-        err.print(f"job {view['id']} {view['status']}: {view['error']}", markup=False)
+        err.print(f"job {view['id']} {view['status']}: {_shown(view['error'])}", markup=False)
     return ExitCode.OK if view["status"] == "succeeded" else ExitCode.JOB_FAILED
 
 
@@ -480,17 +482,32 @@ def job_show(
     raise typer.Exit(_run(body))
 
 
+def _shown(value: Any) -> str:
+    """A ledger value as printed: never raw control characters (older rows may hold them)."""
+    return clean_text("" if value is None else str(value))
+
+
+def _cell(value: Any) -> Text:
+    """A table cell: cleaned, and never read as rich markup."""
+    return Text(_shown(value))
+
+
 def _print_job(view: dict[str, Any]) -> None:
     out.print(
-        f"job {view['id']}  {view['kind']}  {view['target'] or ''}  [bold]{view['status']}[/]"
+        Text.assemble(
+            f"job {_shown(view['id'])}  {_shown(view['kind'])}  {_shown(view['target'])}  ",
+            (_shown(view["status"]), "bold"),
+        )
     )
     if view["error"]:
-        out.print(f"error: {view['error']}", markup=False)
+        out.print(f"error: {_shown(view['error'])}", markup=False)
     table = Table("step", "status", "attempts", "progress", "error")
     for s in view["steps"]:
         total = s["bytes_total"]
         progress = f"{s['bytes_done']:,}" + (f" / {total:,}" if total else "")
-        table.add_row(s["name"], s["status"], str(s["attempts"]), progress, s["error"] or "")
+        table.add_row(
+            _cell(s["name"]), _cell(s["status"]), str(s["attempts"]), progress, _cell(s["error"])
+        )
     out.print(table)
 
 
@@ -534,7 +551,12 @@ def job_list(
     table = Table("id", "kind", "target", "status", "created_at", "error")
     for j in jobs:
         table.add_row(
-            j["id"], j["kind"], j["target"] or "", j["status"], j["created_at"], j["error"] or ""
+            j["id"],
+            _cell(j["kind"]),
+            _cell(j["target"]),
+            _cell(j["status"]),
+            j["created_at"],
+            _cell(j["error"]),
         )
     out.print(table)
 

@@ -2,11 +2,18 @@
 
 Every error a user sees names what was wrong and what to do. Exceptions carry
 data (job id, step, part, line) so callers and tests need not parse text.
+
+Messages are often built from untrusted bytes (a dump's line, a member's
+name): the message and the string values of `data` are cleaned (control
+characters escaped, length bounded) when the error is made, so an error is
+safe wherever it goes: the ledger, the log, a terminal.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from pipelines.text import DEFAULT_LIMIT, ERROR_LIMIT, clean_text
 
 
 class EnvrestoreError(Exception):
@@ -16,8 +23,12 @@ class EnvrestoreError(Exception):
     exit_code: int = 1
 
     def __init__(self, message: str | None = None, **data: Any) -> None:
-        self.message = message or (self.__doc__ or self.__class__.__name__).strip()
-        self.data = data
+        raw = message or (self.__doc__ or self.__class__.__name__).strip()
+        self.message = clean_text(raw, ERROR_LIMIT)
+        self.data = {
+            key: clean_text(value, DEFAULT_LIMIT) if isinstance(value, str) else value
+            for key, value in data.items()
+        }
         super().__init__(self.message)
 
     def __str__(self) -> str:

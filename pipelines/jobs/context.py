@@ -16,6 +16,7 @@ from pipelines.jobs.runtime import Runtime
 from pipelines.ledger.queries import sql
 from pipelines.objectstore import ObjectStore
 from pipelines.registry import Environment, get_environment_by_id
+from pipelines.text import DEFAULT_LIMIT, clean_data, clean_text
 
 
 @dataclass
@@ -69,6 +70,13 @@ class StepContext:
             )
 
     async def event(self, event: str, **data: Any) -> None:
-        """Record an event in the job's history (and the log)."""
-        await self.runtime.pool.execute(sql("insert_event"), self.job.id, self.step, event, data)
-        self.log.info(event, **data)
+        """Record an event in the job's history (and the log).
+
+        Values may come from untrusted input: strings are cleaned (control
+        characters escaped, lengths bounded) and anything else made JSON-able
+        before they reach the ledger.
+        """
+        name = clean_text(event, 200, newlines=False)
+        payload: dict[str, Any] = clean_data(data, DEFAULT_LIMIT)
+        await self.runtime.pool.execute(sql("insert_event"), self.job.id, self.step, name, payload)
+        self.log.info(name, **payload)

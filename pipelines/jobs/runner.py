@@ -6,6 +6,11 @@
 4. Hold the environment's lease (fencing token) before touching it.
 5. Work, heartbeating; permanent errors fail the job, others are retried.
 6. Mark done and queue the next steps in one transaction (the outbox).
+
+Recording a failure never fails because of its text: errors, events and
+outputs are cleaned (`pipelines.text`) before they are written, and a write
+the ledger still refuses is made again with a short ASCII form of the real
+reason, so a job ends failed with why, never as "its worker died".
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import dataclasses
 import enum
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import asyncpg
 import structlog
 
 from pipelines.errors import EnvrestoreError, PermanentError
@@ -27,6 +34,9 @@ from pipelines.jobs.model import JobStatus, StepStatus, ready_steps
 from pipelines.jobs.records import JobRecord, StepRecord
 from pipelines.jobs.runtime import Runtime
 from pipelines.ledger.queries import sql
+from pipelines.text import ERROR_LIMIT, OUTPUT_LIMIT, ascii_text, clean_data, clean_text
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -175,7 +185,7 @@ async def _execute(runtime: Runtime, ctx: StepContext) -> None:
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beat
-    await _done(runtime, ctx, outputs or {}, time.monotonic() - started)
+    await _done(runtime, ctx, clean_data(outputs or {}, OUTPUT_LIMIT), time.monotonic() - started)
 
 
 async def _heartbeat(
@@ -248,6 +258,50 @@ async def _done(
     log.info("step.finished", seconds=round(seconds, 3))
 
 
+def _is_connection_error(exc: BaseException) -> bool:
+    """A lost or refused connection to the ledger: transient, the delivery is retried.
+
+    Anything else the ledger raises while recording (bad data, bad encoding)
+    will not go away by retrying the same text.
+    """
+    if isinstance(exc, ValueError):  # asyncpg's client-side DataError (a bad argument)
+        return False
+    return isinstance(
+        exc,
+        (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InsufficientResourcesError,
+            asyncpg.InterfaceError,
+        ),
+    )
+
+
+async def _write_with_fallback(
+    write: Callable[[str], Awaitable[T]], message: str, *, what: str
+) -> tuple[T, str]:
+    """`write(message)`; if the ledger refuses the text, `write` its short ASCII form once.
+
+    Returns what `write` returned and the message actually written.
+    Connection errors are raised as they are (transient).
+    """
+    try:
+        return await write(message), message
+    except Exception as exc:  # any refusal of the text; connection errors re-raised
+        if _is_connection_error(exc):
+            raise
+        fallback = ascii_text(message)
+        log.error(
+            f"{what}.not_recorded",
+            reason="the ledger refused the text; recording a short ASCII form",
+            write_error=ascii_text(f"{type(exc).__name__}: {exc}"),
+            error=fallback,
+        )
+        return await write(fallback), fallback
+
+
 async def _fail(
     runtime: Runtime,
     job: JobRecord,
@@ -256,16 +310,32 @@ async def _fail(
     message: str,
     exc: BaseException | None = None,
 ) -> None:
-    async with runtime.pool.acquire() as conn, conn.transaction():
-        await conn.execute(sql("lock_job"), job.id)
-        await conn.execute(sql("finish_step_failed"), job.id, step, attempt, message)
-        await stop_job(conn, job.id, status=JobStatus.FAILED, error=message, step=step)
+    async def record(text: str) -> None:
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql("lock_job"), job.id)
+            await conn.execute(sql("finish_step_failed"), job.id, step, attempt, text)
+            await stop_job(conn, job.id, status=JobStatus.FAILED, error=text, step=step)
+
+    _, message = await _write_with_fallback(
+        record, clean_text(message, ERROR_LIMIT), what="step.failure"
+    )
     data = exc.data if isinstance(exc, EnvrestoreError) else {}
     log.error("step.failed", error=message, **{k: str(v) for k, v in data.items()})
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, as recorded: the error's own message, or its type and text."""
+    if isinstance(exc, EnvrestoreError):
+        return clean_text(exc.message, ERROR_LIMIT)
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure
+        text = repr(type(exc))
+    return clean_text(f"{type(exc).__name__}: {text}", ERROR_LIMIT)
+
+
 async def _retry_or_fail(runtime: Runtime, ctx: StepContext, exc: Exception) -> None:
-    message = str(exc) if isinstance(exc, EnvrestoreError) else f"{type(exc).__name__}: {exc}"
+    message = _reason(exc)
     if ctx.attempt >= ctx.max_attempts:
         await _fail(
             runtime,
@@ -279,19 +349,25 @@ async def _retry_or_fail(runtime: Runtime, ctx: StepContext, exc: Exception) -> 
     delay = min(
         runtime.settings.retry_backoff_seconds * 2 ** (ctx.attempt - 1), MAX_BACKOFF_SECONDS
     )
-    async with runtime.pool.acquire() as conn, conn.transaction():
-        await conn.execute(sql("lock_job"), ctx.job.id)
-        marked = await conn.fetchrow(
-            sql("retry_step_later"), ctx.job.id, ctx.step, ctx.attempt, message, delay
-        )
-        if marked is None:
-            return
-        await conn.execute(sql("insert_outbox"), ctx.job.id, ctx.step, delay)
-        await conn.execute(
-            sql("insert_event"),
-            ctx.job.id,
-            ctx.step,
-            "step.retrying",
-            {"attempt": ctx.attempt, "error": message, "delay": delay},
-        )
-    log.warning("step.retrying", error=message, delay=delay, exc_info=exc)
+
+    async def record(text: str) -> bool:
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql("lock_job"), ctx.job.id)
+            marked = await conn.fetchrow(
+                sql("retry_step_later"), ctx.job.id, ctx.step, ctx.attempt, text, delay
+            )
+            if marked is None:
+                return False
+            await conn.execute(sql("insert_outbox"), ctx.job.id, ctx.step, delay)
+            await conn.execute(
+                sql("insert_event"),
+                ctx.job.id,
+                ctx.step,
+                "step.retrying",
+                {"attempt": ctx.attempt, "error": text, "delay": delay},
+            )
+            return True
+
+    marked, message = await _write_with_fallback(record, message, what="step.retry")
+    if marked:
+        log.warning("step.retrying", error=message, delay=delay, exc_info=exc)

@@ -1,4 +1,8 @@
-"""Jobs as users see them (`job show --json`): status, error, steps with progress."""
+"""Jobs as users see them (`job show --json`): status, error, steps with progress.
+
+Errors and event data are cleaned again on the way out (`pipelines.text`):
+rows written by older versions may still hold raw control characters.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import asyncpg
 from pipelines.errors import BadInput, NotFound
 from pipelines.jobs.records import JobRecord, StepRecord
 from pipelines.ledger.queries import sql
+from pipelines.text import ERROR_LIMIT, clean_data, clean_text
 
 
 def parse_job_id(text: str) -> uuid.UUID:
@@ -25,6 +30,10 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _error(text: str | None) -> str | None:
+    return clean_text(text, ERROR_LIMIT) if text is not None else None
+
+
 def step_view(step: StepRecord) -> dict[str, Any]:
     return {
         "name": step.name,
@@ -38,7 +47,7 @@ def step_view(step: StepRecord) -> dict[str, Any]:
         "started_at": _iso(step.started_at),
         "finished_at": _iso(step.finished_at),
         "heartbeat_at": _iso(step.heartbeat_at),
-        "error": step.error,
+        "error": _error(step.error),
         "outputs": step.outputs,
     }
 
@@ -51,7 +60,7 @@ def job_view(job: JobRecord, steps: list[StepRecord]) -> dict[str, Any]:
         "target": job.target,
         "site": job.site,
         "env": job.env,
-        "error": job.error,
+        "error": _error(job.error),
         "error_step": job.error_step,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
@@ -91,6 +100,11 @@ async def list_jobs(
 async def job_events(pool: asyncpg.Pool, job_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = await pool.fetch(sql("list_events"), job_id)
     return [
-        {"at": _iso(r["at"]), "step": r["step"], "event": r["event"], "data": r["data"]}
+        {
+            "at": _iso(r["at"]),
+            "step": r["step"],
+            "event": clean_text(r["event"], 200, newlines=False),
+            "data": clean_data(r["data"]),
+        }
         for r in rows
     ]
