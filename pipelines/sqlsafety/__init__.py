@@ -19,6 +19,7 @@ from typing import Literal
 import structlog
 
 from pipelines.errors import BadInput
+from pipelines.sqlsafety.ending import DumpEnding
 from pipelines.sqlsafety.lines import MAX_LINE, FilterReport, LineFilter, LineSplitter
 from pipelines.sqlsafety.mariadb import DEFAULT_COLLATION_MAP, MariaDbFilter
 from pipelines.sqlsafety.postgres import DEFAULT_EXTENSIONS, PostgresFilter
@@ -58,6 +59,8 @@ async def filter_dump(
     collation_map: Mapping[str, str] | None = None,
     extensions: Collection[str] | None = None,
     max_line: int = MAX_LINE,
+    require_complete: bool = False,
+    allow_incomplete: bool = False,
 ) -> AsyncIterator[bytes]:
     """Yield the dump, checked and normalised; raise UnsafeInput at the first unsafe line.
 
@@ -66,25 +69,33 @@ async def filter_dump(
     "import nothing": the restore imports into a shadow database for that reason.
     `collation_map` (MariaDB) maps source collations to ones the target has;
     `extensions` (PostgreSQL) lists the extensions a dump may create.
+    `require_complete` (restores) refuses, at the end, a dump that creates no table
+    or lacks its dump tool's closing line; `allow_incomplete` accepts the latter,
+    noted in the report.
     """
     report = report if report is not None else FilterReport()
     line_filter = _make_filter(engine, report, collation_map, extensions)
     splitter = LineSplitter(max_line)
+    ending = DumpEnding(engine)
     async for chunk in chunks:
         report.bytes_in += len(chunk)
         block = splitter.feed(chunk)
         if block:
+            ending.feed(block)
             out = line_filter.feed_block(block)
             report.bytes_out += len(out)
             if out:
                 yield out
     tail = splitter.finish()
     if tail:
+        ending.feed(tail)
         out = line_filter.feed_block(tail)
         report.bytes_out += len(out)
         if out:
             yield out
     line_filter.finish()
+    if require_complete:
+        ending.check(report, allow_incomplete=allow_incomplete)
     log.info(
         "sqlsafety.filtered",
         engine=engine,

@@ -8,13 +8,15 @@ never by the dump. A line longer than `MAX_LINE` is refused rather than buffered
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from pipelines.errors import UnsafeInput
 
-#: Longest line the filter buffers (a mysqldump extended INSERT is ~1 MiB by default).
-MAX_LINE = 256 * 1024 * 1024
+#: Longest line the filter buffers (a mysqldump extended INSERT is ~1 MiB by default);
+#: restores take ENVRESTORE_SQL_MAX_LINE_MB.
+MAX_LINE = 64 * 1024 * 1024
 
 
 @dataclass
@@ -36,9 +38,18 @@ class FilterReport:
             self.normalised.append(what)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def excerpt(text: bytes, limit: int = 80) -> str:
-    """The start of an offending statement, for messages (never the whole of a huge line)."""
-    return text[:limit].decode("utf-8", "replace").strip()
+    """The start of an offending statement, for messages: never the whole of a huge
+    line, and never a raw control character (ESC, NUL, CR) from the dump."""
+    return _CONTROL.sub(_escape, text[:limit].decode("utf-8", "replace").strip())
 
 
 def refusal(line: int, what: str, statement: bytes, problem: str) -> UnsafeInput:

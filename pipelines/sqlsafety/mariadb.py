@@ -61,7 +61,7 @@ _CLOSE = {
 _EXEC_MARK = re.compile(rb"/\*M?!\d*|\*/")
 # The hot path: INSERT … VALUES rows whose unquoted parts are numbers, NULL and 0x hex.
 _SAFE_ROWS = re.compile(
-    rb"(?:\s*INSERT\s+INTO\s+[\s.]*(?:\([\s,]*\)\s*)?VALUES\b)?[\s0-9a-fA-FxXnNuUlL.,()+\-]*(?:;\s*)?"
+    rb"(?:\s*INSERT\s+INTO\s+(?:\([\s,]*\)\s*)?VALUES\b)?[\s0-9a-fA-FxXnNuUlL.,()+\-]*(?:;\s*)?"
 )
 _INSERT_PREFIX = re.compile(
     rb"INSERT\s+(?:IGNORE\s+)?INTO\s+`[^`'\"\\]*`\s*(?:\([^'\"\\;#/-]*\)\s*)?VALUES\b"
@@ -73,6 +73,30 @@ _CLIENT_WORD = re.compile(
     rb"|go|ego|print|rehash|status|warnings|nowarning|prompt|clear|help|query_attributes"
     rb"|resetconnection|sandbox)(?=[\s;]|$)"
 )
+# Identifiers kept (sanitised to one token), string literals and comments blanked.
+_IDENT_OR_LITERAL = re.compile(_LITERALS, re.S)
+_SANE_IDENT = re.compile(rb"[^\w$]")
+_IDENT = re.compile(rb"`[^`]*`")
+_TOKEN = rb"(?:`[^`]*`|[A-Za-z_$][\w$]*)"
+_QUALIFIED = re.compile(
+    rb"(?<![\w$.`])(?P<a>" + _TOKEN + rb")\s*\.\s*(?P<b>" + _TOKEN + rb")"
+    rb"(?P<c>\s*\.\s*" + _TOKEN + rb")?(?P<call>\s*\()?"
+)
+#: A qualified name right after one of these names a table (or routine) in a database.
+_TABLE_POSITION = re.compile(
+    rb"(?i)\b(?:FROM|JOIN|INTO|UPDATE|TABLE|TABLES|REFERENCES|CALL|DELETE|VIEW|TRIGGER"
+    rb"|PROCEDURE|FUNCTION|EVENT|EXISTS|LIKE|TO|IGNORE|STRAIGHT_JOIN|HANDLER|DESCRIBE"
+    rb"|EXPLAIN|ON\s+SCHEDULE)\s*\(?\s*$"
+)
+_CLAUSE = re.compile(
+    rb"(?i)\b(SELECT|FROM|JOIN|WHERE|SET|ON|GROUP|ORDER|HAVING|LIMIT|VALUES|USING|INTO"
+    rb"|UPDATE|TABLE|TABLES|RETURN|THEN|ELSE|DO|BEGIN|WHEN|WRITE|READ)\b"
+)
+_TABLE_LISTS = {b"FROM", b"JOIN", b"TABLE", b"TABLES", b"UPDATE", b"WRITE", b"READ"}
+#: Schemas a dump never touches: the server's own.
+SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+_MYSQL8 = re.compile(rb"-- MySQL dump [\d.]+\s+Distrib (8|9)\.")
+
 _DELIMITER_OK = re.compile(rb"[;$|%&~^@/]{1,16}")
 _NAME = rb"(?:`(?P<q>(?:[^`]|``)+)`|(?P<n>[A-Za-z0-9_$]+))"
 _DB_STATEMENT = re.compile(
@@ -159,6 +183,17 @@ _DEFINER = (
 )
 
 
+def _keep_ident(match: re.Match[bytes]) -> bytes:
+    text = match.group()
+    if text[:1] == b"`":
+        return b"`" + _SANE_IDENT.sub(b"_", text[1:-1]) + b"`"
+    return b" "
+
+
+def _bare(token: bytes) -> str:
+    return token.strip(b"`").decode("utf-8", "replace")
+
+
 def _blank(line: bytes) -> bytes:
     """A dropped line: its line break is kept so later line numbers do not move."""
     return b"\n" if line.endswith(b"\n") else b""
@@ -176,6 +211,7 @@ class MariaDbFilter(LineFilter):
         self.statement_empty = True
         self.after_semicolon = False
         self.own_db: bytes | None = None
+        self.tail = b""  # the end of the current statement's code, for multi-line context
         mapping = DEFAULT_COLLATION_MAP if collation_map is None else collation_map
         self.collations = {k.lower().encode(): v.encode() for k, v in mapping.items()}
         names = b"|".join(re.escape(k) for k in self.collations)
@@ -210,12 +246,17 @@ class MariaDbFilter(LineFilter):
                         raise self._client_command(lead)
                     self._set_delimiter(lead[len(b"delimiter") :])
                     return None
+        ids: bytes | None = None
         if started_normal:
+            if body.startswith(b"-- MySQL dump") and _MYSQL8.match(body):
+                self.report.note("a MySQL 8 dump: its collations are mapped to ones MariaDB has")
             code = _STRIP.sub(b" ", body)
             if _LEFTOVER.search(code):
-                code = self._scan(body)
+                ids = self._scan(body)
+                code = _IDENT.sub(b" ", ids)
         else:
-            code = self._scan(body)
+            ids = self._scan(body)
+            code = _IDENT.sub(b" ", ids)
         if self.delimiter == b";" and _SAFE_ROWS.fullmatch(code):
             end = code.rstrip()
             if end.endswith(b";"):
@@ -226,7 +267,54 @@ class MariaDbFilter(LineFilter):
                 self.statement_empty = False
                 self.after_semicolon = False
             return None
+        if b"." in code:
+            if ids is None:
+                ids = _IDENT_OR_LITERAL.sub(_keep_ident, body)
+            self._check_names(body, ids)
         return self._check_code(line, body, code, started_normal)
+
+    def _check_names(self, body: bytes, ids: bytes) -> None:
+        """Refuse names that reach another database: `db`.`table` where a table goes,
+        `a`.`b`.`c`, `db`.`routine`(…), and any name in the server's own schemas.
+
+        `table`.`column` (and NEW./OLD. in triggers) stays allowed: only a name in a
+        table position, or in a comma list after FROM/JOIN/TABLE(S)/UPDATE, is a table.
+        """
+        flat = _EXEC_MARK.sub(b" ", ids) if b"/*" in ids or b"*/" in ids else ids
+        for found in _QUALIFIED.finditer(flat):
+            first, second = _bare(found.group("a")), _bare(found.group("b"))
+            name = f"{first}.{second}"
+            if first.lower() in SYSTEM_SCHEMAS:
+                raise refusal(
+                    self.line_no,
+                    f'a statement on the server\'s own schema "{name}"',
+                    body,
+                    "system_schema",
+                )
+            if found.group("c"):
+                raise refusal(
+                    self.line_no, f'a name in another database "{name}.…"', body, "qualified"
+                )
+            if found.group("call"):
+                raise refusal(
+                    self.line_no,
+                    f'a call of a routine in another database "{name}(…)"',
+                    body,
+                    "qualified",
+                )
+            before = (self.tail + flat[: found.start()])[-240:]
+            in_table_position = _TABLE_POSITION.search(before) is not None
+            if not in_table_position and before.rstrip().endswith(b","):
+                clauses = _CLAUSE.findall(before)
+                in_table_position = bool(clauses) and clauses[-1].upper() in _TABLE_LISTS
+            if in_table_position:
+                raise refusal(
+                    self.line_no,
+                    f'a table in another database "{name}" (a dump names its tables '
+                    "without a database)",
+                    body,
+                    "qualified",
+                )
 
     def _plain_rows(self, body: bytes) -> bool:
         """The hot path: True for an INSERT … VALUES line (or a continuation row line)
@@ -292,14 +380,23 @@ class MariaDbFilter(LineFilter):
             else:
                 closing = _CLOSE[quote].match(body, pos)
                 content = body[pos:] if closing is None else closing.group()
-                if quote == b"`" and b"\\" in content:
-                    raise refusal(
-                        self.line_no,
-                        "a backslash in a `quoted identifier` (the client and the server "
-                        "read it differently)",
-                        body,
-                        "backslash_identifier",
-                    )
+                if quote == b"`":
+                    if b"\\" in content:
+                        raise refusal(
+                            self.line_no,
+                            "a backslash in a `quoted identifier` (the client and the server "
+                            "read it differently)",
+                            body,
+                            "backslash_identifier",
+                        )
+                    if closing is None:
+                        raise refusal(
+                            self.line_no,
+                            "a `quoted identifier` that spans lines",
+                            body,
+                            "identifier_lines",
+                        )
+                    out[-1] = b"`" + _SANE_IDENT.sub(b"_", content[:-1]) + b"`"
                 if closing is None:
                     break
                 pos = closing.end()
@@ -349,8 +446,7 @@ class MariaDbFilter(LineFilter):
         if _SENSITIVE_SET.search(flat) and _BAD_MODE.search(body):
             raise refusal(
                 self.line_no,
-                "an sql_mode or character set that changes how quotes are read "
-                f'"{excerpt(body)}"',
+                f'an sql_mode or character set that changes how quotes are read "{excerpt(body)}"',
                 body,
                 "quoting_mode",
             )
@@ -360,6 +456,7 @@ class MariaDbFilter(LineFilter):
         elif parts[0].strip():
             self.statement_empty = False
         self.after_semicolon = flat.rstrip().endswith(b";")
+        self.tail = b"" if self.statement_empty else (self.tail + flat)[-240:]
         if result is None and self._rewrite_hint.search(flat):
             if not started_normal:
                 raise refusal(
@@ -387,29 +484,17 @@ class MariaDbFilter(LineFilter):
         return text
 
     def _database_statement(self, line: bytes, body: bytes, kind: bytes, alone: bool) -> bytes:
+        """CREATE/USE/ALTER/DROP DATABASE are refused, naming the statement: the dump's
+        statements would run somewhere else than the database being restored."""
         verb = kind.split()[0].upper()
-        raw = _EXEC_MARK.sub(b" ", body)
-        found = _DB_NAME[verb].match(raw)
-        name = _name_of(found) if found is not None else None
-        what = f"{verb.decode()} {'' if verb == b'USE' else 'DATABASE '}"
-        if name is None or not alone:
-            raise refusal(
-                self.line_no,
-                f'{what}that is not alone on its line "{excerpt(body)}"',
-                body,
-                "database",
-            )
-        if verb == b"CREATE" and self.own_db is None:
-            self.own_db = name
-        if name != self.own_db:
-            raise refusal(
-                self.line_no,
-                f'{what}of another database than the dump\'s own "{excerpt(body)}"',
-                body,
-                "database",
-            )
-        self.report.note(f"dropped {what}of the dump's own database")
-        return _blank(line)
+        what = "USE" if verb == b"USE" else f"{verb.decode()} DATABASE"
+        raise refusal(
+            self.line_no,
+            f'{what} "{excerpt(body)}" (a dump holds one database\'s tables and never '
+            "names a database: re-dump it without --databases/--all-databases/-B)",
+            body,
+            "database",
+        )
 
     def _learn_database(self, body: bytes) -> None:
         found = _CURRENT_DATABASE.match(body)

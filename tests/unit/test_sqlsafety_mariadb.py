@@ -110,7 +110,7 @@ async def test_chunk_boundaries_do_not_change_the_output(size):
         (b"SELECT 1 /*!40101 \\! id */;\n", "client_command", "\\! id"),
         (b"quit\n", "client_command", "quit"),
         (b"USE mysql;\n", "database", "USE"),
-        (b"CREATE DATABASE other;\nCREATE DATABASE evil;\n", "database", "evil"),
+        (b"CREATE DATABASE other;\nCREATE DATABASE evil;\n", "database", "other"),
         (b"DROP DATABASE other;\n", "database", "DROP"),
         (b"GRANT ALL ON *.* TO 'x'@'%';\n", "grant", "GRANT"),
         (b"REVOKE ALL ON *.* FROM 'x'@'%';\n", "revoke", "REVOKE"),
@@ -208,21 +208,29 @@ async def test_a_client_command_after_a_delimiter_change_is_still_refused():
     assert (error.data["line"], error.data["problem"]) == (3, "client_command")
 
 
-async def test_sandbox_line_create_database_and_use_of_the_own_database_are_dropped():
-    dump = (
-        b"/*M!999999\\- enable the sandbox mode */ \n"
-        b"--\n-- Current Database: `site`\n--\n"
-        b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `site`"
-        b" /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n"
-        b"USE `site`;\n"
-        b"/*!40000 DROP DATABASE IF EXISTS `site`*/;\n"
-        b"CREATE TABLE `a` (`id` int);\n"
-    )
+async def test_sandbox_line_is_dropped():
+    dump = b"/*M!999999\\- enable the sandbox mode */ \nCREATE TABLE `a` (`id` int);\n"
     out, report = await run(dump)
-    assert out == b"\n--\n-- Current Database: `site`\n--\n\n\n\nCREATE TABLE `a` (`id` int);\n"
+    assert out == b"\nCREATE TABLE `a` (`id` int);\n"
     assert "dropped the sandbox-mode line of MariaDB 11 dumps" in report.normalised
-    assert "dropped CREATE DATABASE of the dump's own database" in report.normalised
-    assert "dropped USE of the dump's own database" in report.normalised
+
+
+@pytest.mark.parametrize(
+    ("statement", "named"),
+    [
+        (b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `site`;\n", "CREATE DATABASE"),
+        (b"USE `site`;\n", "USE"),
+        (b"/*!40000 DROP DATABASE IF EXISTS `site`*/;\n", "DROP DATABASE"),
+        (b"ALTER DATABASE `other` CHARACTER SET latin1;\n", "ALTER DATABASE"),
+    ],
+)
+async def test_a_dump_that_creates_or_switches_databases_is_refused_naming_it(statement, named):
+    """Even the dump's own database: the statements would silently run elsewhere."""
+    dump = b"--\n-- Current Database: `site`\n--\n" + statement + b"CREATE TABLE `a` (i int);\n"
+    error = await refused(dump)
+    assert (error.data["line"], error.data["problem"]) == (4, "database")
+    assert str(error).startswith(f"line 4: {named} ")
+    assert "--databases" in str(error)
 
 
 async def test_use_without_a_preceding_create_database_is_refused():
@@ -231,11 +239,80 @@ async def test_use_without_a_preceding_create_database_is_refused():
 
 
 async def test_a_second_database_in_one_dump_is_refused():
-    dump = b"-- Current Database: `site`\nUSE `site`;\n-- Current Database: `other`\n"
+    dump = b"-- Current Database: `site`\nCREATE TABLE a (i int);\n-- Current Database: `other`\n"
     error = await refused(dump)
     assert (error.data["line"], error.data["problem"]) == (3, "multiple_databases")
 
 
+@pytest.mark.parametrize(
+    ("sql", "problem", "named"),
+    [
+        (b"CREATE TABLE `other`.`t` (i int);\n", "qualified", "other.t"),
+        (b"INSERT INTO `other`.`t` VALUES (1);\n", "qualified", "other.t"),
+        (b"INSERT INTO other.t VALUES (1),(2);\n", "qualified", "other.t"),
+        (b"REPLACE INTO `other` . `t` SET a = 1;\n", "qualified", "other.t"),
+        (b"UPDATE other.t SET a = 1;\n", "qualified", "other.t"),
+        (b"DELETE FROM `other`.`t`;\n", "qualified", "other.t"),
+        (b"DROP TABLE IF EXISTS `a`, `other`.`t`;\n", "qualified", "other.t"),
+        (b"ALTER TABLE other.t ADD c int;\n", "qualified", "other.t"),
+        (b"LOCK TABLES `a` WRITE, `other`.`t` WRITE;\n", "qualified", "other.t"),
+        (b"RENAME TABLE `a` TO `other`.`a`;\n", "qualified", "other.a"),
+        (b"CREATE TABLE b LIKE other.t;\n", "qualified", "other.t"),
+        (b"INSERT INTO a SELECT * FROM x, other.secrets;\n", "qualified", "other.secrets"),
+        (b"INSERT INTO a SELECT * FROM a JOIN other.t USING (i);\n", "qualified", "other.t"),
+        (b"CREATE TABLE c (i int REFERENCES other.t (i));\n", "qualified", "other.t"),
+        (b"SELECT other.t.c FROM a;\n", "qualified", "other.t"),
+        (b"SELECT other.f(1);\n", "qualified", "other.f"),
+        (b"INSERT INTO `mysql`.`global_priv` VALUES ('x','y','{}');\n", "system_schema", "mysql"),
+        (b"UPDATE mysql.user SET Super_priv = 'Y';\n", "system_schema", "mysql.user"),
+        (b"SELECT * FROM a WHERE i IN (SELECT 1 FROM performance_schema.threads);\n",
+         "system_schema", "performance_schema"),
+    ],
+)
+async def test_names_in_another_database_are_refused(sql, problem, named):
+    error = await refused(HEADER + b"CREATE TABLE a (i int);\n" + sql)
+    assert (error.data["line"], error.data["problem"]) == (8, problem)
+    assert named in str(error)
+
+
+async def test_names_in_another_database_are_refused_across_lines_and_in_object_bodies():
+    trigger = (
+        b"DELIMITER ;;\n"
+        b"/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER tr "
+        b"AFTER INSERT ON a FOR EACH ROW BEGIN\n"
+        b"  INSERT INTO\n"
+        b"    `other`.`log` VALUES (NEW.i);\n"
+        b"END */;;\nDELIMITER ;\n"
+    )
+    error = await refused(b"CREATE TABLE a (i int);\n" + trigger)
+    assert (error.data["line"], error.data["problem"]) == (5, "qualified")
+    view = (
+        b"/*!50001 CREATE ALGORITHM=UNDEFINED */\n"
+        b"/*!50013 DEFINER=`root`@`%` SQL SECURITY DEFINER */\n"
+        b"/*!50001 VIEW `v` AS select `a`.`i` AS `i` from `a`, `other`.`t` */;\n"
+    )
+    error = await refused(b"CREATE TABLE a (i int);\n" + view)
+    assert (error.data["line"], error.data["problem"]) == (4, "qualified")
+    # A multi-line string before it does not hide the name.
+    hidden = b"INSERT INTO a VALUES ('multi\nline'); INSERT INTO other.t VALUES (1);\n"
+    error = await refused(b"CREATE TABLE a (i int);\n" + hidden)
+    assert (error.data["line"], error.data["problem"]) == (3, "qualified")
+
+
+async def test_table_column_names_new_old_and_lookalikes_in_strings_pass():
+    dump = (
+        b"CREATE TABLE a (i int, d decimal(9,2) DEFAULT 1.50, s varchar(9) DEFAULT 'x.y');\n"
+        b"INSERT INTO a VALUES (1, 2.5, 'other.t'),(2, 0.1, 'FROM other.t');\n"
+        b"DELIMITER ;;\n"
+        b"CREATE TRIGGER tr BEFORE INSERT ON a FOR EACH ROW BEGIN\n"
+        b"  SET NEW.s = (SELECT b.s FROM a AS b WHERE b.i = NEW.i LIMIT 1), NEW.d = OLD.d;\n"
+        b"END ;;\nDELIMITER ;\n"
+        b"/*!50001 VIEW `v` AS select `a`.`i` AS `i`,`a`.`s` AS `s` from `a` "
+        b"where `a`.`i` > 1 order by `a`.`i` desc, `a`.`s` */;\n"
+        b"CREATE DEFINER=`root`@`db.example.com` PROCEDURE `p`() SELECT `a`.`i` FROM a;\n"
+    )
+    out, _report = await run(dump)
+    assert b"other.t" in out
 async def test_newer_collations_are_mapped_outside_literals_only():
     dump = (
         b"CREATE TABLE `a` (`s` varchar(9) COLLATE utf8mb4_0900_ai_ci)"
