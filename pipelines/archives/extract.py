@@ -1,15 +1,17 @@
 """Safe, streaming extraction of an untrusted tar into an empty directory.
 
-One pass: each member is checked by `safety.TarGuard` before anything is
+One pass: each member is checked by `tarpolicy.TarGuard` before anything is
 written for it, then written below `dest` with the top folder stripped. Nothing
 is written outside `dest`: paths have no `..` and are never absolute, no member
 is written through a symlink (the guard refuses it, and the final component is
 opened with O_NOFOLLOW|O_EXCL), hardlinks only join regular files we wrote.
-Modes lose setuid/setgid/sticky; mtimes are kept; directories get their mode
-and mtime last, deepest first, as `tar -x` does.
+Modes follow `TarLimits.mode_policy` (0644/0755 by default; never setuid,
+setgid or sticky; see `tarpolicy.restored_mode`), owners are never taken from
+the archive (the worker creates every file, so its user owns it); mtimes are
+kept; directories get their mode and mtime last, deepest first, as `tar -x` does.
 """
 
-# ruff: noqa: PTH102, PTH103, PTH108, PTH114, PTH118, PTH120, PTH211
+# ruff: noqa: PTH101, PTH102, PTH103, PTH108, PTH114, PTH118, PTH120, PTH211
 # The per-member path is the hot loop (20,000 small files): plain os calls on str
 # paths, no Path object per member.
 
@@ -23,22 +25,24 @@ from pathlib import Path
 
 import structlog
 
-from pipelines.archives.safety import (
+from pipelines.archives.tarpolicy import (
+    ArchiveRules,
     Member,
     MemberKind,
     TarGuard,
     TarLimits,
-    TarParser,
     TarReport,
-    run_parser,
     unsafe,
 )
+from pipelines.archives.tarstream import TarParser, run_parser
 from pipelines.errors import BadInput
 
 log = structlog.get_logger(__name__)
 
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: The extracted root's mode when the archive has no entry for its top folder.
+_ROOT_MODE = 0o755
 
 
 class TreeWriter:
@@ -49,6 +53,7 @@ class TreeWriter:
         self._fd = -1
         self._member: Member | None = None
         self._dirs: list[tuple[str, int, int]] = []
+        self._root_seen = False
         self._umask = _current_umask()
 
     def _path(self, parts: tuple[str, ...]) -> str:
@@ -101,6 +106,8 @@ class TreeWriter:
             os.close(fd)
 
     def finish(self) -> None:
+        if not self._root_seen:
+            os.chmod(self._root, _ROOT_MODE)  # made 0700 by _prepare_dest
         # Deepest first, so a read-only parent does not stop its children being set.
         self._dirs.sort(key=lambda item: item[0].count(os.sep), reverse=True)
         for path, mode, mtime_ns in self._dirs:
@@ -140,6 +147,8 @@ class TreeWriter:
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
                 os.mkdir(path, 0o700)
+        else:
+            self._root_seen = True
         # Owner keeps rwx until the end so the directory's members can be written.
         self._dirs.append((path, member.mode, member.mtime_ns))
 
@@ -185,12 +194,12 @@ def _prepare_dest(dest: Path) -> None:
     except FileExistsError:
         if dest.is_symlink() or not dest.is_dir():
             raise BadInput(
-                f"extraction target {dest} exists and is not a directory; remove it",
+                "the extraction target exists and is not a directory; remove it",
                 path=str(dest),
             ) from None
         if any(os.scandir(dest)):
             raise BadInput(
-                f"extraction target {dest} is not empty; discard it before extracting again",
+                "the extraction target is not empty; discard it before extracting again",
                 path=str(dest),
             ) from None
 
@@ -200,16 +209,19 @@ async def extract_tar(
     dest: Path,
     *,
     limits: TarLimits,
+    rules: ArchiveRules | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> TarReport:
     """Extract a (decompressed) tar stream into `dest`, its single top folder stripped.
 
-    `dest` must be missing or empty; it is created. On UnsafeInput (or any other
-    error) `dest` holds a partial tree: the caller discards it. `on_progress`
+    `dest` must be missing or empty; it is created. `rules` name the archive in
+    errors and may require a top folder (`rules.top`); an archive with nothing
+    in its top folder is refused. Modes follow `limits.mode_policy`. On any
+    error `dest` holds a partial tree: the caller discards it. `on_progress`
     receives the tar bytes consumed so far.
     """
     _prepare_dest(dest)
-    parser = TarParser(TarGuard(limits), TreeWriter(dest))
+    parser = TarParser(TarGuard(limits, rules or ArchiveRules()), TreeWriter(dest))
     report = await run_parser(chunks, parser, on_progress)
     log.info(
         "archive.extracted",

@@ -16,13 +16,13 @@ from typing import Any
 from pipelines import trees
 from pipelines.archives.code_restore import prepare_code
 from pipelines.archives.extract import extract_tar
-from pipelines.archives.safety import limits_for
+from pipelines.archives.safety import decompress_archive, limits_for
 from pipelines.dsn import Dsn
 from pipelines.engines.shadow import ShadowNames, import_into, prepare_shadow, sanity_check
 from pipelines.errors import IntegrityError
 from pipelines.jobs.context import StepContext
 from pipelines.restore.parts import PartStream
-from pipelines.restore.prepare import dump_cap, parts_of, targets_of
+from pipelines.restore.prepare import archive_rules, dump_cap, parts_of, targets_of
 from pipelines.restore.targets import RestoreTargets, naming_part
 from pipelines.sqlsafety import FilterReport, filter_dump
 
@@ -83,10 +83,14 @@ async def _extract(ctx: StepContext, element: str) -> tuple[Path, dict[str, Any]
     dest = targets.live(element) if ctx.job.params.get("in_place") else targets.staging(element)
     if dest.exists() and any(dest.iterdir()):
         trees.discard(dest)  # a partial tree from an earlier attempt
-    limits = limits_for(ref.size, ctx.settings)
+    limits = limits_for(ref.size, ctx.settings)  # modes: settings.files_mode_policy
+    rules = await archive_rules(ctx, element)
     stream = PartStream(ctx, ref, max_output=limits.max_stream_bytes)
+    chunks = decompress_archive(
+        stream.raw(), key=ref.key, max_output=stream.max_output, label=rules.label
+    )
     with naming_part(element):
-        report = await extract_tar(stream.decompressed(), dest, limits=limits)
+        report = await extract_tar(chunks, dest, limits=limits, rules=rules)
         verdict = stream.verdict()
     return dest, {
         **verdict,

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from pipelines import trees
-from pipelines.archives.safety import check_tar, limits_for
+from pipelines.archives.safety import ArchiveRules, check_tar, decompress_archive, limits_for
 from pipelines.backup.service import get_backup
 from pipelines.engines.shadow import ShadowNames, prepare_shadow
 from pipelines.errors import IntegrityError, NotFound, PermanentError
@@ -32,6 +32,21 @@ def elements_of(ctx: StepContext) -> list[str]:
 
 async def targets_of(ctx: StepContext) -> RestoreTargets:
     return RestoreTargets(await ctx.environment(), job_tag(ctx.job.id))
+
+
+async def archive_rules(ctx: StepContext, element: str) -> ArchiveRules:
+    """What the files or code part of the backup must look like.
+
+    A backup of `dev` keeps its files under `files_dev/` (Pantheon's naming, see
+    `backup.naming`): a `files_live/` archive, or members at the root, is the
+    wrong part. The code part may have any single top folder.
+    """
+    label = f"the {element} part"
+    if element != "files":
+        return ArchiveRules(label=label)
+    resolved = await ctx.outputs_of("resolve")
+    env = resolved.get("env") or (await ctx.environment()).env  # jobs resolved before "env"
+    return ArchiveRules(label=label, top=f"files_{env}", top_reason=f"this is a backup of {env}")
 
 
 async def parts_of(ctx: StepContext) -> dict[str, PartRef]:
@@ -82,6 +97,7 @@ async def resolve(ctx: StepContext) -> dict[str, Any]:
     ctx.progress.set(1, 1)
     return {
         "backup_id": backup.id,
+        "env": backup.env,
         "engine": backup.engine,
         "git_head": backup.git_head,
         "parts": parts,
@@ -99,8 +115,12 @@ async def _verify_part(ctx: StepContext, ref: PartRef) -> dict[str, Any]:
             result = {"statements": report.statements}
         else:
             limits = limits_for(ref.size, ctx.settings)
+            rules = await archive_rules(ctx, ref.part)
             stream = PartStream(ctx, ref, max_output=limits.max_stream_bytes)
-            tar = await check_tar(stream.decompressed(), limits=limits)
+            chunks = decompress_archive(
+                stream.raw(), key=ref.key, max_output=stream.max_output, label=rules.label
+            )
+            tar = await check_tar(chunks, limits=limits, rules=rules)
             result = {"members": tar.members, "bytes": tar.bytes}
         result.update(stream.verdict())
         return result

@@ -24,7 +24,8 @@ from pipelines.archives.safety import TarLimits
 from pipelines.errors import Refused, UnsafeInput
 from pipelines.streams import gzip_compress, gzip_decompress
 
-LIMITS = TarLimits(max_bytes=1 << 30)
+#: "keep": these round trips compare modes too (a restore normalises them by default).
+LIMITS = TarLimits(max_bytes=1 << 30, mode_policy="keep")
 
 
 def digest(root: Path) -> dict[str, str]:

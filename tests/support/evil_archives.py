@@ -9,9 +9,12 @@ so a test can put a sentinel directory there and check it stays untouched.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import tarfile
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -172,6 +175,72 @@ def bomb_tar_gz(inflated: int, top: str = TOP) -> bytes:
     out.append(comp.compress(b"\0" * 1024))
     out.append(comp.flush())
     return b"".join(out)
+
+
+def odd_modes(top: str = TOP) -> bytes:
+    """Modes a restore must not keep: setuid/setgid/sticky, world-writable, foreign owners.
+
+    `run.sh` 04755 (setuid root), `world.txt` 0666, `g.sh` 02750, `private.sh`
+    0750, `secret.txt` 0600, `open/` 01777 (sticky, world-writable) and the
+    files owned by uid/gid 0 ("root").
+    """
+    root = {"uid": 0, "gid": 0, "uname": "root", "gname": "root"}
+    return build(
+        [
+            (_info(top, tarfile.DIRTYPE, mode=0o777, **root), b""),
+            (_info(f"{top}/run.sh", size=3, mode=0o4755, **root), b"#!\n"),
+            (_info(f"{top}/world.txt", size=2, mode=0o666, **root), b"w\n"),
+            (_info(f"{top}/g.sh", size=2, mode=0o2750, **root), b"g\n"),
+            (_info(f"{top}/private.sh", size=2, mode=0o750, **root), b"p\n"),
+            (_info(f"{top}/secret.txt", size=2, mode=0o600, **root), b"s\n"),
+            (_info(f"{top}/open", tarfile.DIRTYPE, mode=0o1777, **root), b""),
+            (_info(f"{top}/open/readonly.txt", size=2, mode=0o444, **root), b"r\n"),
+        ]
+    )
+
+
+def only_top(top: str = TOP) -> bytes:
+    """An archive holding its top folder and nothing in it."""
+    return build([_dir(top)])
+
+
+def no_top_folder() -> bytes:
+    """Members at the archive's root, as `tar -czf x.tgz -C files .` without a folder."""
+    return build([_dir("."), _file("./a.txt"), _dir("./2026"), _file("./2026/b.jpg")])
+
+
+def wrong_top(top: str = "files_live") -> bytes:
+    """A well-formed files part of another environment."""
+    return build([_dir(top), _file(f"{top}/a.txt")])
+
+
+def zip_bytes() -> bytes:
+    """A real zip of one file."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("files_dev/a.txt", "hello\n" * 200)
+    return buf.getvalue()
+
+
+#: Things that are not a tar, as they would be after the part's gzip is removed:
+#: case → (bytes, a phrase the error must contain).
+NOT_TAR: dict[str, tuple[Callable[[], bytes], str]] = {
+    "zip": (zip_bytes, "zip archive"),
+    "gzip_in_gzip": (lambda: gzip.compress(build([_dir(TOP), _file(f"{TOP}/a.txt")])), "gzip"),
+    "bzip2": (lambda: bz2.compress(b"x" * 2000), "bzip2"),
+    "xz": (lambda: lzma.compress(b"x" * 2000), "xz"),
+    "zstd": (lambda: b"\x28\xb5\x2f\xfd" + bytes(range(256)) * 3, "zstd"),
+    "7z": (lambda: b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(600), "7z archive"),
+    "rar": (lambda: b"Rar!\x1a\x07\x01\x00" + bytes(600), "rar archive"),
+    "pg_custom_dump": (lambda: b"PGDMP\x01\x0e\x00\x04\x08\x01\x01" + bytes(600), "PostgreSQL"),
+    "sql_dump": (
+        lambda: b"-- MySQL dump 10.13\n\nCREATE TABLE wp_posts (ID int);\n" * 20,
+        "SQL dump",
+    ),
+    "small_sql": (lambda: b"INSERT INTO t VALUES (1);\n", "SQL dump"),
+    "text": (lambda: b"hello, this is a note about the site\n" * 30, "plain text"),
+    "binary": (lambda: bytes([0x13, 0x37, 0xC0, 0xDE]) + bytes(range(256)) * 4, "unknown binary"),
+}
 
 
 #: case → (builder of the uncompressed tar, the UnsafeInput `problem` it must raise)
