@@ -115,6 +115,18 @@ _DANGERS: dict[str, tuple[bytes, str]] = {
         rb"|\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:TRUSTED\s+)?(?:PROCEDURAL\s+)?LANGUAGE\b",
         "a server-level object (foreign server, tablespace, language, …)",
     ),
+    "timeout": (
+        rb"\bstatement_timeout\b",
+        "a change of statement_timeout (the restore sets the import's time limits)",
+    ),
+    "reset": (
+        rb"\bRESET\s+(?:ALL|ROLE|SESSION)\b|\bDISCARD\s+ALL\b",
+        "a reset of the session's role or settings (RESET ALL/ROLE, DISCARD ALL)",
+    ),
+    "system_catalog": (
+        rb"\bSET\s+SCHEMA\s+(?:pg_catalog|information_schema)\b",
+        "a statement that moves an object into a system schema",
+    ),
     "quoting_mode": (
         rb"\bstandard_conforming_strings\b|\bclient_encoding\b|\bSET\s+NAMES\b|\bset_config\s*\(",
         "",  # checked against the raw line: see _check_setting
@@ -126,9 +138,176 @@ _DANGER = re.compile(
 )
 _SETTING_OK = re.compile(
     rb"(?i)\s*(?:SET\s+standard_conforming_strings\s*(?:=|TO)\s*'?on'?"
-    rb"|SELECT\s+pg_catalog\.set_config\('search_path',\s*'[^']*',\s*false\)"
+    rb"|SELECT\s+pg_catalog\.set_config\('search_path',\s*'(?P<path>[^']*)',\s*false\)"
     rb"|SET\s+(?:client_encoding\s*(?:=|TO)|NAMES)\s*'?(?P<enc>[\w-]+)'?)\s*;\s*"
 )
+
+
+#: pg_dump's own first statement: the restore sets the import's time limits itself.
+_TIMEOUT_ZERO = re.compile(rb"(?i)\s*SET\s+statement_timeout\s*(?:=|TO)\s*'?0'?\s*;\s*")
+#: How many tokens of each statement the statement-level rules read (across lines).
+HEAD_TOKENS = 64
+#: Longest CREATE FUNCTION/PROCEDURE outside its quoted body the filter reads (tokens).
+MAX_ROUTINE_TOKENS = 100_000
+#: Languages a dumped function may be written in (trusted, no file or shell access).
+ROUTINE_LANGUAGES = frozenset({b"sql", b"plpgsql"})
+#: Settings a dump may SET (what pg_dump and common tools emit); anything else is refused.
+ALLOWED_SETTINGS = frozenset(
+    {
+        b"lock_timeout", b"idle_in_transaction_session_timeout", b"transaction_timeout",
+        b"client_encoding", b"names", b"standard_conforming_strings", b"check_function_bodies",
+        b"xmloption", b"client_min_messages", b"row_security", b"default_tablespace",
+        b"default_table_access_method", b"default_with_oids", b"search_path",
+        b"escape_string_warning", b"timezone", b"time", b"datestyle", b"intervalstyle",
+        b"extra_float_digits", b"bytea_output", b"synchronous_commit", b"transaction",
+        b"constraints", b"session",
+    }
+)
+_SYSTEM_SCHEMAS = frozenset({b"pg_catalog", b"information_schema"})
+# Literal markers of the token view: a quoted value, a U&"…" identifier.
+_LIT = b"\x01"
+_UNICODE_ID = b"\x02"
+_TOKEN = re.compile(rb"[A-Za-z_\x80-\xff][\w$\x80-\xff]*|\d+|[^\s\w]")
+_SIMPLE_ID = re.compile(rb"[a-z_][a-z0-9_$]*")
+_SYSTEM_QUOTED = (b'"pg_catalog"', b'"information_schema"')
+#: Statements whose rules read quoted names and values (the token view with markers).
+_MARKED_VERBS = frozenset({b"set", b"create", b"alter", b"reset"})
+_MARKED_START = re.compile(rb"(?i)\s*(?:SET|CREATE|ALTER|RESET)\b")
+_ROUTINE_HEAD = re.compile(rb"create (?:or replace )?(?:function|procedure)\b")
+_WRITE_VERBS = frozenset(
+    {
+        b"insert", b"update", b"delete", b"truncate", b"merge", b"copy", b"lock", b"alter",
+        b"create", b"drop", b"comment", b"security", b"refresh", b"reindex", b"cluster",
+        b"vacuum", b"analyze", b"import",
+    }
+)
+_HEAD_RULES: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
+    (re.compile(rx), what, problem)
+    for rx, what, problem in (
+        (rb"^(?:create|alter|drop) (?:role|user|group)\b", "a role statement", "role"),
+        (
+            rb"^(?:set|reset) (?:session |local )?(?:role|session_authorization"
+            rb"|session authorization)\b",
+            "a change of the session's role",
+            "role",
+        ),
+        (rb"^reset (?:all|role|statement_timeout)\b|^discard\b", "a reset of the session", "reset"),
+        (rb"^alter system\b", "ALTER SYSTEM", "alter_system"),
+        (rb"^(?:create|alter|drop) database\b", "a statement on a database", "database"),
+        (
+            rb"^(?:create|alter|drop) (?:foreign data wrapper|server|tablespace|subscription"
+            rb"|publication|user mapping|event trigger)\b"
+            rb"|^create (?:or replace )?(?:trusted )?(?:procedural )?language\b"
+            rb"|^(?:create|alter|drop) (?:or replace )?(?:procedural )?language\b"
+            rb"|^create (?:or replace )?transform\b",
+            "a server-level object (foreign server, tablespace, language, event trigger, …)",
+            "server_objects",
+        ),
+        (
+            rb"^(?:create|alter|drop) schema (?:if (?:not )?exists )?"
+            rb"(?:pg_catalog|information_schema)\b"
+            rb"|\bset schema (?:pg_catalog|information_schema)\b",
+            "a statement on a system schema (pg_catalog, information_schema)",
+            "system_catalog",
+        ),
+    )
+)
+
+
+def _scan_from(
+    body: bytes, quote: bytes | None, depth: int, *, mark: bool
+) -> tuple[bytes, bytes | None, int]:
+    """Blank literals and comments of one line, starting in lexer state `quote`.
+
+    With `mark`, a literal leaves a marker token instead of a blank (_LIT, or
+    _UNICODE_ID for a U&"…" identifier) and a quoted simple lowercase
+    identifier leaves its name ("pg_catalog" is pg_catalog): the token view
+    of the statement-level rules. Returns the code and the state at line end.
+    """
+    out: list[bytes] = []
+    pos = 0
+    size = len(body)
+    opened = -1  # where the open literal started on this line (-1: on an earlier line)
+    while pos < size:
+        if quote is None:
+            found = _OPEN.search(body, pos)
+            if found is None:
+                out.append(body[pos:])
+                break
+            out.append(body[pos : found.start()])
+            token = found.group()
+            opened = found.start()
+            pos = found.end()
+            if token == b"--":
+                out.append(b" ")
+                break
+            if token == b"/*":
+                out.append(b" ")
+                quote, depth = token, 1
+                continue
+            if mark:
+                unicode = (
+                    token == b'"'
+                    and body[max(0, opened - 2) : opened].lower() == b"u&"
+                    and (opened < 3 or not re.match(_ID, body[opened - 3 : opened - 2]))
+                )
+                out.append(b" " + (_UNICODE_ID if unicode else _LIT) + b" ")
+            else:
+                out.append(b" ")
+            quote = b"E" if token[:1] in (b"e", b"E") else token
+        elif quote == b"/*":
+            mark_at = _COMMENT_MARK.search(body, pos)
+            if mark_at is None:
+                break
+            pos = mark_at.end()
+            depth += 1 if mark_at.group() == b"/*" else -1
+            if depth == 0:
+                quote = None
+        elif quote[:1] == b"$":
+            close = body.find(quote, pos)
+            if close < 0:
+                break
+            pos = close + len(quote)
+            quote = None
+        else:
+            closing = _CLOSE[quote].match(body, pos)
+            if closing is None:
+                break
+            if mark and quote == b'"' and opened >= 0 and out[-1] == b" " + _LIT + b" ":
+                name = body[opened + 1 : closing.end() - 1]
+                if _SIMPLE_ID.fullmatch(name):
+                    out[-1] = b" " + name + b" "
+            pos = closing.end()
+            quote = None
+            opened = -1
+    return b"".join(out), quote, depth
+
+
+def _depth_zero(tokens: list[bytes]) -> list[bytes]:
+    """The tokens outside parentheses (a routine's own clauses, not its arguments)."""
+    kept: list[bytes] = []
+    depth = 0
+    for token in tokens:
+        if token == b"(":
+            depth += 1
+        elif token == b")":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            kept.append(token)
+    return kept
+
+
+def _search_path_problem(items: list[bytes]) -> str:
+    """Why a search_path value is refused ('' when it is fine).
+
+    Unqualified CREATEs go to the first schema of the path: a system schema may
+    only come last, after another one (old pg_dump: `SET search_path = public, pg_catalog`).
+    """
+    names = [item.strip().strip(b"'\"").strip().lower() for item in items]
+    for position, name in enumerate(names):
+        if name in _SYSTEM_SCHEMAS and (position == 0 or position != len(names) - 1):
+            return "puts a system schema (pg_catalog, information_schema) first in search_path"
+    return ""
 
 
 def _blank(line: bytes) -> bytes:
@@ -148,6 +327,11 @@ class PostgresFilter(LineFilter):
         self.statement_empty = True
         self.dropping = False
         self.in_copy = False
+        # Statement-level view: the first tokens of the statement (across lines) and,
+        # for CREATE FUNCTION/PROCEDURE, all its tokens up to its end.
+        self.head: list[bytes] = []
+        self.head_done = False
+        self.routine: list[bytes] | None = None
 
     def feed_block(self, block: bytes) -> bytes:
         pieces: list[bytes] = []
@@ -186,6 +370,18 @@ class PostgresFilter(LineFilter):
             if _RESTRICT.fullmatch(body):
                 return None
             raise self._meta(body)
+        if (
+            self.quote is None
+            and self.statement_empty
+            and not self.dropping
+            and _TIMEOUT_ZERO.fullmatch(body)
+        ):
+            self.report.note(
+                "dropped SET statement_timeout = 0 (the restore sets the import's time limits)"
+            )
+            self.report.statements += 1
+            return _blank(line)
+        state = (self.quote, self.depth)
         if self.quote is None:
             code = _STRIP.sub(b" ", body)
             if _LEFTOVER.search(code):
@@ -241,6 +437,7 @@ class PostgresFilter(LineFilter):
                     self.statement_empty = False
                 return result
             self._check_start(head, body, index, len(parts))
+        self._track(body, state, parts)
         self.report.statements += len(parts) - 1
         if len(parts) > 1:
             self.statement_empty = not parts[-1].strip()
@@ -277,6 +474,169 @@ class PostgresFilter(LineFilter):
                     "extension",
                 )
 
+    # ------------------------------------------------------------ statement-level rules
+
+    def _wants_marks(self, body: bytes, parts: list[bytes]) -> bool:
+        """Whether this line needs the token view with literal markers (rare lines only)."""
+        if self.routine is not None or b'&"' in body:
+            return True
+        if not self.head_done and any(name in body for name in _SYSTEM_QUOTED):
+            return True
+        if self.head and not self.head_done and self.head[0] in _MARKED_VERBS:
+            return True
+        return any(
+            _MARKED_START.match(part) for index, part in enumerate(parts) if index or not self.head
+        )
+
+    def _track(self, body: bytes, state: tuple[bytes | None, int], parts: list[bytes]) -> None:
+        """Feed the line's tokens to the statement-level rules; check each statement at its end."""
+        view_parts = parts
+        if self._wants_marks(body, parts):
+            view, _, _ = _scan_from(body, state[0], state[1], mark=True)
+            if _UNICODE_ID in view:
+                raise refusal(
+                    self.line_no,
+                    f'a Unicode-escaped identifier (U&"…") "{excerpt(view)}"',
+                    body,
+                    "unicode_identifier",
+                )
+            view_parts = view.split(b";")
+        last = len(view_parts) - 1
+        for index, part in enumerate(view_parts):
+            self._feed(part, body)
+            if index < last:
+                self._end_statement(body)
+
+    def _feed(self, part: bytes, body: bytes) -> None:
+        if self.routine is not None:
+            self.routine.extend(token.lower() for token in _TOKEN.findall(part))
+            if len(self.routine) > MAX_ROUTINE_TOKENS:
+                raise refusal(
+                    self.line_no,
+                    f"a CREATE FUNCTION/PROCEDURE longer than {MAX_ROUTINE_TOKENS} tokens "
+                    "outside its quoted body",
+                    body,
+                    "routine_too_long",
+                )
+            return
+        if self.head_done:
+            return
+        tokens = _TOKEN.finditer(part)
+        for found in tokens:
+            self.head.append(found.group().lower())
+            if len(self.head) >= HEAD_TOKENS:
+                break
+        if _ROUTINE_HEAD.match(b" ".join(self.head[:4])):
+            self.routine = [*self.head, *(found.group().lower() for found in tokens)]
+            return
+        if len(self.head) >= HEAD_TOKENS:
+            self.head_done = True
+            self._check_head(self.head, body)
+
+    def _end_statement(self, body: bytes) -> None:
+        if self.routine is not None:
+            self._check_head(self.routine[:HEAD_TOKENS], body)
+            self._check_routine(self.routine, body)
+        elif not self.head_done and self.head:
+            self._check_head(self.head, body)
+        self.head = []
+        self.head_done = False
+        self.routine = None
+
+    def _refuse_statement(self, what: str, tokens: list[bytes], body: bytes, problem: str) -> None:
+        shown = excerpt(b" ".join(tokens[:24]).replace(_LIT, b"'...'"))
+        raise refusal(self.line_no, f'{what} "{shown}"', body, problem)
+
+    def _check_head(self, tokens: list[bytes], body: bytes) -> None:
+        head = b" ".join(tokens)
+        for rule, what, problem in _HEAD_RULES:
+            if rule.search(head):
+                self._refuse_statement(what, tokens, body, problem)
+        if _UNICODE_ID in tokens:
+            self._refuse_statement(
+                'a Unicode-escaped identifier (U&"…")', tokens, body, "unicode_identifier"
+            )
+        if b"statement_timeout" in tokens:
+            self._refuse_statement(_DANGERS["timeout"][1], tokens, body, "timeout")
+        first = tokens[0] if tokens else b""
+        if first == b"set":
+            self._check_set(tokens, body)
+        if first in _WRITE_VERBS:
+            for index, token in enumerate(tokens[:-1]):
+                if token == b"(":
+                    break
+                if tokens[index + 1] == b"." and token in _SYSTEM_SCHEMAS:
+                    self._refuse_statement(
+                        "a statement that writes or defines objects in a system schema "
+                        f"({token.decode()})",
+                        tokens,
+                        body,
+                        "system_catalog",
+                    )
+        if first == b"create" and b"extension" in tokens[:3] and b"schema" in tokens:
+            at = tokens.index(b"schema")
+            name = tokens[tokens.index(b"extension") + 1 :][:4]
+            if tokens[at + 1 : at + 2] and tokens[at + 1] in _SYSTEM_SCHEMAS and (
+                b"plpgsql" not in name
+            ):
+                self._refuse_statement(
+                    "CREATE EXTENSION into a system schema", tokens, body, "system_catalog"
+                )
+
+    def _check_set(self, tokens: list[bytes], body: bytes) -> None:
+        at = 1
+        if tokens[1:2] == [b"local"] or (
+            tokens[1:2] == [b"session"] and tokens[2:3] != [b"characteristics"]
+        ):
+            at = 2
+        name = tokens[at] if len(tokens) > at else b""
+        if name not in ALLOWED_SETTINGS or (at == 2 and name == b"session"):
+            shown = "a quoted name" if not _SIMPLE_ID.fullmatch(name) else repr(name.decode())
+            allowed = ", ".join(sorted(n.decode() for n in ALLOWED_SETTINGS))
+            self._refuse_statement(
+                f"SET of {shown} (a dump may set only: {allowed})", tokens, body, "setting"
+            )
+        if name == b"search_path":
+            value = tokens[at + 2 :] if tokens[at + 1 : at + 2] in ([b"="], [b"to"]) else []
+            problem = _search_path_problem(b" ".join(value).split(b","))
+            if _LIT in value:
+                problem = "gives search_path quoted names"
+            if problem:
+                self._refuse_statement(
+                    f"a SET search_path that {problem}", tokens, body, "search_path"
+                )
+
+    def _check_routine(self, tokens: list[bytes], body: bytes) -> None:
+        """CREATE FUNCTION/PROCEDURE: only in sql or plpgsql, never a C object file."""
+        allowed = " and ".join(sorted(n.decode() for n in ROUTINE_LANGUAGES))
+        zero = _depth_zero(tokens)
+        for index, token in enumerate(zero):
+            after = zero[index + 1 : index + 3]
+            if token == b"language" and (index == 0 or zero[index - 1] != b"."):
+                language = after[0] if after else b""
+                if language not in ROUTINE_LANGUAGES:
+                    shown = (
+                        repr(language.decode("utf-8", "replace"))
+                        if _SIMPLE_ID.fullmatch(language)
+                        else "a quoted or missing name"
+                    )
+                    self._refuse_statement(
+                        f"a function or procedure in language {shown} (only {allowed} "
+                        "are allowed)",
+                        tokens,
+                        body,
+                        "routine_language",
+                    )
+            elif token == b"as" and after == [_LIT, b","]:
+                self._refuse_statement(
+                    "a function loaded from a server library (AS 'file', 'symbol')",
+                    tokens,
+                    body,
+                    "routine_language",
+                )
+            elif token == b"statement_timeout":
+                self._refuse_statement(_DANGERS["timeout"][1], tokens, body, "timeout")
+
     def _check_copy(self, head: bytes, body: bytes, index: int, count: int) -> None:
         if _COPY_OUT.match(head):
             return
@@ -298,6 +658,12 @@ class PostgresFilter(LineFilter):
 
     def _check_setting(self, body: bytes) -> None:
         found = _SETTING_OK.fullmatch(body)
+        path = found.group("path") if found is not None else None
+        problem = _search_path_problem(path.split(b",")) if path else ""
+        if problem:
+            raise refusal(
+                self.line_no, f'a set_config that {problem} "{excerpt(body)}"', body, "search_path"
+            )
         encoding = found.group("enc") if found is not None else None
         normalized = encoding.upper().replace(b"_", b"").replace(b"-", b"") if encoding else b""
         if found is None or (encoding is not None and normalized.decode() not in _SAFE_ENCODINGS):
@@ -369,7 +735,9 @@ class PostgresFilter(LineFilter):
         return refusal(self.line_no, f'psql meta-command "{excerpt(text)}"', text, "psql_meta")
 
     def finish(self) -> None:
-        """EOF ends a COPY data block for psql too; nothing is left to check."""
+        """EOF ends a COPY data block for psql too; psql runs an unterminated last statement."""
+        if not self.in_copy and not self.dropping and (self.head or self.routine):
+            self._end_statement(b"")
 
 
 def _copy_end(block: bytes, start: int) -> int:

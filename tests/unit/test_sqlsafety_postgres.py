@@ -88,8 +88,16 @@ def dropped(dump: bytes, *starts: bytes) -> bytes:
 
 async def test_real_dump_passes_with_owner_and_privileges_dropped():
     out, report = await run(REAL_DUMP)
-    assert out == dropped(REAL_DUMP, b"ALTER SCHEMA extra OWNER", b"GRANT", b"REVOKE", b"ALTER DEF")
+    assert out == dropped(
+        REAL_DUMP,
+        b"SET statement_timeout",
+        b"ALTER SCHEMA extra OWNER",
+        b"GRANT",
+        b"REVOKE",
+        b"ALTER DEF",
+    )
     assert report.normalised == [
+        "dropped SET statement_timeout = 0 (the restore sets the import's time limits)",
         "dropped ALTER … OWNER TO statements (they belong to the target server)",
         "dropped GRANT/REVOKE statements (they belong to the target server)",
     ]
@@ -208,3 +216,170 @@ async def test_multi_line_grant_is_dropped_whole():
     dump = b"GRANT SELECT\n  ON TABLE t\n  TO reader;\nCREATE TABLE u (a int);\n"
     out, _ = await run(dump)
     assert out == b"\n\n\nCREATE TABLE u (a int);\n"
+
+
+# ---------------------------------------------------------------- routines, catalogs, settings
+
+CANARY = (
+    b"CREATE FUNCTION sys(cstring) RETURNS int AS 'libc.so.6','system' LANGUAGE C STRICT;\n"
+    b"CREATE TABLE pwn (id int, x int DEFAULT sys('id > /tmp/pwned'));\n"
+    b"COPY pwn (id) FROM stdin;\n1\n\\.\n"
+)
+
+
+async def test_the_libc_system_canary_is_refused_at_its_function():
+    error = await refused(HEADER + CANARY)
+    assert error.data["line"] == 11
+    assert error.data["problem"] == "routine_language"
+    assert "sys" in str(error)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'x.so', 'f';\n",
+        b"CREATE OR REPLACE FUNCTION public.f() RETURNS int AS '$libdir/x', 'f' LANGUAGE 'c';\n",
+        b'CREATE FUNCTION f() RETURNS int AS \'x\' LANGUAGE "c";\n',
+        b"CREATE FUNCTION f() RETURNS int\n    LANGUAGE\n    internal\n    AS 'int4in';\n",
+        b"CREATE FUNCTION f() RETURNS int AS $$ import os $$ LANGUAGE plpython3u;\n",
+        b"CREATE FUNCTION f() RETURNS int LANGUAGE plperlu AS $x$\n system('id');\n$x$;\n",
+        b"CREATE FUNCTION f() RETURNS int LANGUAGE pltclu AS 'exec id';\n",
+        b"CREATE FUNCTION f() RETURNS int LANGUAGE plperl AS 'return 1';\n",
+        b"CREATE PROCEDURE p() LANGUAGE plsh AS '#!/bin/sh';\n",
+        b"CREATE\nFUNCTION f() RETURNS int AS 'libc.so.6',\n 'system' LANGUAGE sql;\n",
+        b"CREATE FUNCTION f() RETURNS \"return\" AS 'libc.so.6', 'system' LANGUAGE c;\n",
+        b"CREATE FUNCTION f() RETURNS int /* LANGUAGE sql */ LANGUAGE -- x\n c AS 'a', 'b';\n",
+    ],
+)
+async def test_functions_in_other_languages_than_sql_and_plpgsql_are_refused(sql):
+    error = await refused(HEADER + sql)
+    assert error.data["problem"] == "routine_language"
+    assert "only plpgsql and sql are allowed" in str(error) or "server library" in str(error)
+
+
+async def test_unterminated_last_function_is_checked_at_eof():
+    error = await refused(b"CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'a', 'b'")
+    assert error.data["problem"] == "routine_language"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"CREATE LANGUAGE plpython3u;\n",
+        b"CREATE TRUSTED PROCEDURAL LANGUAGE plperlu;\n",
+        b"CREATE OR REPLACE\n  LANGUAGE plsh;\n",
+        b"CREATE TRANSFORM FOR hstore LANGUAGE plpython3u (FROM SQL WITH FUNCTION f(internal));\n",
+    ],
+)
+async def test_languages_and_transforms_are_refused(sql):
+    error = await refused(HEADER + sql)
+    assert error.data["problem"] == "server_objects"
+
+
+async def test_sql_and_plpgsql_functions_pass_in_every_layout():
+    dump = (
+        b"CREATE FUNCTION public.f(language text) RETURNS TABLE(language text)\n"
+        b"    LANGUAGE sql IMMUTABLE\n    RETURN (x + 1);\n"
+        b"CREATE FUNCTION public.g() RETURNS trigger\n    LANGUAGE plpgsql\n"
+        b"    SET search_path TO 'pg_catalog', 'public'\n    AS $$begin\n"
+        b"  -- LANGUAGE c AS 'libc.so.6', 'system'\n  return new;\nend$$;\n"
+        b"CREATE PROCEDURE public.p()\n    LANGUAGE sql\n    BEGIN ATOMIC\n"
+        b" INSERT INTO public.t (language)\n   VALUES ('x'::text);\nEND;\n"
+        b'CREATE OR REPLACE FUNCTION public.h() RETURNS int AS \'select 1\' LANGUAGE "plpgsql";\n'
+        b"CREATE TABLE public.t (\n    id integer NOT NULL,\n    language text\n);\n"
+        b"COPY public.t (id, language) FROM stdin;\n1\ten\n\\.\n"
+    )
+    out, _ = await run(HEADER + dump)
+    assert out.endswith(dump)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"UPDATE pg_catalog.pg_authid SET rolsuper = true;\n",
+        b'UPDATE "pg_catalog"."pg_authid" SET rolsuper = true;\n',
+        b"UPDATE\n  pg_catalog\n  .pg_authid SET rolsuper = true;\n",
+        b"INSERT INTO pg_catalog.pg_proc VALUES (1);\n",
+        b"DELETE FROM information_schema.sql_features;\n",
+        b"CREATE FUNCTION pg_catalog.lower(text) RETURNS text LANGUAGE sql AS 'select 1';\n",
+        b"ALTER TABLE pg_catalog.pg_class ADD COLUMN x int;\n",
+        b"CREATE TABLE PG_CATALOG.x (a int);\n",
+        b"CREATE INDEX i ON pg_catalog.pg_class (relname);\n",
+        b"CREATE TRIGGER t BEFORE INSERT ON pg_catalog.pg_class FOR EACH ROW EXECUTE FUNCTION f();\n",
+        b"COPY pg_catalog.pg_authid (rolname) FROM stdin;\n",
+        b"ALTER TABLE public.t SET SCHEMA pg_catalog;\n",
+        b"CREATE SCHEMA IF NOT EXISTS information_schema;\n",
+        b"CREATE EXTENSION hstore WITH SCHEMA pg_catalog;\n",
+    ],
+)
+async def test_writes_to_system_schemas_are_refused(sql):
+    error = await refused(HEADER + sql)
+    assert error.data["problem"] == "system_catalog"
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        (b"SET search_path = pg_catalog;\n", "search_path"),
+        (b"SET search_path TO pg_catalog, public;\n", "search_path"),
+        (b"SET search_path = 'pg_catalog';\n", "search_path"),
+        (b"SELECT pg_catalog.set_config('search_path', 'pg_catalog', false);\n", "search_path"),
+        (b'SELECT pg_catalog.set_config(\'search_path\', \'"pg_catalog"\', false);\n', "search_path"),
+        (b"SET statement_timeout = 5;\n", "timeout"),
+        (b"SET statement_timeout = 0; SELECT pg_sleep(1);\n", "timeout"),
+        (b"SET LOCAL statement_timeout TO 0;\n", "timeout"),
+        (b'SET "statement_timeout" = 0;\n', "timeout"),
+        (b"RESET statement_timeout;\n", "timeout"),
+        (b"SELECT set_config('statement_timeout', '0', false);\n", "quoting_mode"),
+        (b"CREATE FUNCTION public.f() RETURNS int LANGUAGE sql\n"
+         b"  SET statement_timeout TO '0' AS 'select 1';\n", "timeout"),
+        (b"ALTER FUNCTION public.f() SET \"statement_timeout\" = 0;\n", "timeout"),
+        (b"RESET ROLE;\n", "reset"),
+        (b"RESET ALL;\n", "reset"),
+        (b"DISCARD ALL;\n", "reset"),
+        (b"SET\n ROLE postgres;\n", "role"),
+        (b'SET "role" = postgres;\n', "role"),
+        (b"SET session_authorization = postgres;\n", "role"),
+        (b"ALTER ROLE x SET search_path = pg_catalog;\n", "role"),
+        (b"ALTER\n  DATABASE x SET work_mem = '1TB';\n", "database"),
+        (b"CREATE\n ROLE evil SUPERUSER;\n", "role"),
+        (b"ALTER\n SYSTEM SET archive_command = 'id';\n", "alter_system"),
+        (b"SET work_mem = '100GB';\n", "setting"),
+        (b"SET allow_system_table_mods = on;\n", "setting"),
+        (b'CREATE TABLE U&"pg\\005fcatalog".x (a int);\n', "unicode_identifier"),
+    ],
+)
+async def test_settings_roles_and_timeouts_are_refused(sql, problem):
+    error = await refused(HEADER + sql)
+    assert error.data["problem"] == problem
+
+
+async def test_pg_dump_preambles_and_catalog_references_pass():
+    dump = (
+        b"SET lock_timeout = 0;\nSET idle_in_transaction_session_timeout = 0;\n"
+        b"SET transaction_timeout = 0;\nSET check_function_bodies = false;\n"
+        b"SET xmloption = content;\nSET client_min_messages = warning;\nSET row_security = off;\n"
+        b"SET default_table_access_method = heap;\nSET default_with_oids = false;\n"
+        b"SET search_path = public, pg_catalog;\n"
+        b"CREATE EXTENSION IF NOT EXISTS plpgsql WITH SCHEMA pg_catalog;\n"
+        b"CREATE TABLE public.t (\n    id pg_catalog.int4 NOT NULL,\n"
+        b'    s text COLLATE pg_catalog."default"\n);\n'
+        b"CREATE VIEW public.v AS\n SELECT t.id\n   FROM public.t\n"
+        b"  WHERE (t.id OPERATOR(pg_catalog.=) 1);\n"
+        b"CREATE INDEX t_s ON public.t USING btree (s pg_catalog.text_pattern_ops);\n"
+        b"SELECT pg_catalog.setval('public.t_id_seq', 1, false);\n"
+        b"SELECT pg_catalog.set_config('search_path', 'public, pg_catalog', false);\n"
+        b"SET TIME ZONE 'UTC';\nSET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL "
+        b"READ COMMITTED;\nSET CONSTRAINTS ALL DEFERRED;\n"
+    )
+    out, report = await run(HEADER + dump)
+    assert out.endswith(dump)
+    assert report.normalised == [
+        "dropped SET statement_timeout = 0 (the restore sets the import's time limits)"
+    ]
+
+
+async def test_only_the_leading_statement_timeout_zero_line_is_dropped_and_lines_keep_numbers():
+    out, _ = await run(HEADER)
+    assert out == HEADER.replace(b"SET statement_timeout = 0;\n", b"\n")
+    assert out.count(b"\n") == HEADER.count(b"\n")
