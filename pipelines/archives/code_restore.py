@@ -5,6 +5,10 @@ so git runs on it with everything that could execute the archive's contents
 turned off (hooks, fsmonitor, transports other than local files, submodule
 recursion, auto-gc), and a `.git` that points elsewhere (gitdir file,
 alternates, commondir) is refused: it could read another site's objects.
+Before anything else runs git on it, the repository is disarmed for good
+(`git_hardening`): a developer's plain `git status` later passes none of our flags.
+
+Messages say "the code part's repository", never the worker's staging path.
 """
 
 from __future__ import annotations
@@ -16,29 +20,18 @@ from pathlib import Path
 import structlog
 
 from pipelines.archives.git import git
+from pipelines.archives.git_hardening import HARDENED, harden_repository, scrub
 from pipelines.errors import EnvrestoreError, IntegrityError, UnsafeInput
 
 log = structlog.get_logger(__name__)
 
-#: Command-line config outranks the repository's own `.git/config`, and is
-#: inherited by the git processes a command starts (GIT_CONFIG_PARAMETERS).
-_HARDENED = (
-    "-c", "core.hooksPath=/dev/null",
-    "-c", "core.fsmonitor=false",
-    "-c", "protocol.allow=never",
-    "-c", "protocol.file.allow=always",
-    "-c", "submodule.recurse=false",
-    "-c", "gc.auto=0",
-    "-c", "maintenance.auto=false",
-    "-c", "credential.helper=",
-)  # fmt: skip
 
 #: Live refs are kept under this prefix, one folder per restore job.
 PRE_RESTORE = "refs/envrestore/pre-restore"
 
 
 async def _git(repo: Path, *args: str) -> str:
-    return await git(repo, *_HARDENED, *args)
+    return await git(repo, *HARDENED, *args)
 
 
 def _check_layout(staging: Path) -> None:
@@ -47,23 +40,23 @@ def _check_layout(staging: Path) -> None:
         mode = dot_git.lstat().st_mode
     except FileNotFoundError:
         raise UnsafeInput(
-            f"the restored code in {staging} has no .git directory; the code part must be a "
+            "the code part's repository has no .git directory; the code part must be a "
             "whole repository (a code archive made by envrestore or Pantheon)",
             path=str(staging),
             problem="not_a_repository",
         ) from None
     if not stat.S_ISDIR(mode):
         raise UnsafeInput(
-            f"{dot_git} is not a directory (a gitdir file or symlink pointing elsewhere); "
-            "refusing the code archive",
+            "the code part's repository has a .git that is not a directory (a gitdir file "
+            "or symlink pointing elsewhere); refusing the code archive",
             path=str(dot_git),
             problem="gitdir_elsewhere",
         )
     for inner in ("objects/info/alternates", "commondir"):
         if (dot_git / inner).exists() or (dot_git / inner).is_symlink():
             raise UnsafeInput(
-                f"the restored repository has .git/{inner}, which makes git read objects from "
-                "another place on this machine; refusing the code archive",
+                f"the code part's repository has .git/{inner}, which makes git read objects "
+                "from another place on this machine; refusing the code archive",
                 path=str(dot_git / inner),
                 problem=inner.rsplit("/", 1)[-1],
             )
@@ -105,10 +98,14 @@ async def prepare_code(staging: Path, live_repo: Path | None, *, job_tag: str) -
 
     Every live ref is fetched to `refs/envrestore/pre-restore/<job_tag>/…` (earlier
     restores' refs keep their names), so commits made after the backup stay
-    reachable; tags and HEAD stay the backup's. Returns the restored head and tags.
+    reachable; tags and HEAD stay the backup's. First the repository is disarmed
+    (hooks moved aside, config allowlisted, unsafe submodule URLs refused), so no
+    git command, ours or a developer's, runs anything from the archive. Returns the
+    restored head and tags, and the `git_*` report of what the disarming dropped.
     Safe to run twice: the fetch force-updates the same refs.
     """
     _check_layout(staging)
+    hardening = await harden_repository(staging)
     preserved = 0
     source = _real(live_repo)
     if source is not None and await _is_repo(source):
@@ -139,21 +136,22 @@ async def prepare_code(staging: Path, live_repo: Path | None, *, job_tag: str) -
         head = (await _git(staging, "rev-parse", "--verify", "HEAD^{commit}")).strip()
     except EnvrestoreError as exc:
         raise IntegrityError(
-            f"the restored repository in {staging} has no valid HEAD commit "
-            f"({exc.data.get('stderr', exc)}); the code archive is damaged",
+            "the code part's repository has no valid HEAD commit "
+            f"({scrub(exc.data.get('stderr', exc), staging)}); the code archive is damaged",
             path=str(staging),
         ) from exc
     try:
         await _git(staging, "fsck", "--connectivity-only", "--no-progress")
     except EnvrestoreError as exc:
         raise IntegrityError(
-            f"the restored repository in {staging} is missing objects "
-            f"({exc.data.get('stderr', exc)}); the code archive is damaged or incomplete",
+            "the code part's repository is missing objects "
+            f"({scrub(exc.data.get('stderr', exc), staging)}); the code archive is damaged "
+            "or incomplete",
             path=str(staging),
         ) from exc
     tags = await _tags(staging)
     log.info("code.prepared", head=head, tags=len(tags), preserved_refs=preserved)
-    return {"head": head, "tags": tags, "preserved_refs": preserved}
+    return {"head": head, "tags": tags, "preserved_refs": preserved, **hardening}
 
 
 async def forget_pre_restore(repo: Path, *, job_tag: str) -> int:

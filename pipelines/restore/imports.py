@@ -124,4 +124,5 @@ async def apply_code(ctx: StepContext) -> dict[str, Any]:
             f"recorded {resolved['git_head']}",
             part="code",
         )
-    return {**outputs, "head": code["head"], "tags": code["tags"]}
+    hardened = {key: value for key, value in code.items() if key.startswith("git_")}
+    return {**outputs, "head": code["head"], "tags": code["tags"], **hardened}
