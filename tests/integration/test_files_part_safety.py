@@ -1,0 +1,183 @@
+"""A backup's files part through a real restore: modes, emptiness, top folder, format.
+
+The files part is untrusted (anyone with write access to the bucket can forge
+one, ledger and manifest included: `_forge_part`). What a user would check:
+the restored files' modes and owner, and — for a refused part — that the job
+failed on its first attempt with an error naming what was wrong, and that the
+environment is exactly as it was.
+"""
+
+# ruff: noqa: F811 - `backed_up` is a fixture imported from test_restore_job
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.restore.service import create_restore
+from tests.integration.test_restore_job import (  # noqa: F401 - backed_up is a fixture
+    _forge_part,
+    backed_up,
+    change_everything,
+)
+from tests.support import evil_archives as evil
+from tests.support.content import snapshot
+from tests.support.driver import drive
+from tests.support.sites import git
+
+pytestmark = pytest.mark.integration
+
+
+def modes(root: Path) -> dict[str, int]:
+    """Relative path → permission bits (setuid/setgid/sticky included); the root is "."."""
+    out = {".": root.stat().st_mode & 0o7777}
+    for path in root.rglob("*"):
+        out[str(path.relative_to(root))] = path.lstat().st_mode & 0o7777
+    return out
+
+
+def step(view: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in view["steps"] if s["name"] == name)
+
+
+async def _restore(runtime, **options: Any) -> dict[str, Any]:
+    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", **options)
+    return await drive(runtime, job.job_id)
+
+
+@pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+async def test_setuid_and_world_writable_files_are_restored_0644_0755_owned_by_the_worker(
+    runtime, backed_up
+):
+    site = backed_up
+    await _forge_part(runtime, site["backup"], "files", evil.gzipped(evil.odd_modes("files_dev")))
+    view = await _restore(runtime)
+    assert view["status"] == "succeeded", view["error"]
+    assert (site["files"] / "run.sh").read_bytes() == b"#!\n"  # the canary: it is the forged part
+    assert modes(site["files"]) == {
+        ".": 0o755,
+        "run.sh": 0o755,
+        "world.txt": 0o644,
+        "g.sh": 0o755,
+        "private.sh": 0o755,
+        "secret.txt": 0o644,
+        "open": 0o755,
+        "open/readonly.txt": 0o644,
+    }
+    everything = [site["files"], *site["files"].rglob("*")]
+    assert {(p.lstat().st_uid, p.lstat().st_gid) for p in everything} == {
+        (os.getuid(), os.getgid())
+    }
+    # The code part went through the same extraction: git still reads every object.
+    assert git(site["code"], "rev-parse", "HEAD") == site["before"].head
+    git(site["code"], "fsck", "--no-dangling")
+    objects = [p for p in (site["code"] / ".git" / "objects").rglob("*") if p.is_file()]
+    assert objects and all(p.stat().st_mode & 0o7777 in (0o644, 0o755) for p in objects)
+
+
+@pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+async def test_keep_policy_keeps_0750_but_never_setuid(runtime, backed_up):
+    site = backed_up
+    settings = runtime.settings.model_copy(update={"files_mode_policy": "keep"})
+    rt = dataclasses.replace(runtime, settings=settings)
+    await _forge_part(rt, site["backup"], "files", evil.gzipped(evil.odd_modes("files_dev")))
+    view = await _restore(rt)
+    assert view["status"] == "succeeded", view["error"]
+    found = modes(site["files"])
+    assert found["private.sh"] == 0o750
+    assert found["g.sh"] == 0o750  # was 02750: setgid gone
+    assert found["run.sh"] == 0o755  # was 04755: setuid gone
+    assert found["open"] == 0o777  # was 01777: sticky gone
+    assert found["secret.txt"] == 0o600
+    assert not [name for name, mode in found.items() if mode & 0o7000]
+    assert all(p.lstat().st_uid == os.getuid() for p in site["files"].rglob("*"))
+
+
+REFUSED = {
+    # case → (the files part as stored, what the error must start with, and contain)
+    "another_environments_files": (
+        lambda: evil.gzipped(evil.wrong_top("files_live")),
+        "the files part's top folder is files_live/, but this is a backup of dev: "
+        "expected files_dev/",
+        "files_live/",
+    ),
+    "no_top_folder": (
+        lambda: evil.gzipped(evil.no_top_folder()),
+        "the files part has no top folder",
+        "files_dev/",
+    ),
+    "top_folder_only": (
+        lambda: evil.gzipped(evil.only_top("files_dev")),
+        "the files part is empty: restoring it would delete every file",
+        "",
+    ),
+    "empty_tar": (
+        lambda: evil.gzipped(b"\0" * 10240),
+        "the files part is empty: restoring it would delete every file",
+        "",
+    ),
+    "zip_gzipped": (
+        lambda: evil.gzipped(evil.zip_bytes()),
+        "the files part is not a tar archive: found a zip archive",
+        "tar -czf",
+    ),
+    "zip_not_gzipped": (
+        evil.zip_bytes,
+        "the files part is not a tar archive: found a zip archive",
+        "tar -czf",
+    ),
+    "sql_dump_as_files": (
+        lambda: evil.gzipped(b"-- MySQL dump 10.13\n\nCREATE TABLE t (i INT);\n" * 30),
+        "the files part is not a tar archive: found what looks like an SQL dump",
+        "tar -czf",
+    ),
+    "uncompressed_tar": (
+        lambda: evil.wrong_top("files_dev"),
+        "the files part is not gzip-compressed: found an uncompressed tar archive",
+        "tar -czf",
+    ),
+}
+
+
+@pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("case", sorted(REFUSED))
+async def test_wrong_files_part_fails_on_the_first_attempt_and_leaves_the_environment(
+    runtime, backed_up, case
+):
+    site = backed_up
+    build, starts, contains = REFUSED[case]
+    await change_everything(site)
+    changed = await snapshot(site["dsn"], site["files"], site["code"])
+    await _forge_part(runtime, site["backup"], "files", build())
+    view = await _restore(runtime)
+    assert view["status"] == "failed"
+    assert view["error_step"] == "import_files"
+    error = step(view, "import_files")["error"]
+    assert error.startswith(starts), error
+    assert contains in error
+    assert str(site["files"].parent) not in error and "envrestore" not in error  # no paths
+    assert step(view, "import_files")["attempts"] == 1  # permanent: not retried
+    assert step(view, "switch")["status"] == "skipped"
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == changed
+    leftovers = [p.name for p in site["files"].parent.iterdir() if "envrestore" in p.name]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("case", ["another_environments_files", "top_folder_only", "zip_gzipped"])
+async def test_in_place_restore_refuses_a_wrong_files_part_before_wiping(runtime, backed_up, case):
+    site = backed_up
+    build, starts, _contains = REFUSED[case]
+    await change_everything(site)
+    changed = await snapshot(site["dsn"], site["files"], site["code"])
+    await _forge_part(runtime, site["backup"], "files", build())
+    view = await _restore(runtime, in_place=True)
+    assert view["status"] == "failed"
+    assert view["error_step"] == "verify"
+    assert starts in view["error"]
+    assert step(view, "verify")["attempts"] == 1
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == changed
