@@ -405,6 +405,14 @@ def restore(
     force_live: Annotated[
         bool, typer.Option("--force-live", help="Allow restoring a protected environment.")
     ] = False,
+    allow_incomplete_dump: Annotated[
+        bool,
+        typer.Option(
+            "--allow-incomplete-dump",
+            help="Import a dump that lacks its dump tool's closing line (otherwise refused "
+            "as truncated); the job's outputs say so.",
+        ),
+    ] = False,
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
@@ -431,6 +439,7 @@ def restore(
             element=element,
             in_place=in_place,
             force_live=force_live,
+            allow_incomplete_dump=allow_incomplete_dump,
             idempotency_key=idempotency_key,
         )
 

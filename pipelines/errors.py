@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.text import DEFAULT_LIMIT, ERROR_LIMIT, clean_text
+from pipelines.text import ERROR_LIMIT, clean_text
 
 
 class EnvrestoreError(Exception):
@@ -26,7 +26,7 @@ class EnvrestoreError(Exception):
         raw = message or (self.__doc__ or self.__class__.__name__).strip()
         self.message = clean_text(raw, ERROR_LIMIT)
         self.data = {
-            key: clean_text(value, DEFAULT_LIMIT) if isinstance(value, str) else value
+            key: clean_text(value, ERROR_LIMIT) if isinstance(value, str) else value
             for key, value in data.items()
         }
         super().__init__(self.message)
