@@ -23,8 +23,10 @@ next attempt reads them back and finishes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -35,11 +37,15 @@ import structlog
 from pipelines.dsn import Dsn
 from pipelines.engines.mariadb import MariaDbEngine, quote_identifier
 from pipelines.engines.shadow import (
+    IMPORT_LOGIN_PREFIX,
     FedCounter,
+    ImportLogin,
     ImportReport,
     ProgressCallback,
+    RunningStatement,
     ShadowNames,
     SwitchReport,
+    import_login_name,
 )
 from pipelines.errors import (
     BadInput,
@@ -127,19 +133,23 @@ class MariaDbShadow:
     def _error(
         self, exc: EnvrestoreError, dsn: Dsn, *, what: str, database: str
     ) -> EnvrestoreError:
+        """The server's reason first, then what was being done; names and hosts in data."""
         detail = str(exc.data.get("stderr", exc.message))
         cls: type[EnvrestoreError] = type(exc)
+        reason, data = server_reason(detail)
         if "lock wait timeout" in detail.lower():
             cls = TransientError
-            detail += (
+            reason += (
                 f"; a long query held a lock on the live tables for {LOCK_WAIT_SECONDS}s,"
                 " the step is retried"
             )
         return cls(
-            f"{what} of database {database!r} on {self._where(dsn)} failed: {detail}",
+            f"{reason} (during {what})",
             dsn=dsn.masked(),
             database=database,
-            stderr=detail,
+            where=self._where(dsn),
+            stderr=detail[-2000:],
+            **data,
         )
 
     async def _existing(self, dsn: Dsn, *names: str) -> set[str]:
@@ -291,6 +301,103 @@ class MariaDbShadow:
         await self._run(dsn, f"DROP DATABASE IF EXISTS {_q(name)};", what="dropping", database=name)
         log.info("shadow.dropped", engine="mariadb", dsn=dsn.masked(), database=name)
 
+    # ------------------------------------------------------------ least privilege
+
+    async def create_import_login(self, dsn: Dsn, database: str, tag: str) -> ImportLogin:
+        """A user per job granted only on `database`; no GRANT OPTION, nothing global.
+
+        `_` and `%` are wildcards in database-level grants, so the name is escaped:
+        an unescaped grant on `a_b` would also let the dump create and fill `aXb`.
+        """
+        user = import_login_name(tag)
+        password = secrets.token_urlsafe(24)
+        await self.drop_import_login(dsn, tag)
+        pattern = database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+        accounts = _accounts(user)
+        script = "".join(
+            f"CREATE USER {account} IDENTIFIED BY '{password}' "
+            "WITH MAX_USER_CONNECTIONS 4;\n"
+            f"GRANT ALL PRIVILEGES ON {_q(pattern)}.* TO {account};\n"
+            for account in accounts
+        )
+        try:
+            await self._run(dsn, script, what="creating the import user", database=database)
+        except PermanentError as exc:
+            if "denied" not in str(exc.data.get("stderr", exc.message)).lower():
+                raise
+            await self.drop_import_login(dsn, tag)
+            log.warning("shadow.no_import_user", engine="mariadb", reason=exc.message)
+            return ImportLogin(
+                dsn=dsn.with_database(database),
+                user=None,
+                reason=(
+                    "the DSN user cannot create users or grant on the shadow database "
+                    "(needs CREATE USER and GRANT OPTION); the import runs as the DSN user, "
+                    "guarded by the statement filter alone"
+                ),
+            )
+        login = dataclasses.replace(
+            dsn,
+            user=user,
+            password=password,
+            database=database,
+            params={k: v for k, v in dsn.params.items() if not k.startswith("password")},
+        )
+        log.info("shadow.import_user_created", engine="mariadb", user=user, database=database)
+        return ImportLogin(dsn=login, user=user)
+
+    async def hand_over(self, dsn: Dsn, database: str, login: ImportLogin) -> None:
+        """Nothing to move: tables have no owner in MariaDB, and the definers of
+        triggers, views, routines and events are re-set at switch (`_plan`)."""
+
+    async def drop_import_login(self, dsn: Dsn, tag: str) -> None:
+        user = import_login_name(tag)
+        rows = await self._run(
+            dsn,
+            f"SELECT id FROM information_schema.processlist WHERE user = {_lit(user)};",
+            what="listing the import user's sessions",
+            database=user,
+        )
+        await self._kill(dsn, [row[0] for row in rows if row and row[0].isdigit()])
+        accounts = ", ".join(_accounts(user))
+        await self._run(
+            dsn, f"DROP USER IF EXISTS {accounts};", what="dropping the import user", database=user
+        )
+
+    async def running_statements(
+        self, dsn: Dsn, database: str, user: str | None
+    ) -> list[RunningStatement]:
+        rows = await self._run(
+            dsn,
+            "SELECT time_ms, HEX(LEFT(info, 300)) FROM information_schema.processlist "
+            f"WHERE db = {_lit(database)} AND command = 'Query' AND id <> CONNECTION_ID()"
+            + (f" AND user = {_lit(user)}" if user else "")
+            + " ORDER BY time_ms DESC;",
+            what="listing running statements",
+            database=database,
+        )
+        return [
+            RunningStatement(float(row[0]) / 1000, _unhex(row[1])) for row in rows if len(row) == 2
+        ]
+
+    async def end_sessions(self, dsn: Dsn, database: str, user: str | None) -> None:
+        rows = await self._run(
+            dsn,
+            f"SELECT id FROM information_schema.processlist WHERE db = {_lit(database)} "
+            "AND id <> CONNECTION_ID()" + (f" AND user = {_lit(user)}" if user else "") + ";",
+            what="listing sessions",
+            database=database,
+        )
+        await self._kill(dsn, [row[0] for row in rows if row and row[0].isdigit()])
+
+    async def _kill(self, dsn: Dsn, ids: list[str]) -> None:
+        for thread in ids:
+            try:
+                await self._run(dsn, f"KILL {int(thread)};", what="ending a session", database="")
+            except PermanentError as exc:
+                if "unknown thread" not in str(exc.data.get("stderr", "")).lower():
+                    raise
+
     # ------------------------------------------------------------ object definitions
 
     async def _capture(self, dsn: Dsn, database: str) -> dict[str, Any]:
@@ -391,7 +498,7 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         rows = await self._run(dsn, read, what="reading the switch plan", database=outgoing)
         if not rows:
             plan = {
-                "incoming": await self._capture(dsn, incoming),
+                "incoming": _without_import_definers(await self._capture(dsn, incoming)),
                 "outgoing": await self._capture(dsn, live),
             }
             blob = json.dumps(plan).encode("utf-8").hex()
@@ -513,6 +620,46 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         if outgoing_tables:
             return outgoing_tables[0] in await self._tables(dsn, outgoing)
         return True
+
+
+#: Import users may connect over TCP (any host) or the socket (localhost).
+_LOGIN_HOSTS = ("%", "localhost")
+_IMPORT_DEFINER = re.compile(
+    r"DEFINER\s*=\s*`" + re.escape(IMPORT_LOGIN_PREFIX) + r"[A-Za-z0-9_]*`@`[^`]*`\s*"
+)
+_SERVER_ERROR = re.compile(r"ERROR (\d+) \(([0-9A-Z]{5})\)(?: at line (\d+))?: (.*)", re.S)
+
+
+_SAFE_ACCOUNT = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _accounts(user: str) -> list[str]:
+    """`'user'@'host'` for each login host (account names take no hex literals)."""
+    if not _SAFE_ACCOUNT.fullmatch(user):
+        raise BadInput(f"invalid import user name {user!r}")
+    return [f"'{user}'@'{host}'" for host in _LOGIN_HOSTS]
+
+
+def server_reason(stderr: str) -> tuple[str, dict[str, Any]]:
+    """`line N: <server message> (MariaDB error E)` from the client's stderr, and its data."""
+    found = _SERVER_ERROR.search(stderr)
+    if found is None:
+        return stderr.strip()[:500] or "the mariadb client failed", {}
+    code, _state, line, message = found.groups()
+    text = message.strip()[:300]
+    data: dict[str, Any] = {"server_error": int(code)}
+    if line:
+        data["line"] = int(line)
+        return f"line {line}: {text} (MariaDB error {code})", data
+    return f"{text} (MariaDB error {code})", data
+
+
+def _without_import_definers(captured: dict[str, Any]) -> dict[str, Any]:
+    """Objects the import user defined get no DEFINER clause when recreated in live,
+    so they belong to the DSN user (the import user is dropped after the import)."""
+    for obj in captured["objects"]:
+        obj["create"] = _IMPORT_DEFINER.sub("", obj["create"])
+    return captured
 
 
 _DROP = {

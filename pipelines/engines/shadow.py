@@ -9,17 +9,24 @@ is already done (DESIGN.md, steps of a restore). Engine specifics live in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
 
 from pipelines.dsn import Dsn
-from pipelines.errors import BadInput, TransientError
+from pipelines.errors import BadInput, EnvrestoreError, PermanentError, TransientError
+from pipelines.sqlsafety.lines import excerpt
 
 if TYPE_CHECKING:
     from config.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 #: The shortest identifier limit of the engines (PostgreSQL 63 bytes, MariaDB 64 characters).
 MAX_NAME_BYTES = 63
@@ -218,16 +225,108 @@ async def import_into(
     on_progress: ProgressCallback | None = None,
     connections: int = 1,
     settings: Settings | None = None,
+    watch: ImportWatch | None = None,
 ) -> ImportReport:
     """Stream a plain SQL dump into the shadow through the engine's own client.
 
     Raises when the client fails, exits early or the stream breaks: no false success.
     `connections=2` (MariaDB only) splits the big tables' INSERTs over two sessions
     (PERFORMANCE.md: 1.36x on 2 cores; it expects mysqldump/mariadb-dump text).
+    `watch` kills a statement that runs too long and an import that stalls.
     """
-    return await shadow_engine_for(dsn_of_shadow, settings).import_into(
-        dsn_of_shadow, chunks, on_progress=on_progress, connections=connections
+    engine = shadow_engine_for(dsn_of_shadow, settings)
+    if watch is None:
+        return await engine.import_into(
+            dsn_of_shadow, chunks, on_progress=on_progress, connections=connections
+        )
+    return await watch.run(
+        engine,
+        engine.import_into(
+            dsn_of_shadow, watch.metered(chunks), on_progress=on_progress, connections=connections
+        ),
+        database=dsn_of_shadow.database,
     )
+
+
+@dataclass
+class ImportWatch:
+    """Timeouts for an import of untrusted SQL, enforced from outside the session.
+
+    A dump can `SET max_statement_time = 0` or `SET statement_timeout = 0`, so
+    server-side limits alone are not enough: this polls the server for the
+    import's running statements (by database, and by the import login when there
+    is one) and kills the sessions when one runs longer than `statement_timeout`,
+    or when the client has accepted no input for `idle_timeout`. The error names
+    the statement (its first 100 characters, escaped).
+    """
+
+    admin: Dsn
+    user: str | None
+    statement_timeout: float
+    idle_timeout: float
+    poll_seconds: float = 5.0
+    _last_input: float = field(default=0.0, init=False)
+
+    async def metered(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        self._last_input = time.monotonic()
+        async for chunk in chunks:
+            self._last_input = time.monotonic()
+            yield chunk
+            self._last_input = time.monotonic()
+
+    async def run(
+        self, engine: ShadowEngine, work: Coroutine[Any, Any, ImportReport], *, database: str
+    ) -> ImportReport:
+        self._last_input = time.monotonic()
+        task = asyncio.ensure_future(work)
+        poll = max(0.2, min(self.poll_seconds, self.statement_timeout / 4, self.idle_timeout / 4))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=poll)
+                if done:
+                    return task.result()
+                verdict = await self._verdict(engine, database)
+                if verdict is not None:
+                    await engine.end_sessions(self.admin, database, self.user)
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    raise verdict
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _verdict(self, engine: ShadowEngine, database: str) -> PermanentError | None:
+        try:
+            running = await engine.running_statements(self.admin, database, self.user)
+        except EnvrestoreError as exc:
+            log.warning("import.watch_failed", error=exc.message)
+            running = []
+        longest = running[0] if running else None
+        if longest is not None and longest.seconds > self.statement_timeout:
+            return PermanentError(
+                f"a statement of the dump ran longer than {self.statement_timeout:g} s "
+                f"(ENVRESTORE_IMPORT_STATEMENT_TIMEOUT) and was killed: "
+                f'"{_statement(longest.text)}"; nothing was changed',
+                problem="statement_timeout",
+                seconds=round(longest.seconds, 1),
+            )
+        idle = time.monotonic() - self._last_input
+        if idle > self.idle_timeout:
+            doing = f'; it was running "{_statement(longest.text)}"' if longest else ""
+            return PermanentError(
+                f"the import made no progress for {idle:.0f} s "
+                f"(ENVRESTORE_IMPORT_IDLE_TIMEOUT is {self.idle_timeout:g} s) and was "
+                f"stopped{doing}; nothing was changed",
+                problem="idle_timeout",
+                seconds=round(idle, 1),
+            )
+        return None
+
+
+def _statement(text: str) -> str:
+    """The first 100 characters of a statement, control characters escaped."""
+    return excerpt(" ".join(text.split()).encode("utf-8"), 100)
 
 
 async def create_import_login(

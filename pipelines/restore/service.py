@@ -40,9 +40,14 @@ async def create_restore(
     element: str = "all",
     in_place: bool = False,
     force_live: bool = False,
+    allow_incomplete_dump: bool = False,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Queue a restore of `SITE.ENV` from one of its own backups."""
+    """Queue a restore of `SITE.ENV` from one of its own backups.
+
+    `allow_incomplete_dump` imports a dump that lacks its dump tool's closing line
+    (otherwise refused as truncated); the job's outputs then say so.
+    """
     environment = await get_environment(pool, target)
     elements = parse_elements(element)
     if environment.protected and not force_live:
@@ -80,6 +85,7 @@ async def create_restore(
             "elements": list(elements),
             "in_place": in_place,
             "force_live": force_live,
+            "allow_incomplete_dump": allow_incomplete_dump,
         },
         environment=environment,
         max_attempts=settings.max_attempts,
@@ -90,6 +96,7 @@ async def create_restore(
             "elements": list(elements),
             "in_place": in_place,
             "force_live": force_live,
+            "allow_incomplete_dump": allow_incomplete_dump,
         },
     )
 

@@ -105,6 +105,9 @@ async def _undo(ctx: StepContext, targets: RestoreTargets, done: list[str]) -> N
 async def finalize(ctx: StepContext) -> dict[str, Any]:
     """Report what the environment holds now; the lease is released when the job ends."""
     outputs: dict[str, Any] = {}
+    if "database" in elements_of(ctx):
+        targets = await targets_of(ctx)
+        await shadow.drop_import_login(targets.environment.dsn, targets.tag, settings=ctx.settings)
     resolved = await ctx.outputs_of("resolve")
     outputs["backup_id"] = resolved["backup_id"]
     for element, step in (
@@ -127,6 +130,10 @@ async def finalize(ctx: StepContext) -> dict[str, Any]:
 
 async def abandon_restore(ctx: StepContext) -> dict[str, Any]:
     """After a failure or cancel before the switch: drop the shadow and staging, live untouched."""
+    if "database" in elements_of(ctx):
+        # Ends the import's sessions first, so dropping the shadow never waits on them.
+        targets = await targets_of(ctx)
+        await shadow.drop_import_login(targets.environment.dsn, targets.tag, settings=ctx.settings)
     if ctx.job.params.get("in_place"):
         await ctx.event(
             "restore.in_place_failed",

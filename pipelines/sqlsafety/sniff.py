@@ -1,0 +1,137 @@
+"""What a database part really is, named before anything of it is imported.
+
+A custom-format PostgreSQL dump, a MySQL Shell dump, a zip or a dump for the
+other engine is not "an SQL statement the client chokes on": it gets one
+permanent error, on the first attempt, that says what was found and what to
+give instead. The worker never feeds such bytes to a client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from pipelines.archives.sniff import describe
+from pipelines.errors import BadInput
+from pipelines.streams import gzip_decompress, zstd_decompress
+
+#: Decompressed bytes looked at before the first byte goes on.
+HEAD_BYTES = 8192
+
+_ENGINE_NAMES = {"mariadb": "MariaDB", "postgresql": "PostgreSQL"}
+_POSTGRES_MARKS = re.compile(
+    rb"-- PostgreSQL database dump|^\\restrict |^SET standard_conforming_strings"
+    rb"|pg_catalog\.set_config\(|^COPY [^\n]* FROM stdin;",
+    re.M,
+)
+_MARIADB_MARKS = re.compile(
+    rb"-- (?:MySQL|MariaDB) dump|^/\*!40\d{3} SET |^/\*M!\d+|^LOCK TABLES `", re.M
+)
+_GZIP = b"\x1f\x8b"
+_ZSTD = b"\x28\xb5\x2f\xfd"
+
+
+def _refuse(found: str, advice: str, problem: str) -> BadInput:
+    return BadInput(
+        f"the database part is not a plain SQL dump: found {found}; {advice}",
+        problem=problem,
+        found=found,
+    )
+
+
+def check_dump_head(head: bytes, engine: str) -> None:
+    """Raise BadInput unless `head` (a dump's first bytes) starts a plain SQL dump
+    for `engine`."""
+    if head.startswith(b"PGDMP"):
+        raise _refuse(
+            "a PostgreSQL custom-format dump (pg_dump -Fc)",
+            "custom-format dump: restore with pg_restore or give a plain SQL dump (pg_dump -Fp)",
+            "pg_custom",
+        )
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        if b"toc.dat" in head:
+            raise _refuse(
+                "a PostgreSQL tar- or directory-format dump (pg_dump -Ft/-Fd)",
+                "restore it with pg_restore, or give a plain SQL dump (pg_dump -Fp)",
+                "pg_archive",
+            )
+        if b"@.json" in head or b"@.done.json" in head:
+            raise _refuse(
+                "a MySQL Shell dump (util.dumpInstance/dumpSchemas)",
+                "load it with MySQL Shell's util.loadDump, or give a mysqldump or "
+                "mariadb-dump SQL file",
+                "mysql_shell",
+            )
+        raise _refuse("a tar archive", "give the gzipped SQL dump itself", "archive")
+    if b"@.json" in head[:512] and head.lstrip().startswith(b"{"):
+        raise _refuse(
+            "a MySQL Shell dump's metadata (@.json)",
+            "load it with MySQL Shell's util.loadDump, or give a mysqldump or mariadb-dump "
+            "SQL file",
+            "mysql_shell",
+        )
+    what = describe(head)
+    if not what.startswith(("what looks like an SQL dump", "plain text")):
+        raise _refuse(what, "the database part must be a gzipped plain SQL dump", "not_sql")
+    mine, other = ("mariadb", "postgresql") if engine != "postgresql" else ("postgresql", "mariadb")
+    theirs = _POSTGRES_MARKS if other == "postgresql" else _MARIADB_MARKS
+    ours = _MARIADB_MARKS if mine == "mariadb" else _POSTGRES_MARKS
+    if theirs.search(head) and not ours.search(head):
+        raise BadInput(
+            f"this is a {_ENGINE_NAMES[other]} dump; the environment's database is "
+            f"{_ENGINE_NAMES[mine]} (restore a backup of a {_ENGINE_NAMES[mine]} site, or "
+            "convert the dump)",
+            problem="other_engine",
+            found=other,
+        )
+
+
+async def sniffed(chunks: AsyncIterator[bytes], *, engine: str) -> AsyncIterator[bytes]:
+    """The dump unchanged, once its first HEAD_BYTES passed `check_dump_head`."""
+    head = b""
+    checked = False
+    async for chunk in chunks:
+        if checked:
+            yield chunk
+            continue
+        head += chunk
+        if len(head) >= HEAD_BYTES:
+            checked = True
+            check_dump_head(head, engine)
+            yield head
+    if not checked:
+        check_dump_head(head, engine)
+        if head:
+            yield head
+
+
+async def _compressed(raw: AsyncIterator[bytes], magic: bytes, codec: str) -> AsyncIterator[bytes]:
+    """The raw part, once its first bytes show it is `codec` data."""
+    first = True
+    async for chunk in raw:
+        if first and chunk:
+            first = False
+            if not chunk.startswith(magic[: len(chunk)]):
+                what = describe(chunk[:512])
+                if what.startswith("a PostgreSQL custom-format"):
+                    check_dump_head(chunk, "postgresql")
+                raise BadInput(
+                    f"the database part is not {codec}-compressed: found {what}; give the "
+                    f"SQL dump compressed with {codec}",
+                    problem="not_compressed",
+                    found=what,
+                )
+        yield chunk
+    if first:
+        raise BadInput("the database part is empty: it has no bytes at all", problem="empty")
+
+
+def decompress_dump(
+    raw: AsyncIterator[bytes], *, key: str, max_output: int, engine: str
+) -> AsyncIterator[bytes]:
+    """The plain SQL inside a database part stored at `key`, its format checked first."""
+    if key.endswith(".zst"):
+        plain = zstd_decompress(_compressed(raw, _ZSTD, "zstd"), max_output=max_output)
+    else:
+        plain = gzip_decompress(_compressed(raw, _GZIP, "gzip"), max_output=max_output)
+    return sniffed(plain, engine=engine)
