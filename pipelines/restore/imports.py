@@ -13,18 +13,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from pipelines import trees
 from pipelines.archives.code_restore import prepare_code
 from pipelines.archives.extract import extract_tar
 from pipelines.archives.safety import decompress_archive, limits_for
 from pipelines.dsn import Dsn
-from pipelines.engines.shadow import ShadowNames, import_into, prepare_shadow, sanity_check
-from pipelines.errors import IntegrityError
+from pipelines.engines.shadow import (
+    ImportWatch,
+    ShadowNames,
+    create_import_login,
+    drop_import_login,
+    hand_over,
+    import_into,
+    prepare_shadow,
+    sanity_check,
+)
+from pipelines.errors import EnvrestoreError, IntegrityError
 from pipelines.jobs.context import StepContext
+from pipelines.restore.dumps import checked_dump
 from pipelines.restore.parts import PartStream
 from pipelines.restore.prepare import archive_rules, dump_cap, parts_of, targets_of
 from pipelines.restore.targets import RestoreTargets, naming_part
-from pipelines.sqlsafety import FilterReport, filter_dump
+from pipelines.sqlsafety import FilterReport
+
+log = structlog.get_logger(__name__)
 
 
 def _import_target(ctx: StepContext, targets: RestoreTargets) -> Dsn:
@@ -34,37 +48,55 @@ def _import_target(ctx: StepContext, targets: RestoreTargets) -> Dsn:
 
 
 async def import_db(ctx: StepContext) -> dict[str, Any]:
-    """Stream the dump, checked statement by statement, into the shadow database."""
+    """Stream the dump, checked statement by statement, into the shadow database.
+
+    The client connects as a login made for this job that can reach only the
+    shadow (least privilege: a dump naming another database fails there too),
+    under a watch that kills over-long statements and a stalled import.
+    """
     await ctx.check_lease()
     targets = await targets_of(ctx)
     ref = (await parts_of(ctx))["database"]
     target = _import_target(ctx, targets)
+    live = targets.environment.dsn
     if ctx.attempt > 1:
         # An earlier attempt died mid-import: start again from an empty database.
+        await drop_import_login(live, targets.tag, settings=ctx.settings)
         names = targets.db_names
         if ctx.job.params.get("in_place"):
             names = ShadowNames(live=names.live, shadow=names.live, rollback=names.rollback)
-        await prepare_shadow(targets.environment.dsn, names, settings=ctx.settings)
+        await prepare_shadow(live, names, settings=ctx.settings)
     stream = PartStream(ctx, ref, max_output=dump_cap(ref.size))
     report = FilterReport()
-    with naming_part("database"):
-        filtered = filter_dump(
-            stream.decompressed(),
-            engine=targets.environment.engine,  # type: ignore[arg-type]
-            report=report,
-        )
-        connections = ctx.settings.mariadb_import_connections if target.engine == "mariadb" else 1
-        imported = await import_into(
-            target, filtered, connections=connections, settings=ctx.settings
-        )
-        verdict = stream.verdict()
+    login = await create_import_login(live, target.database, targets.tag, settings=ctx.settings)
+    try:
+        with naming_part("database"):
+            filtered = checked_dump(ctx, stream, engine=target.engine, report=report)
+            connections = (
+                ctx.settings.mariadb_import_connections if target.engine == "mariadb" else 1
+            )
+            watch = ImportWatch(
+                admin=live,
+                user=login.user,
+                statement_timeout=ctx.settings.import_statement_timeout,
+                idle_timeout=ctx.settings.import_idle_timeout,
+            )
+            imported = await import_into(
+                login.dsn, filtered, connections=connections, settings=ctx.settings, watch=watch
+            )
+            verdict = stream.verdict()
+        await hand_over(live, target.database, login, settings=ctx.settings)
+    finally:
+        await _drop_login_quietly(ctx, live, targets.tag)
     tables = await sanity_check(target, settings=ctx.settings)
-    if report.statements and not tables:
+    if not tables:
         raise IntegrityError(
-            f"the dump ran {report.statements} statements but {target.database} has no "
-            "tables afterwards; the dump is not a database dump",
+            f"verify failed for the database part: the dump ran {report.statements} statements "
+            "but left no table; it is not a database dump, and nothing was changed",
             part="database",
         )
+    if report.normalised:
+        await ctx.event("restore.dump_normalised", changes=list(report.normalised))
     await ctx.event("restore.db_imported", tables=len(tables), rows=sum(tables.values()))
     return {
         **verdict,
@@ -73,8 +105,20 @@ async def import_db(ctx: StepContext) -> dict[str, Any]:
         "rows": sum(tables.values()),
         "statements": report.statements,
         "normalised": list(report.normalised),
+        "import_user": login.user,
+        "least_privilege": login.reason
+        or "the import ran as a login that could reach only the shadow database",
         "seconds": round(imported.seconds, 3),
     }
+
+
+async def _drop_login_quietly(ctx: StepContext, live: Dsn, tag: str) -> None:
+    """Drop the import login; a failure here must not hide the import's own error
+    (finalize and abandon_restore drop it again)."""
+    try:
+        await drop_import_login(live, tag, settings=ctx.settings)
+    except EnvrestoreError as exc:
+        log.warning("restore.import_login_not_dropped", error=exc.message)
 
 
 async def _extract(ctx: StepContext, element: str) -> tuple[Path, dict[str, Any]]:

@@ -12,9 +12,10 @@ from pipelines.backup.service import get_backup
 from pipelines.engines.shadow import ShadowNames, prepare_shadow
 from pipelines.errors import IntegrityError, NotFound, PermanentError
 from pipelines.jobs.context import StepContext
+from pipelines.restore.dumps import checked_dump
 from pipelines.restore.parts import PartRef, PartStream
 from pipelines.restore.targets import RestoreTargets, job_tag, naming_part
-from pipelines.sqlsafety import check_dump
+from pipelines.sqlsafety import FilterReport
 
 #: The cap on a decompressed dump, as a multiple of its compressed size.
 DUMP_BOMB_RATIO = 40
@@ -108,11 +109,11 @@ async def _verify_part(ctx: StepContext, ref: PartRef) -> dict[str, Any]:
     with naming_part(ref.part):
         if ref.part == "database":
             stream = PartStream(ctx, ref, max_output=dump_cap(ref.size))
-            report = await check_dump(
-                stream.decompressed(),
-                engine=(await ctx.environment()).engine,  # type: ignore[arg-type]
-            )
-            result = {"statements": report.statements}
+            report = FilterReport()
+            engine = (await ctx.environment()).engine
+            async for _ in checked_dump(ctx, stream, engine=engine, report=report):
+                pass
+            result = {"statements": report.statements, "normalised": list(report.normalised)}
         else:
             limits = limits_for(ref.size, ctx.settings)
             rules = await archive_rules(ctx, ref.part)
