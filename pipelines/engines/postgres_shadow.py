@@ -16,7 +16,9 @@ takes the live database's settings and connection limit in `prepare_shadow`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,10 +30,13 @@ from pipelines.dsn import Dsn
 from pipelines.engines.postgres import PostgresEngine, quote_identifier
 from pipelines.engines.shadow import (
     FedCounter,
+    ImportLogin,
     ImportReport,
     ProgressCallback,
+    RunningStatement,
     ShadowNames,
     SwitchReport,
+    import_login_name,
 )
 from pipelines.errors import (
     BadInput,
@@ -51,6 +56,44 @@ _q = quote_identifier
 TERMINATE_SECONDS = 10.0
 #: lz4 TOAST compression: 2.4x faster imports than pglz (PERFORMANCE.md); PostgreSQL >= 14.
 LZ4_OPTIONS = "-c default_toast_compression=lz4"
+
+
+#: Sessions an import login may open (psql, the lz4 probe, a margin for retries).
+LOGIN_CONNECTION_LIMIT = 4
+#: How much of a server's message an error quotes.
+QUOTE_LIMIT = 300
+#: How much of a running statement `running_statements` reports.
+STATEMENT_TEXT_LIMIT = 1000
+NO_CREATEROLE = (
+    "the DSN user cannot create roles (needs CREATEROLE); the import runs as the DSN user"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PSQL_LINE = re.compile(r"^psql:[^:\n]*:(\d+): ")
+
+
+def quote_server_text(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """Server text for a message: every control character escaped, cut to about `limit`."""
+    escaped = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return escaped if len(escaped) <= limit else escaped[:limit] + "…"
+
+
+def psql_reason(stderr: str) -> tuple[str, int | None]:
+    """psql's error as a reason ("line 12: ERROR: …") and the dump line it names.
+
+    `run_consumer` joins psql's last stderr lines with " | "; the first one
+    naming a line (`psql:<stdin>:12: ERROR:  …`) is the failure, the rest
+    (LINE/DETAIL/HINT/CONTEXT) is kept after it.
+    """
+    parts = [part.strip() for part in stderr.split(" | ") if part.strip()]
+    for index, part in enumerate(parts):
+        found = _PSQL_LINE.match(part)
+        if found is not None:
+            line = int(found.group(1))
+            rest = [part[found.end() :], *parts[index + 1 :]]
+            text = " | ".join(re.sub(r"\s+", " ", piece) for piece in rest)
+            return f"line {line}: {quote_server_text(text)}", line
+    text = " | ".join(re.sub(r"^psql:[^:]*: ", "", part) for part in parts)
+    return quote_server_text(text or "psql failed without an error message"), None
 
 
 def _lit(text: str) -> str:
@@ -205,18 +248,24 @@ class PostgresShadow:
         started = time.monotonic()
         try:
             await run_consumer(
-                self.engine.psql_argv(dsn),
+                # `-f -`: psql names the failing line ("psql:<stdin>:LINE: ERROR: …").
+                self.engine.psql_argv(dsn, "-f", "-"),
                 fed.wrap(chunks),
                 env=env,
                 secrets=self.engine.secrets(dsn),
             )
         except EnvrestoreError as exc:
             detail = str(exc.data.get("stderr", exc.message))
+            reason, line = psql_reason(detail)
             raise type(exc)(
-                f"import into database {dsn.database!r} on {self._where(dsn)} failed: {detail}",
+                f"{reason} (while importing into the shadow database)",
                 dsn=dsn.masked(),
+                host=dsn.socket or dsn.host,
+                port=dsn.port,
                 database=dsn.database,
-                stderr=detail,
+                user=dsn.user,
+                line=line,
+                stderr=quote_server_text(detail, 2000),
             ) from exc
         seconds = time.monotonic() - started
         log.info(
@@ -227,6 +276,219 @@ class PostgresShadow:
             seconds=seconds,
         )
         return ImportReport(dsn.database, fed.bytes, seconds, options)
+
+    # ------------------------------------------------------------ import login
+
+    async def create_import_login(self, dsn: Dsn, database: str, tag: str) -> ImportLogin:
+        """A fresh role owning only `database`, for psql to import the untrusted dump as.
+
+        It is no superuser and cannot create databases or roles, replicate, bypass
+        row security or inherit anything; it owns `database` (so the dump's schema
+        and objects can be made there). What PUBLIC may do in other databases
+        (CONNECT, TEMP; CREATE on public before PostgreSQL 15) it may do too:
+        that is the server's configuration (pg_hba.conf, REVOKE … FROM PUBLIC).
+        """
+        role = import_login_name(tag)
+        conn = await self._maintenance(dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT rolname, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+            )
+            assert row is not None  # current_user always has a pg_roles row
+            me, superuser, createrole = (row["rolname"], row["rolsuper"], row["rolcreaterole"])
+            if not superuser and not createrole:
+                log.warning("shadow.import_login_unavailable", dsn=dsn.masked())
+                return ImportLogin(dsn=dsn.with_database(database), user=None, reason=NO_CREATEROLE)
+            await self._drop_login(conn, dsn, role)
+            password = secrets.token_urlsafe(32)
+            await conn.execute(
+                f"CREATE ROLE {_q(role)} LOGIN PASSWORD {_lit(password)} NOSUPERUSER "
+                "NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT "
+                f"CONNECTION LIMIT {LOGIN_CONNECTION_LIMIT}"
+            )
+            if not superuser:
+                # ALTER … OWNER TO needs membership of the new owner (PostgreSQL 16:
+                # CREATEROLE gives ADMIN on the role, not membership).
+                await conn.execute(f"GRANT {_q(role)} TO {_q(me)}")
+            # NOINHERIT: the login does not get pg_database_owner's rights on schema
+            # public (PostgreSQL 15+), so it is granted them (DROP OWNED revokes them).
+            inside = await self.engine.connect(dsn.with_database(database))
+            try:
+                await inside.execute(
+                    "DO $$ BEGIN IF EXISTS (SELECT FROM pg_namespace WHERE nspname = 'public') "
+                    f"THEN GRANT USAGE, CREATE ON SCHEMA public TO {_q(role)}; END IF; END $$"
+                )
+            finally:
+                await inside.close()
+            await conn.execute(f"ALTER DATABASE {_q(database)} OWNER TO {_q(role)}")
+        except asyncpg.PostgresError as exc:
+            raise self._login_error(exc, dsn, "creating the import login", role, database) from exc
+        finally:
+            await conn.close()
+        params = {
+            key: value
+            for key, value in dsn.params.items()
+            if key not in ("password_env", "password_file")
+        }
+        login_dsn = dataclasses.replace(
+            dsn.with_database(database), user=role, password=password, params=params
+        )
+        log.info("shadow.import_login_created", dsn=dsn.masked(), login=role, database=database)
+        return ImportLogin(dsn=login_dsn, user=role)
+
+    async def hand_over(self, dsn: Dsn, database: str, login: ImportLogin) -> None:
+        """Everything the login made in `database` (and the database) goes to the DSN user.
+
+        The database goes back to the live database's owner (as `prepare_shadow`
+        made it), or to the DSN user when live is gone.
+        """
+        role = login.user
+        if role is None:
+            return
+        conn = await self.engine.connect(dsn.with_database(database))
+        try:
+            await self._end(conn, database, role, everywhere=True)
+            me = await conn.fetchval("SELECT current_user")
+            owner = await conn.fetchval(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+                dsn.database,
+            )
+            await conn.execute(f"REASSIGN OWNED BY {_q(role)} TO {_q(me)}")
+            await conn.execute(f"DROP OWNED BY {_q(role)}")
+            await conn.execute(f"ALTER DATABASE {_q(database)} OWNER TO {_q(owner or me)}")
+        except asyncpg.UndefinedObjectError:
+            log.info("shadow.import_login_already_gone", login=role, database=database)
+        except asyncpg.PostgresError as exc:
+            raise self._login_error(exc, dsn, "handing over the import", role, database) from exc
+        finally:
+            await conn.close()
+        log.info("shadow.handed_over", dsn=dsn.masked(), login=role, database=database)
+
+    async def drop_import_login(self, dsn: Dsn, tag: str) -> None:
+        role = import_login_name(tag)
+        conn = await self._maintenance(dsn)
+        try:
+            await self._drop_login(conn, dsn, role)
+        except asyncpg.PostgresError as exc:
+            raise self._login_error(exc, dsn, "dropping the import login", role, None) from exc
+        finally:
+            await conn.close()
+
+    async def _drop_login(self, conn: asyncpg.Connection, dsn: Dsn, role: str) -> None:
+        """End the role's sessions and drop it; what it still owns goes to the DSN user first."""
+        oid = await conn.fetchval("SELECT oid FROM pg_roles WHERE rolname = $1", role)
+        if oid is None:
+            return
+        await self._end(conn, None, role, everywhere=True)
+        try:
+            await conn.execute(f"DROP ROLE IF EXISTS {_q(role)}")
+        except asyncpg.DependentObjectsStillExistError:
+            # It still owns objects (a shadow that was never handed over): re-own them
+            # in each database holding some, then drop it.
+            me = await conn.fetchval("SELECT current_user")
+            databases = await conn.fetch(
+                "SELECT DISTINCT d.datname FROM pg_database d WHERE d.datallowconn AND "
+                "(d.datdba = $1 OR d.oid IN (SELECT dbid FROM pg_shdepend WHERE refobjid = $1))",
+                oid,
+            )
+            names = [row["datname"] for row in databases] or [
+                dsn.params.get("maintenance_db", "postgres")
+            ]
+            for name in names:
+                other = await self.engine.connect(dsn.with_database(name))
+                try:
+                    await other.execute(f"REASSIGN OWNED BY {_q(role)} TO {_q(me)}")
+                    await other.execute(f"DROP OWNED BY {_q(role)}")
+                finally:
+                    await other.close()
+            await conn.execute(f"DROP ROLE IF EXISTS {_q(role)}")
+        log.info("shadow.import_login_dropped", dsn=dsn.masked(), login=role)
+
+    async def _end(
+        self, conn: asyncpg.Connection, database: str | None, user: str, *, everywhere: bool
+    ) -> None:
+        """Terminate `user`'s sessions (in `database` unless everywhere) until none is left."""
+        deadline = time.monotonic() + TERMINATE_SECONDS
+        while True:
+            pids = await conn.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = $1 AND ($2::text IS NULL OR datname = $2) "
+                "AND pid <> pg_backend_pid()",
+                user,
+                None if everywhere else database,
+            )
+            if not pids:
+                return
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"{len(pids)} sessions of the import login did not end within "
+                    f"{TERMINATE_SECONDS:.0f}s of pg_terminate_backend; the step is retried",
+                    login=user,
+                    database=database,
+                )
+            await asyncio.sleep(0.01)
+
+    async def running_statements(
+        self, dsn: Dsn, database: str, user: str | None
+    ) -> list[RunningStatement]:
+        conn = await self._maintenance(dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT extract(epoch FROM clock_timestamp() - query_start)::float8, "
+                "left(query, $3) FROM pg_stat_activity "
+                "WHERE state = 'active' AND datname = $1 AND ($2::text IS NULL OR usename = $2) "
+                "AND pid <> pg_backend_pid() AND query_start IS NOT NULL "
+                "ORDER BY query_start",
+                database,
+                user,
+                STATEMENT_TEXT_LIMIT,
+            )
+        except asyncpg.PostgresError as exc:
+            raise self._error(exc, dsn, what="listing statements", database=database) from exc
+        finally:
+            await conn.close()
+        return [RunningStatement(max(0.0, float(seconds)), text or "") for seconds, text in rows]
+
+    async def end_sessions(self, dsn: Dsn, database: str, user: str | None) -> None:
+        conn = await self._maintenance(dsn)
+        try:
+            pids = await conn.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND ($2::text IS NULL OR usename = $2) "
+                "AND pid <> pg_backend_pid()",
+                database,
+                user,
+            )
+        except asyncpg.PostgresError as exc:
+            raise self._error(exc, dsn, what="ending sessions", database=database) from exc
+        finally:
+            await conn.close()
+        log.info(
+            "shadow.sessions_ended",
+            dsn=dsn.masked(),
+            database=database,
+            user=user,
+            sessions=len(pids),
+        )
+
+    def _login_error(
+        self, exc: Exception, dsn: Dsn, what: str, role: str, database: str | None
+    ) -> EnvrestoreError:
+        cls: type[EnvrestoreError] = PermanentError
+        hint = ""
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            cls = BadInput
+            hint = "; the DSN's user needs CREATEROLE (or superuser) and to own the shadow"
+        elif isinstance(exc, asyncpg.ObjectInUseError | asyncpg.LockNotAvailableError):
+            cls, hint = TransientError, "; the step is retried"
+        return cls(
+            f"{quote_server_text(str(exc))}{hint} (while {what})",
+            dsn=dsn.masked(),
+            host=dsn.socket or dsn.host,
+            port=dsn.port,
+            login=role,
+            database=database,
+        )
 
     async def sanity_check(self, dsn: Dsn) -> dict[str, int]:
         return await self.engine.list_tables(dsn)
