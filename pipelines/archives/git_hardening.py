@@ -205,6 +205,10 @@ def _disable_hooks(top: Path, git_dir: Path, report: _Report) -> None:
 
 
 def _remove_files(top: Path, git_dir: Path, report: _Report) -> None:
+    info = git_dir / "info"
+    if info.is_symlink():  # git would read info/attributes through it: drop the link
+        info.unlink()
+        report.removed_files.append(_rel(top, info))
     for name in _REMOVED:
         path = git_dir / name
         if path.is_symlink() or path.is_file():

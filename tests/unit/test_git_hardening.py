@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from pipelines.archives.code_restore import prepare_code
 from pipelines.archives.git_hardening import DISABLED_HOOKS, harden_repository, printable
-from pipelines.errors import UnsafeInput
+from pipelines.errors import IntegrityError, UnsafeInput
 from tests.support.sites import GIT_ENV, make_repo
 
 HOOKS = ("post-checkout", "post-merge", "pre-commit", "reference-transaction", "pre-push")
@@ -374,6 +376,32 @@ async def test_a_symlinked_hooks_folder_is_moved_not_followed(tmp_path: Path) ->
     assert report["git_hooks_disabled"] == [".git/hooks"]
     dev_git(repo, tmp_path / "home", "checkout", "-q", "-b", "x")
     assert canaries(fired) == []
+
+
+async def test_a_symlinked_info_folder_is_dropped_not_followed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "code", commits=1)
+    (repo / "docs").mkdir()
+    (repo / "docs" / "attributes").write_text("* filter=x\n")
+    shutil.rmtree(repo / ".git" / "info")
+    (repo / ".git" / "info").symlink_to("../docs")
+    report = await harden_repository(repo)
+    assert not (repo / ".git" / "info").exists()
+    assert (repo / "docs" / "attributes").is_file()  # a working-tree file, left alone
+    assert report["git_removed_files"] == [".git/info"]
+
+
+async def test_prepare_code_messages_do_not_name_the_staging_path(tmp_path: Path) -> None:
+    staging = tmp_path / ".code.envrestore-staging-j1"
+    staging.mkdir()
+    with pytest.raises(UnsafeInput, match=r"the code part's repository has no \.git") as caught:
+        await prepare_code(staging, None, job_tag="j1")
+    assert str(tmp_path) not in str(caught.value)
+    repo = make_repo(tmp_path / "code", commits=1)
+    for obj in (repo / ".git" / "objects").glob("??/*"):
+        obj.unlink()  # every object gone: HEAD names a missing commit
+    with pytest.raises(IntegrityError, match="the code part's repository") as damaged:
+        await prepare_code(repo, None, job_tag="j2")
+    assert str(tmp_path) not in str(damaged.value)
 
 
 def test_reported_names_are_escaped_and_capped() -> None:
