@@ -148,7 +148,8 @@ class MariaDbShadow:
             dsn=dsn.masked(),
             database=database,
             where=self._where(dsn),
-            stderr=detail[-2000:],
+            # The client echoes the failing statement (rows of site data): keep its verdict only.
+            stderr=reason[:500],
             **data,
         )
 
@@ -251,6 +252,8 @@ class MariaDbShadow:
             else:
                 await self._import_split(dsn, options, fed.wrap(chunks))
         except EnvrestoreError as exc:
+            if "stderr" not in exc.data:
+                raise  # the dump's own verdict (refused, truncated, damaged): already clear
             raise self._error(exc, dsn, what="import", database=dsn.database) from exc
         seconds = time.monotonic() - started
         log.info(
@@ -347,8 +350,24 @@ class MariaDbShadow:
         return ImportLogin(dsn=login, user=user)
 
     async def hand_over(self, dsn: Dsn, database: str, login: ImportLogin) -> None:
-        """Nothing to move: tables have no owner in MariaDB, and the definers of
-        triggers, views, routines and events are re-set at switch (`_plan`)."""
+        """Make the DSN user the definer of the triggers, views, routines and events
+        the import login defined (tables have no owner in MariaDB).
+
+        Read as the login (only a routine's definer may read its body without
+        global rights), recreated by the DSN user without a DEFINER clause: they
+        then run with the site's rights, never the login's (dropped next) or root's.
+        """
+        if login.user is None:
+            return
+        objects = _without_import_definers(await self._capture(login.dsn, database))["objects"]
+        if not objects:
+            return
+        await self._run(
+            dsn,
+            "DELIMITER ;;\n" + _drops(database, objects, ";;") + _creates(database, objects),
+            what="giving the dump's triggers, views and routines to the DSN user",
+            database=database,
+        )
 
     async def drop_import_login(self, dsn: Dsn, tag: str) -> None:
         user = import_login_name(tag)

@@ -1,0 +1,403 @@
+"""Hostile MariaDB dumps through a real restore, with canaries outside the environment.
+
+The environment's DSN user is what a platform gives a site: all rights on its
+own database and on its shadow/rollback databases, CREATE USER, PROCESS and
+CONNECTION ADMIN (README, "What the DSN user needs") — not root. Every refused
+dump must leave the environment exactly as it was, the canary database
+untouched, no database of the dump's naming created, and no import user
+behind; every accepted one must be provably defused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import subprocess
+import tarfile
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from pipelines import registry
+from pipelines.backup.service import create_backup, list_backups
+from pipelines.dsn import Dsn, parse_dsn
+from pipelines.engines import engine_for
+from pipelines.engines.shadow import create_import_login, drop_import_login, shadow_names
+from pipelines.restore.service import create_restore
+from tests.integration.test_backup_job import fill
+from tests.integration.test_restore_job import _forge_part, _part_bytes
+from tests.support.content import snapshot
+from tests.support.databases import _mariadb_admin
+from tests.support.driver import drive
+from tests.support.sites import make_files, make_repo
+
+pytestmark = pytest.mark.integration
+
+TRAILER = b"\n-- Dump completed on 2026-12-01 10:00:00\n"
+
+
+def _escape_pattern(name: str) -> str:
+    return name.replace("_", "\\_").replace("%", "\\%")
+
+
+@pytest.fixture
+async def site(runtime, tmp_path, make_mariadb_db, mariadb_server) -> AsyncIterator[dict[str, Any]]:
+    """shop.dev on MariaDB with a site-scoped DSN user, one backup, and a canary database."""
+    root_dsn = make_mariadb_db()
+    await fill(root_dsn)
+    canary = make_mariadb_db()
+    _mariadb_admin(canary, f"CREATE TABLE `{canary.database}`.t (i INT)")
+    db = root_dsn.database
+    user = f"site_{uuid.uuid4().hex[:10]}"
+    password = uuid.uuid4().hex
+    grants = "".join(
+        f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}';"
+        f"GRANT ALL PRIVILEGES ON `{_escape_pattern(db)}`.* TO '{user}'@'{host}' "
+        "WITH GRANT OPTION;"
+        f"GRANT ALL PRIVILEGES ON `{_escape_pattern(db + '__envr_')}%`.* TO '{user}'@'{host}' "
+        "WITH GRANT OPTION;"
+        f"GRANT CREATE USER, PROCESS, CONNECTION ADMIN ON *.* TO '{user}'@'{host}';"
+        for host in ("%", "localhost")
+    )
+    _mariadb_admin(mariadb_server, grants)
+    dsn = parse_dsn(f"mariadb://{user}:{password}@{root_dsn.host}:{root_dsn.port}/{db}")
+    files = make_files(tmp_path / "site" / "files")
+    code = make_repo(tmp_path / "site" / "code")
+    await registry.add_site(runtime.pool, "shop")
+    await registry.add_environment(
+        runtime.pool,
+        "shop.dev",
+        db=f"mariadb://{user}:{password}@{dsn.host}:{dsn.port}/{db}",
+        files=files,
+        code=code,
+    )
+    job = await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.dev")
+    assert (await drive(runtime, job.job_id))["status"] == "succeeded"
+    [backup] = await list_backups(runtime.pool, "shop.dev")
+    other = f"other_{uuid.uuid4().hex[:8]}"
+    yield {
+        "dsn": dsn,
+        "root": root_dsn,
+        "user": user,
+        "canary": canary.database,
+        "other": other,
+        "files": files,
+        "code": code,
+        "backup": backup,
+        "before": await snapshot(dsn, files, code),
+    }
+    _mariadb_admin(
+        mariadb_server,
+        f"DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost';"
+        f"DROP DATABASE IF EXISTS `{other}`",
+    )
+
+
+def _root_query(site: dict[str, Any], sql: str) -> list[str]:
+    return _mariadb_admin(site["root"], sql).split()
+
+
+def _assert_nothing_escaped(site: dict[str, Any]) -> None:
+    """The canaries: no row in the canary, no database of the dump's, no import user left."""
+    assert _root_query(site, f"SELECT COUNT(*) FROM `{site['canary']}`.t") == ["0"]
+    assert _root_query(site, f"SHOW DATABASES LIKE '{site['other']}'") == []
+    assert _root_query(site, "SELECT COUNT(*) FROM mysql.user WHERE user LIKE 'envr\\_i\\_%'") == [
+        "0"
+    ]
+
+
+async def _restore_with(runtime, site, dump: bytes, *, raw: bool = False, **settings: Any):
+    data = dump if raw else gzip.compress(dump)
+    await _forge_part(runtime, site["backup"], "database", data)
+    rt = runtime
+    if settings:
+        rt = dataclasses.replace(
+            runtime, settings=runtime.settings.model_copy(update=settings)
+        )
+    job = await create_restore(rt.pool, rt.settings, "shop.dev", element="database")
+    return await drive(rt, job.job_id)
+
+
+async def _real_dump(runtime, site) -> bytes:
+    return gzip.decompress(await _part_bytes(runtime, site["backup"], "database"))
+
+
+def _before_trailer(dump: bytes, extra: bytes) -> bytes:
+    cut = dump.rindex(b"-- Dump completed")
+    return dump[:cut] + extra + dump[cut:]
+
+
+def _step(view: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in view["steps"] if s["name"] == name)
+
+
+ESCAPES = {
+    "qualified insert": (
+        b"CREATE TABLE a (i INT);\nINSERT INTO `{canary}`.`t` VALUES (666);\n",
+        "a table in another database",
+    ),
+    "trigger body": (
+        b"CREATE TABLE a (i INT);\nDELIMITER ;;\n"
+        b"/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER tr "
+        b"AFTER INSERT ON a FOR EACH ROW BEGIN\n  INSERT INTO `{canary}`.t VALUES (NEW.i);\n"
+        b"END */;;\nDELIMITER ;\n",
+        "a table in another database",
+    ),
+    "create database": (
+        b"CREATE DATABASE `{other}`;\nUSE `{other}`;\nCREATE TABLE x (i INT);\n",
+        "CREATE DATABASE",
+    ),
+    "use": (b"CREATE TABLE a (i INT);\nUSE `{canary}`;\nINSERT INTO t VALUES (666);\n", "USE"),
+    "mysql schema": (
+        b"CREATE TABLE a (i INT);\n"
+        b"INSERT INTO mysql.global_priv VALUES ('%','evil','{{}}');\n",
+        "server's own schema",
+    ),
+}
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+@pytest.mark.parametrize("case", sorted(ESCAPES))
+async def test_a_dump_reaching_another_database_is_refused(runtime, site, case, connections):
+    template, reason = ESCAPES[case]
+    dump = template.replace(b"{canary}", site["canary"].encode()).replace(
+        b"{other}", site["other"].encode()
+    )
+    view = await _restore_with(
+        runtime, site, dump + TRAILER, mariadb_import_connections=connections
+    )
+    assert view["status"] == "failed"
+    assert view["error_step"] == "import_db"
+    assert reason in view["error"] and "database part" in view["error"]
+    assert _step(view, "import_db")["attempts"] == 1
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
+    _assert_nothing_escaped(site)
+
+
+async def test_the_import_login_reaches_only_the_shadow(site, runtime):
+    """Even a statement the filter let through cannot leave the shadow: the server says no."""
+    dsn: Dsn = site["dsn"]
+    names = shadow_names(dsn.database, "t" + uuid.uuid4().hex[:11])
+    _mariadb_admin(site["root"], f"CREATE DATABASE `{names.shadow}`")
+    try:
+        login = await create_import_login(dsn, names.shadow, names.shadow[-12:])
+        assert login.user is not None and login.user != dsn.user
+        engine = engine_for(login.dsn)
+        await engine.query(login.dsn, "CREATE TABLE ok (i INT); INSERT INTO ok VALUES (1);")  # type: ignore[attr-defined]
+        lookalike = names.shadow.replace("_", "X", 1)  # `_` is a wildcard in grants
+        for sql in (
+            f"INSERT INTO `{site['canary']}`.t VALUES (666)",
+            f"CREATE DATABASE `{site['other']}`",
+            f"CREATE DATABASE `{lookalike}`",
+            "SELECT COUNT(*) FROM mysql.user",
+            f"GRANT ALL ON `{names.shadow}`.* TO '{site['user']}'@'%'",
+            "SET GLOBAL max_connections = 1",
+        ):
+            with pytest.raises(Exception, match=r"denied|privilege"):
+                await engine.query(login.dsn, sql)  # type: ignore[attr-defined]
+        await drop_import_login(dsn, names.shadow[-12:])
+        assert _root_query(site, f"SELECT COUNT(*) FROM mysql.user WHERE user = '{login.user}'") == [
+            "0"
+        ]
+        assert _root_query(site, f"SHOW DATABASES LIKE '{lookalike}'") == []
+    finally:
+        _mariadb_admin(site["root"], f"DROP DATABASE IF EXISTS `{names.shadow}`")
+    _assert_nothing_escaped(site)
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+async def test_definers_are_dropped_and_objects_run_as_the_site_user(runtime, site, connections):
+    objects = (
+        b"DELIMITER ;;\n"
+        b"/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER tr "
+        b"BEFORE INSERT ON wp_options FOR EACH ROW SET NEW.option_value = CURRENT_USER() */;;\n"
+        b"CREATE DEFINER=`root`@`localhost` PROCEDURE `who`() SELECT CURRENT_USER() ;;\n"
+        b"DELIMITER ;\n"
+        b"/*!50001 CREATE ALGORITHM=UNDEFINED */\n"
+        b"/*!50013 DEFINER=`root`@`localhost` SQL SECURITY DEFINER */\n"
+        b"/*!50001 VIEW `v` AS select CURRENT_USER() AS `u` */;\n"
+    )
+    dump = _before_trailer(await _real_dump(runtime, site), objects)
+    view = await _restore_with(runtime, site, dump, mariadb_import_connections=connections)
+    assert view["status"] == "succeeded", view["error"]
+    assert _step(view, "import_db")["outputs"]["import_user"].startswith("envr_i_")
+    assert "rewrote DEFINER= clauses to CURRENT_USER" in _step(view, "import_db")["outputs"][
+        "normalised"
+    ]
+    dsn: Dsn = site["dsn"]
+    engine = engine_for(dsn)
+    await engine.query(dsn, "INSERT INTO wp_options VALUES ('probe', 'x')")  # type: ignore[attr-defined]
+    [[value]] = await engine.query(  # type: ignore[attr-defined]
+        dsn, "SELECT option_value FROM wp_options WHERE option_name = 'probe'"
+    )
+    assert value.split("@")[0] == site["user"]  # the trigger ran as the site, not as root
+    [[viewer]] = await engine.query(dsn, "SELECT u FROM v")  # type: ignore[attr-defined]
+    assert viewer.split("@")[0] == site["user"]
+    definers = _root_query(
+        site,
+        "SELECT definer FROM information_schema.triggers WHERE trigger_schema = "
+        f"'{dsn.database}' UNION ALL SELECT definer FROM information_schema.routines WHERE "
+        f"routine_schema = '{dsn.database}' UNION ALL SELECT definer FROM "
+        f"information_schema.views WHERE table_schema = '{dsn.database}'",
+    )
+    assert len(definers) == 3
+    assert all(d.split("@")[0] == site["user"] for d in definers), definers
+    _assert_nothing_escaped(site)
+
+
+async def test_a_mysql8_dump_is_normalised_and_the_outputs_say_so(runtime, site):
+    dump = (
+        b"-- MySQL dump 10.13  Distrib 8.0.36, for Linux (x86_64)\n--\n"
+        b"/*!40101 SET NAMES utf8mb4 */;\n"
+        b"CREATE TABLE `wp_posts` (`ID` bigint NOT NULL, `t` text COLLATE utf8mb4_0900_ai_ci,"
+        b" PRIMARY KEY (`ID`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        b" COLLATE=utf8mb4_0900_ai_ci;\n"
+        b"INSERT INTO `wp_posts` VALUES (1,'hello');\n" + TRAILER
+    )
+    view = await _restore_with(runtime, site, dump)
+    assert view["status"] == "succeeded", view["error"]
+    normalised = _step(view, "import_db")["outputs"]["normalised"]
+    assert any("MySQL 8" in note for note in normalised)
+    assert "rewrote collation utf8mb4_0900_ai_ci to utf8mb4_unicode_ci" in normalised
+    events = [e["data"] for e in view.get("events", []) if e.get("kind") == "restore.dump_normalised"]
+    if "events" in view:
+        assert events and any("MySQL 8" in c for c in events[0]["changes"])
+    assert _root_query(
+        site,
+        "SELECT table_collation FROM information_schema.tables WHERE table_schema = "
+        f"'{site['dsn'].database}' AND table_name = 'wp_posts'",
+    ) == ["utf8mb4_unicode_ci"]
+
+
+async def test_empty_and_truncated_dumps_are_refused_unless_allowed(runtime, site):
+    dump = await _real_dump(runtime, site)
+    view = await _restore_with(runtime, site, b"")
+    assert view["status"] == "failed" and "creates no table" in view["error"]
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
+
+    half = dump[: dump.index(b";\n", len(dump) // 2) + 2]  # cut between two statements
+    view = await _restore_with(runtime, site, half)
+    assert view["status"] == "failed" and "truncated" in view["error"]
+    assert "--allow-incomplete-dump" in view["error"]
+    assert "lorem ipsum" not in str(_step(view, "import_db"))  # no row data in the error
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
+
+    job = await create_restore(
+        runtime.pool, runtime.settings, "shop.dev", element="database", allow_incomplete_dump=True
+    )
+    view = await drive(runtime, job.job_id)
+    assert view["status"] == "succeeded", view["error"]
+    notes = _step(view, "import_db")["outputs"]["normalised"]
+    assert any("--allow-incomplete-dump" in note for note in notes)
+    _assert_nothing_escaped(site)
+
+
+SLEEPER = b"CREATE TABLE a (i INT);\nSET SESSION max_statement_time = 0;\nSELECT SLEEP(3600);\n"
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+async def test_a_statement_that_runs_forever_is_killed(runtime, site, connections):
+    view = await _restore_with(
+        runtime,
+        site,
+        SLEEPER + TRAILER,
+        import_statement_timeout=2,
+        mariadb_import_connections=connections,
+    )
+    assert view["status"] == "failed"
+    assert "ran longer than 2 s" in view["error"] and "SELECT SLEEP(3600)" in view["error"]
+    assert _step(view, "import_db")["attempts"] == 1
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
+    sleeping = _root_query(
+        site, "SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP%'"
+    )
+    assert sleeping == ["0"]
+    _assert_nothing_escaped(site)
+
+
+async def test_an_import_without_progress_is_stopped(runtime, site):
+    view = await _restore_with(runtime, site, SLEEPER + TRAILER, import_idle_timeout=2)
+    assert view["status"] == "failed"
+    assert "made no progress" in view["error"] and "SELECT SLEEP(3600)" in view["error"]
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
+    _assert_nothing_escaped(site)
+
+
+def _tar_with(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("dump.sql", "CREATE TABLE a (i int);")
+    return buffer.getvalue()
+
+
+FORMATS = {
+    "postgresql dump": (
+        gzip.compress(
+            b"--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\n"
+            b"SET statement_timeout = 0;\nCREATE TABLE public.a (i integer);\n"
+        ),
+        "this is a PostgreSQL dump; the environment's database is MariaDB",
+    ),
+    "custom format": (
+        gzip.compress(b"PGDMP\x01\x0e\x00\x04\x08\x01\x01\x00\x00\x00" + bytes(200)),
+        "custom-format dump: restore with pg_restore or give a plain SQL dump",
+    ),
+    "mysql shell": (
+        gzip.compress(_tar_with("dump/@.json", b'{"dumper": "mysqlsh"}')),
+        "a MySQL Shell dump",
+    ),
+    "zip": (_zip_bytes(), "not gzip-compressed: found a zip archive"),
+    "zip inside gzip": (gzip.compress(_zip_bytes()), "found a zip archive"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORMATS))
+async def test_unknown_formats_fail_at_once_naming_what_was_found(runtime, site, case):
+    data, message = FORMATS[case]
+    view = await _restore_with(runtime, site, data, raw=True)
+    assert view["status"] == "failed"
+    assert message in view["error"]
+    assert _step(view, "import_db")["attempts"] == 1
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
+
+
+async def test_control_characters_from_the_dump_never_reach_the_error(runtime, site):
+    dump = b"CREATE TABLE a (i INT);\n\\! printf '\x1b[2J\x07'\n" + TRAILER
+    view = await _restore_with(runtime, site, dump)
+    assert view["status"] == "failed"
+    assert "client command" in view["error"] and "\\x1b" in view["error"]
+    assert not any(ch in view["error"] for ch in "\x1b\x07\x00")
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
+
+
+async def test_an_endless_line_is_refused_at_the_cap(runtime, site):
+    dump = b"CREATE TABLE a (i INT);\nINSERT INTO a VALUES " + b"(1)," * (1 << 20)
+    view = await _restore_with(runtime, site, dump, sql_max_line_mb=1)
+    assert view["status"] == "failed"
+    assert "longer than 1048576 bytes" in view["error"]
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
+
+
+def test_server_reason_puts_the_reason_first():
+    from pipelines.engines.mariadb_shadow import server_reason
+
+    text, data = server_reason(
+        "ERROR 1142 (42000) at line 7: INSERT command denied to user 'x'@'localhost' for table"
+    )
+    assert text.startswith("line 7: INSERT command denied")
+    assert data == {"server_error": 1142, "line": 7}
+    assert subprocess is not None
