@@ -255,6 +255,8 @@ class PostgresShadow:
                 secrets=self.engine.secrets(dsn),
             )
         except EnvrestoreError as exc:
+            if "stderr" not in exc.data:
+                raise  # the dump's own verdict (refused, truncated, damaged): already clear
             detail = str(exc.data.get("stderr", exc.message))
             reason, line = psql_reason(detail)
             raise type(exc)(

@@ -91,8 +91,7 @@ async def site(runtime, tmp_path, make_mariadb_db, mariadb_server) -> AsyncItera
     }
     _mariadb_admin(
         mariadb_server,
-        f"DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost';"
-        f"DROP DATABASE IF EXISTS `{other}`",
+        f"DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost';DROP DATABASE IF EXISTS `{other}`",
     )
 
 
@@ -114,9 +113,7 @@ async def _restore_with(runtime, site, dump: bytes, *, raw: bool = False, **sett
     await _forge_part(runtime, site["backup"], "database", data)
     rt = runtime
     if settings:
-        rt = dataclasses.replace(
-            runtime, settings=runtime.settings.model_copy(update=settings)
-        )
+        rt = dataclasses.replace(runtime, settings=runtime.settings.model_copy(update=settings))
     job = await create_restore(rt.pool, rt.settings, "shop.dev", element="database")
     return await drive(rt, job.job_id)
 
@@ -152,8 +149,7 @@ ESCAPES = {
     ),
     "use": (b"CREATE TABLE a (i INT);\nUSE `{canary}`;\nINSERT INTO t VALUES (666);\n", "USE"),
     "mysql schema": (
-        b"CREATE TABLE a (i INT);\n"
-        b"INSERT INTO mysql.global_priv VALUES ('%','evil','{{}}');\n",
+        b"CREATE TABLE a (i INT);\nINSERT INTO mysql.global_priv VALUES ('%','evil','{{}}');\n",
         "server's own schema",
     ),
 }
@@ -199,9 +195,9 @@ async def test_the_import_login_reaches_only_the_shadow(site, runtime):
             with pytest.raises(Exception, match=r"denied|privilege"):
                 await engine.query(login.dsn, sql)  # type: ignore[attr-defined]
         await drop_import_login(dsn, names.shadow[-12:])
-        assert _root_query(site, f"SELECT COUNT(*) FROM mysql.user WHERE user = '{login.user}'") == [
-            "0"
-        ]
+        assert _root_query(
+            site, f"SELECT COUNT(*) FROM mysql.user WHERE user = '{login.user}'"
+        ) == ["0"]
         assert _root_query(site, f"SHOW DATABASES LIKE '{lookalike}'") == []
     finally:
         _mariadb_admin(site["root"], f"DROP DATABASE IF EXISTS `{names.shadow}`")
@@ -224,9 +220,10 @@ async def test_definers_are_dropped_and_objects_run_as_the_site_user(runtime, si
     view = await _restore_with(runtime, site, dump, mariadb_import_connections=connections)
     assert view["status"] == "succeeded", view["error"]
     assert _step(view, "import_db")["outputs"]["import_user"].startswith("envr_i_")
-    assert "rewrote DEFINER= clauses to CURRENT_USER" in _step(view, "import_db")["outputs"][
-        "normalised"
-    ]
+    assert (
+        "rewrote DEFINER= clauses to CURRENT_USER"
+        in _step(view, "import_db")["outputs"]["normalised"]
+    )
     dsn: Dsn = site["dsn"]
     engine = engine_for(dsn)
     await engine.query(dsn, "INSERT INTO wp_options VALUES ('probe', 'x')")  # type: ignore[attr-defined]
@@ -262,7 +259,9 @@ async def test_a_mysql8_dump_is_normalised_and_the_outputs_say_so(runtime, site)
     normalised = _step(view, "import_db")["outputs"]["normalised"]
     assert any("MySQL 8" in note for note in normalised)
     assert "rewrote collation utf8mb4_0900_ai_ci to utf8mb4_unicode_ci" in normalised
-    events = [e["data"] for e in view.get("events", []) if e.get("kind") == "restore.dump_normalised"]
+    events = [
+        e["data"] for e in view.get("events", []) if e.get("kind") == "restore.dump_normalised"
+    ]
     if "events" in view:
         assert events and any("MySQL 8" in c for c in events[0]["changes"])
     assert _root_query(
