@@ -144,7 +144,7 @@ class MariaDbShadow:
                 " the step is retried"
             )
         return cls(
-            f"{reason} (during {what})",
+            f"{reason} ({what} of database {database!r})" if database else f"{reason} ({what})",
             dsn=dsn.masked(),
             database=database,
             where=self._where(dsn),
@@ -786,6 +786,8 @@ class _Splitter:
         self.block_signal = 0
         self.b_waited = False
         self.b_dirty = False
+        #: A has not finished its first INSERT of the block yet: B must not start.
+        self.first_pending = False
         self.signals = 0
         self.insert_dest: int | None = None
         #: How an INSERT's last row line ends (`;\r\n` when the dump has CRLF lines).
@@ -815,8 +817,22 @@ class _Splitter:
             b"DO DO SLEEP(0.002); END WHILE; END//\nDELIMITER %s\n"
         ) % (self.sync, number, delimiter)
 
+    async def inserted(self, dest: int) -> None:
+        """An INSERT statement ended; A's first of a block lets B start on the table.
+
+        Not before: MariaDB 10.6+ loads an INSERT into an *empty* table (with the
+        dump's unique/foreign key checks off) under a table X lock, so two sessions
+        starting on the same empty table deadlock (ERROR 1213).
+        """
+        if dest == 0 and self.first_pending:
+            self.first_pending = False
+            await self.emit(0, self.signal_sql(self.block_signal), flush=True)
+
     async def end_block(self) -> None:
         """A takes over again: if B carried part of the block, A waits for B to finish it."""
+        if self.first_pending:
+            self.first_pending = False
+            await self.emit(0, self.signal_sql(self.block_signal), flush=True)
         if self.b_dirty:
             self.signals += 1
             await self.emit(1, self.signal_sql(self.signals), flush=True)
@@ -828,9 +844,11 @@ class _Splitter:
         if self.insert_dest is not None:
             # Inside a multi-row INSERT (mariadb-dump writes one row per line).
             self.block_bytes += len(line)
-            await self.emit(self.insert_dest, line)
+            dest = self.insert_dest
+            await self.emit(dest, line)
             if line.rstrip().endswith(b";"):
                 self.insert_dest = None
+                await self.inserted(dest)
             return
         insert = _INSERT_RE.match(line) if self.at_boundary and self.delimiter == b";" else None
         if insert is not None:
@@ -840,12 +858,16 @@ class _Splitter:
                 self.signals += 1
                 self.block_table, self.block_bytes = table, 0
                 self.block_signal, self.b_waited = self.signals, False
-                await self.emit(0, self.signal_sql(self.signals), flush=True)
+                self.first_pending = True
             self.block_bytes += len(line)
             if line.endswith(b"\r\n"):
                 self.statement_end = b";\r\n"
             dest = 0
-            if self.block_bytes > SPLIT_AFTER_BYTES and self.sent[1] < self.sent[0]:
+            if (
+                not self.first_pending
+                and self.block_bytes > SPLIT_AFTER_BYTES
+                and self.sent[1] < self.sent[0]
+            ):
                 dest = 1
                 if not self.b_waited:
                     await self.emit(1, self.wait_sql(self.block_signal, b";"))
@@ -854,6 +876,8 @@ class _Splitter:
             await self.emit(dest, line)
             if not line.rstrip().endswith(b";"):
                 self.insert_dest = dest
+            else:
+                await self.inserted(dest)
             return
         stripped = line.strip()
         if self.block_table is not None and stripped and not stripped.startswith(b"--"):
@@ -884,6 +908,8 @@ class _Splitter:
             dest = self.insert_dest
         self.block_bytes += stop - start
         await self.emit(dest, data[start:stop])
+        if self.insert_dest is None:
+            await self.inserted(dest)
         return stop
 
     async def run(self, chunks: AsyncIterator[bytes]) -> None:
