@@ -76,6 +76,7 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
         log.info("step.not_for_this_job_status", job_status=job.status.value)
         return
     if record.status == StepStatus.PENDING and not await _is_ready(runtime, job, record):
+        await _unsent(runtime, job_id, step)
         log.info("step.not_ready")
         return
 
@@ -126,6 +127,17 @@ def _runs_in(job_status: JobStatus, record: StepRecord) -> bool:
     if record.on_failure:
         return job_status in (JobStatus.FAILED, JobStatus.CANCELLED)
     return job_status.active
+
+
+async def _unsent(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
+    """A message that came too early (a cleanup step sent while a regular step still
+    ran): mark the step never sent, so whatever makes it ready sends it at once —
+    not the reconciler, a minute later. Advancing under the job lock closes the gap
+    where it became ready between the check and now."""
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("lock_job"), job_id)
+        await conn.execute(sql("mark_unsent"), job_id, step)
+        await advance_job(conn, job_id)
 
 
 async def _is_ready(runtime: Runtime, job: JobRecord, record: StepRecord) -> bool:

@@ -153,6 +153,38 @@ async def test_cleanup_step_delivered_while_the_job_runs_does_nothing(toy, scrip
     assert "cleanup" not in script.calls
 
 
+async def test_a_cleanup_message_that_came_too_early_is_sent_again_once_ready(toy, script):
+    """Cancel while a step runs; a cleanup message that arrives before that step has
+    stopped is not lost: the step that makes it ready sends it (no minute-long wait)."""
+    from pipelines.jobs.cancel import cancel_job
+
+    rt, kind, env = toy
+    job = await submit(rt, kind, env)
+    await relay_once(rt.pool, lambda j, s: None)
+    script.block["fetch"] = asyncio.Event()
+    running = asyncio.create_task(run_step(rt, job.job_id, "fetch"))
+    await script.started.setdefault("fetch", asyncio.Event()).wait()
+    await cancel_job(rt.pool, job.job_id, rt.kinds)
+    # A stray or early cleanup message is relayed (marking it sent) and delivered.
+    await rt.pool.execute("INSERT INTO outbox (job_id, step) VALUES ($1, 'cleanup')", job.job_id)
+    await relay_once(rt.pool, lambda j, s: None)
+    await run_step(rt, job.job_id, "cleanup")
+    assert "cleanup" not in script.calls
+    script.block.pop("fetch").set()
+    await running  # fetch stops (or finishes): cleanup is now ready
+    queued = await rt.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE job_id = $1 AND step = 'cleanup'", job.job_id
+    )
+    assert queued == 1
+    sent: list = []
+    await relay_once(rt.pool, lambda j, s: sent.append(s))
+    assert sent == ["cleanup"]
+    await run_step(rt, job.job_id, "cleanup")
+    assert script.calls == ["fetch", "cleanup"]
+    view = await show_job(rt.pool, job.job_id)
+    assert view["status"] == "cancelled"
+
+
 async def test_a_step_whose_worker_died_is_reclaimed_after_its_heartbeat_expires(toy, script):
     rt, kind, env = toy
     job = await submit(rt, kind, env)

@@ -74,6 +74,10 @@ RETURNING job_id, step;
 -- name: mark_enqueued
 UPDATE job_steps SET enqueued_at = now() WHERE job_id = $1 AND name = $2;
 
+-- name: mark_unsent
+-- A message that arrived before its step was ready: the step counts as never sent again.
+UPDATE job_steps SET enqueued_at = NULL WHERE job_id = $1 AND name = $2 AND status = 'pending';
+
 -- name: get_job
 SELECT id, kind, status, environment_id, site, env, params, outputs, error, error_step,
        created_at, started_at, finished_at, lease_token
