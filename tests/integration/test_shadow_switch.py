@@ -524,7 +524,7 @@ async def test_mariadb_two_connection_import_loads_exactly_what_one_would(
     make_mariadb_db, cleanup_names, monkeypatch
 ):
     """connections=2 splits big tables' INSERTs over two sessions: same rows, triggers not fired."""
-    from pipelines.engines import mariadb_shadow
+    from pipelines.engines import mariadb_split
     from pipelines.streams import run_producer
 
     source, live = make_mariadb_db(), make_mariadb_db()
@@ -548,15 +548,15 @@ async def test_mariadb_two_connection_import_loads_exactly_what_one_would(
         source.database,
     ]
     dump = b"".join([chunk async for chunk in run_producer(argv)])
-    monkeypatch.setattr(mariadb_shadow, "SPLIT_AFTER_BYTES", 8192)
-    splitters: list[mariadb_shadow._Splitter] = []
+    monkeypatch.setattr(mariadb_split, "SPLIT_AFTER_BYTES", 8192)
+    splitters: list[mariadb_split.Splitter] = []
 
-    class Recording(mariadb_shadow._Splitter):
+    class Recording(mariadb_split.Splitter):
         def __init__(self, database: str) -> None:
             super().__init__(database)
             splitters.append(self)
 
-    monkeypatch.setattr(mariadb_shadow, "_Splitter", Recording)
+    monkeypatch.setattr(mariadb_split, "Splitter", Recording)
     names = cleanup_names(live, shadow_names(live.database, "two"))
     await shadow.prepare_shadow(live, names)
     target = live.with_database(names.shadow)
@@ -576,10 +576,10 @@ async def test_mariadb_two_connection_import_loads_exactly_what_one_would(
 async def test_mariadb_two_connection_import_fails_cleanly_on_a_bad_statement(
     mariadb_restore, monkeypatch
 ):
-    from pipelines.engines import mariadb_shadow
+    from pipelines.engines import mariadb_shadow, mariadb_split
 
     live, names, dump = mariadb_restore
-    monkeypatch.setattr(mariadb_shadow, "SPLIT_AFTER_BYTES", 0)
+    monkeypatch.setattr(mariadb_split, "SPLIT_AFTER_BYTES", 0)
     await shadow.prepare_shadow(live, names)
     engine = mariadb_shadow.MariaDbShadow(MARIADB)
     with pytest.raises(PermanentError, match=names.shadow):
