@@ -245,6 +245,26 @@ async def test_definers_are_dropped_and_objects_run_as_the_site_user(runtime, si
     _assert_nothing_escaped(site)
 
 
+async def test_without_create_user_the_dsn_user_imports_and_the_filter_still_guards(
+    runtime, site, mariadb_server
+):
+    user = site["user"]
+    _mariadb_admin(
+        mariadb_server,
+        f"REVOKE CREATE USER ON *.* FROM '{user}'@'%', '{user}'@'localhost'",
+    )
+    dump = await _real_dump(runtime, site)
+    view = await _restore_with(runtime, site, dump)
+    assert view["status"] == "succeeded", view["error"]
+    outputs = _step(view, "import_db")["outputs"]
+    assert outputs["import_user"] is None
+    assert "cannot create users" in outputs["least_privilege"]
+    hostile = _before_trailer(dump, f"INSERT INTO `{site['canary']}`.t VALUES (666);\n".encode())
+    view = await _restore_with(runtime, site, hostile)
+    assert view["status"] == "failed" and "a table in another database" in view["error"]
+    _assert_nothing_escaped(site)
+
+
 async def test_a_mysql8_dump_is_normalised_and_the_outputs_say_so(runtime, site):
     dump = (
         b"-- MySQL dump 10.13  Distrib 8.0.36, for Linux (x86_64)\n--\n"
