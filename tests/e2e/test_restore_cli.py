@@ -117,7 +117,9 @@ def test_cancel_before_switch_and_refusal_after(cli_env, worker_pool, site):
 # The progress bar a user sees with --wait is drawn from the same fields.
 @pytest.mark.parametrize("site", ["postgresql"], indirect=True)
 def test_progress_is_reported_while_importing(cli_env, worker_pool, site):
-    env = {**cli_env, "ENVRESTORE_STREAM_RATE_LIMIT": str(64 * 1024)}
+    # ~7 s for the ~230 KB files part: several CLI polls (~1 s each on a busy
+    # 2-core CI machine) land while it runs.
+    env = {**cli_env, "ENVRESTORE_STREAM_RATE_LIMIT": str(32 * 1024)}
     for proc in list(worker_pool.procs):
         worker_pool.kill(proc)
     worker_pool.env = env
