@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
-import subprocess
 import tarfile
 import uuid
 from collections.abc import AsyncIterator
@@ -419,4 +418,3 @@ def test_server_reason_puts_the_reason_first():
     )
     assert text.startswith("line 7: INSERT command denied")
     assert data == {"server_error": 1142, "line": 7}
-    assert subprocess is not None
