@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -37,8 +36,20 @@ import structlog
 from pipelines.dsn import Dsn
 from pipelines.engines import mariadb_split
 from pipelines.engines.mariadb import MariaDbEngine, quote_identifier
+from pipelines.engines.mariadb_sql import (
+    creates,
+    definer_clause,
+    denied,
+    drops,
+    lit,
+    login_accounts,
+    ordered,
+    server_reason,
+    unescape_batch,
+    unhex,
+    without_import_definers,
+)
 from pipelines.engines.shadow import (
-    IMPORT_LOGIN_PREFIX,
     FedCounter,
     ImportLogin,
     ImportReport,
@@ -68,38 +79,6 @@ LOCK_WAIT_SECONDS = 10
 _SANDBOX_SUPPORT: dict[str, bool] = {}
 
 _q = quote_identifier
-
-
-def _lit(text: str) -> str:
-    """A string literal immune to sql_mode (NO_BACKSLASH_ESCAPES) and quoting tricks."""
-    return f"_utf8mb4 X'{text.encode('utf-8').hex()}'"
-
-
-def _unhex(value: str) -> str:
-    return bytes.fromhex(value).decode("utf-8") if value != "NULL" else ""
-
-
-def _unescape_batch(value: str) -> str:
-    """Undo the `mariadb --batch` escaping of \\0, \\t, \\n and \\\\ in a field."""
-    out: list[str] = []
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            nxt = value[i + 1]
-            out.append({"n": "\n", "t": "\t", "0": "\0", "\\": "\\"}.get(nxt, "\\" + nxt))
-            i += 2
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def _definer(definer: str) -> str:
-    if not definer:
-        return ""
-    user, at, host = definer.rpartition("@")
-    return f"DEFINER={_q(user)}@{_q(host)} " if at else f"DEFINER={_q(definer)} "
 
 
 @dataclass(frozen=True)
@@ -158,24 +137,24 @@ class MariaDbShadow:
         rows = await self._run(
             dsn,
             "SELECT HEX(schema_name) FROM information_schema.schemata WHERE schema_name IN ("
-            + ", ".join(_lit(name) for name in names)
+            + ", ".join(lit(name) for name in names)
             + ");",
             what="listing databases",
             database=names[0],
         )
-        return {_unhex(row[0]) for row in rows if row and row[0]}
+        return {unhex(row[0]) for row in rows if row and row[0]}
 
     async def _tables(self, dsn: Dsn, database: str) -> list[str]:
         """Everything RENAME TABLE moves: base tables, sequences; not views, not the plan."""
         rows = await self._run(
             dsn,
             "SELECT HEX(table_name) FROM information_schema.tables "
-            f"WHERE table_schema = {_lit(database)} AND table_type <> 'VIEW' "
-            f"AND table_name <> {_lit(PLAN_TABLE)} ORDER BY table_name;",
+            f"WHERE table_schema = {lit(database)} AND table_type <> 'VIEW' "
+            f"AND table_name <> {lit(PLAN_TABLE)} ORDER BY table_name;",
             what="listing tables",
             database=database,
         )
-        return [_unhex(row[0]) for row in rows if row and row[0]]
+        return [unhex(row[0]) for row in rows if row and row[0]]
 
     async def _client_has_sandbox(self) -> bool:
         client = self.engine.client()
@@ -193,7 +172,7 @@ class MariaDbShadow:
         rows = await self._run(
             dsn,
             "SELECT default_character_set_name, default_collation_name "
-            f"FROM information_schema.schemata WHERE schema_name = {_lit(names.live)};",
+            f"FROM information_schema.schemata WHERE schema_name = {lit(names.live)};",
             what="reading the charset",
             database=names.live,
         )
@@ -317,7 +296,7 @@ class MariaDbShadow:
         password = secrets.token_urlsafe(24)
         await self.drop_import_login(dsn, tag)
         pattern = database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
-        accounts = _accounts(user)
+        accounts = login_accounts(user)
         script = "".join(
             f"CREATE USER {account} IDENTIFIED BY '{password}' "
             "WITH MAX_USER_CONNECTIONS 4;\n"
@@ -327,7 +306,7 @@ class MariaDbShadow:
         try:
             await self._run(dsn, script, what="creating the import user", database=database)
         except PermanentError as exc:
-            if not _denied(exc):
+            if not denied(exc):
                 raise
             await self.drop_import_login(dsn, tag)
             log.warning("shadow.no_import_user", engine="mariadb", reason=exc.message)
@@ -360,12 +339,12 @@ class MariaDbShadow:
         """
         if login.user is None:
             return
-        objects = _without_import_definers(await self._capture(login.dsn, database))["objects"]
+        objects = without_import_definers(await self._capture(login.dsn, database))["objects"]
         if not objects:
             return
         await self._run(
             dsn,
-            "DELIMITER ;;\n" + _drops(database, objects, ";;") + _creates(database, objects),
+            "DELIMITER ;;\n" + drops(database, objects, ";;") + creates(database, objects),
             what="giving the dump's triggers, views and routines to the DSN user",
             database=database,
         )
@@ -374,12 +353,12 @@ class MariaDbShadow:
         user = import_login_name(tag)
         rows = await self._run(
             dsn,
-            f"SELECT id FROM information_schema.processlist WHERE user = {_lit(user)};",
+            f"SELECT id FROM information_schema.processlist WHERE user = {lit(user)};",
             what="listing the import user's sessions",
             database=user,
         )
         await self._kill(dsn, [row[0] for row in rows if row and row[0].isdigit()])
-        accounts = ", ".join(_accounts(user))
+        accounts = ", ".join(login_accounts(user))
         try:
             await self._run(
                 dsn,
@@ -388,7 +367,7 @@ class MariaDbShadow:
                 database=user,
             )
         except PermanentError as exc:
-            if not _denied(exc):
+            if not denied(exc):
                 raise
             # Without CREATE USER there never was an import user to drop.
             log.info("shadow.import_user_not_droppable", engine="mariadb", reason=exc.message)
@@ -399,21 +378,21 @@ class MariaDbShadow:
         rows = await self._run(
             dsn,
             "SELECT time_ms, HEX(LEFT(info, 300)) FROM information_schema.processlist "
-            f"WHERE db = {_lit(database)} AND command = 'Query' AND id <> CONNECTION_ID()"
-            + (f" AND user = {_lit(user)}" if user else "")
+            f"WHERE db = {lit(database)} AND command = 'Query' AND id <> CONNECTION_ID()"
+            + (f" AND user = {lit(user)}" if user else "")
             + " ORDER BY time_ms DESC;",
             what="listing running statements",
             database=database,
         )
         return [
-            RunningStatement(float(row[0]) / 1000, _unhex(row[1])) for row in rows if len(row) == 2
+            RunningStatement(float(row[0]) / 1000, unhex(row[1])) for row in rows if len(row) == 2
         ]
 
     async def end_sessions(self, dsn: Dsn, database: str, user: str | None) -> None:
         rows = await self._run(
             dsn,
-            f"SELECT id FROM information_schema.processlist WHERE db = {_lit(database)} "
-            "AND id <> CONNECTION_ID()" + (f" AND user = {_lit(user)}" if user else "") + ";",
+            f"SELECT id FROM information_schema.processlist WHERE db = {lit(database)} "
+            "AND id <> CONNECTION_ID()" + (f" AND user = {lit(user)}" if user else "") + ";",
             what="listing sessions",
             database=database,
         )
@@ -434,7 +413,7 @@ class MariaDbShadow:
 
     async def _capture(self, dsn: Dsn, database: str) -> dict[str, Any]:
         """Tables and the definitions of every trigger, view, routine and event of a database."""
-        db = _lit(database)
+        db = lit(database)
         rows = await self._run(
             dsn,
             f"""
@@ -454,32 +433,32 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         shows: list[tuple[str, str]] = []
         for row in rows:
             if row[0] == "G":
-                name, table = _unhex(row[1]), _unhex(row[2])
+                name, table = unhex(row[1]), unhex(row[2])
                 create = (
-                    f"CREATE {_definer(_unhex(row[6]))}TRIGGER {_q(name)} {row[3]} {row[4]} "
-                    f"ON {_q(table)} FOR EACH ROW {_unhex(row[5])}"
+                    f"CREATE {definer_clause(unhex(row[6]))}TRIGGER {_q(name)} {row[3]} {row[4]} "
+                    f"ON {_q(table)} FOR EACH ROW {unhex(row[5])}"
                 )
                 objects.append(
                     {
                         "kind": "TRIGGER",
                         "name": name,
                         "create": create,
-                        "sql_mode": _unhex(row[7]),
-                        "collation": _unhex(row[8]),
+                        "sql_mode": unhex(row[7]),
+                        "collation": unhex(row[8]),
                     }
                 )
             elif row[0] == "V":
-                shows.append(("VIEW", _unhex(row[1])))
+                shows.append(("VIEW", unhex(row[1])))
             elif row[0] == "R":
                 if row[1] not in ("PROCEDURE", "FUNCTION"):
                     raise Refused(
-                        f"database {database!r} holds a {row[1]} ({_unhex(row[2])!r}); "
+                        f"database {database!r} holds a {row[1]} ({unhex(row[2])!r}); "
                         "only procedures and functions can be moved by a switch",
                         database=database,
                     )
-                shows.append((row[1], _unhex(row[2])))
+                shows.append((row[1], unhex(row[2])))
             elif row[0] == "E":
-                shows.append(("EVENT", _unhex(row[1])))
+                shows.append(("EVENT", unhex(row[1])))
         if shows:
             # In the object's own database SHOW CREATE prints its same-database names unqualified.
             script = f"USE {_q(database)};\n" + "".join(
@@ -495,7 +474,7 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
                     database=database,
                 )
             for (kind, name), line in zip(shows, lines, strict=True):
-                fields = [_unescape_batch(field) for field in line]
+                fields = [unescape_batch(field) for field in line]
                 if kind == "VIEW":
                     obj = {"create": fields[1], "sql_mode": "", "collation": fields[3]}
                 elif kind == "EVENT":
@@ -510,7 +489,7 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
                         database=database,
                     )
                 objects.append({"kind": kind, "name": name, **obj})
-        return {"tables": await self._tables(dsn, database), "objects": _ordered(objects)}
+        return {"tables": await self._tables(dsn, database), "objects": ordered(objects)}
 
     async def _plan(
         self, dsn: Dsn, live: str, incoming: str, outgoing: str, charset: Sequence[str]
@@ -530,7 +509,7 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         rows = await self._run(dsn, read, what="reading the switch plan", database=outgoing)
         if not rows:
             plan = {
-                "incoming": _without_import_definers(await self._capture(dsn, incoming)),
+                "incoming": without_import_definers(await self._capture(dsn, incoming)),
                 "outgoing": await self._capture(dsn, live),
             }
             blob = json.dumps(plan).encode("utf-8").hex()
@@ -575,7 +554,7 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         charset = await self._run(
             dsn,
             "SELECT default_character_set_name, default_collation_name FROM "
-            f"information_schema.schemata WHERE schema_name = {_lit(live)};",
+            f"information_schema.schemata WHERE schema_name = {lit(live)};",
             what="reading the charset",
             database=live,
         )
@@ -583,7 +562,7 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         inc, out = plan["incoming"], plan["outgoing"]
 
         # Outside the window: the incoming database is not live yet.
-        drop_incoming = _drops(incoming, [o for o in inc["objects"] if o["kind"] == "TRIGGER"])
+        drop_incoming = drops(incoming, [o for o in inc["objects"] if o["kind"] == "TRIGGER"])
         if drop_incoming:
             await self._run(
                 dsn, drop_incoming, what="dropping the shadow's triggers", database=incoming
@@ -595,11 +574,11 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
             live_tables = await self._tables(dsn, live)
             moves = [f"{_q(live)}.{_q(t)} TO {_q(outgoing)}.{_q(t)}" for t in live_tables]
             moves += [f"{_q(incoming)}.{_q(t)} TO {_q(live)}.{_q(t)}" for t in inc["tables"]]
-            script.append(_drops(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"], ";;"))
+            script.append(drops(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"], ";;"))
             if moves:
                 script.append("RENAME TABLE " + ", ".join(moves) + ";;")
-        script.append(_drops(live, out["objects"] + inc["objects"], ";;"))
-        script.append(_creates(live, inc["objects"]))
+        script.append(drops(live, out["objects"] + inc["objects"], ";;"))
+        script.append(creates(live, inc["objects"]))
         started = time.monotonic()
         try:
             await self._run(dsn, "\n".join(script), what="switch", database=live)
@@ -609,8 +588,8 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
                 await self._run(
                     dsn,
                     "DELIMITER ;;\n"
-                    + _drops(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"], ";;")
-                    + _creates(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"]),
+                    + drops(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"], ";;")
+                    + creates(live, [o for o in out["objects"] if o["kind"] == "TRIGGER"]),
                     what="restoring live's triggers after a failed switch",
                     database=live,
                 )
@@ -620,8 +599,8 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         await self._run(
             dsn,
             "DELIMITER ;;\n"
-            + _drops(outgoing, out["objects"], ";;")
-            + _creates(outgoing, out["objects"])
+            + drops(outgoing, out["objects"], ";;")
+            + creates(outgoing, out["objects"])
             + f"DROP DATABASE IF EXISTS {_q(incoming)};;\n"
             + f"DROP TABLE IF EXISTS {_q(outgoing)}.{_q(PLAN_TABLE)};;\n",
             what="keeping the rollback point",
@@ -652,112 +631,3 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         if outgoing_tables:
             return outgoing_tables[0] in await self._tables(dsn, outgoing)
         return True
-
-
-#: Import users may connect over TCP (any host) or the socket (localhost).
-_LOGIN_HOSTS = ("%", "localhost")
-_IMPORT_DEFINER = re.compile(
-    r"DEFINER\s*=\s*`" + re.escape(IMPORT_LOGIN_PREFIX) + r"[A-Za-z0-9_]*`@`[^`]*`\s*"
-)
-_SERVER_ERROR = re.compile(r"ERROR (\d+) \(([0-9A-Z]{5})\)(?: at line (\d+))?: (.*)", re.S)
-
-
-_SAFE_ACCOUNT = re.compile(r"[A-Za-z0-9_]+")
-
-
-def _denied(exc: EnvrestoreError) -> bool:
-    """The server refused for lack of a privilege (not a broken statement)."""
-    text = str(exc.data.get("stderr", exc.message)).lower()
-    return "denied" in text or "privilege" in text
-
-
-def _accounts(user: str) -> list[str]:
-    """`'user'@'host'` for each login host (account names take no hex literals)."""
-    if not _SAFE_ACCOUNT.fullmatch(user):
-        raise BadInput(f"invalid import user name {user!r}")
-    return [f"'{user}'@'{host}'" for host in _LOGIN_HOSTS]
-
-
-def server_reason(stderr: str) -> tuple[str, dict[str, Any]]:
-    """`line N: <server message> (MariaDB error E)` from the client's stderr, and its data."""
-    found = _SERVER_ERROR.search(stderr)
-    if found is None:
-        return stderr.strip()[:500] or "the mariadb client failed", {}
-    code, _state, line, message = found.groups()
-    text = message.strip()[:300]
-    data: dict[str, Any] = {"server_error": int(code)}
-    if line:
-        data["line"] = int(line)
-        return f"line {line}: {text} (MariaDB error {code})", data
-    return f"{text} (MariaDB error {code})", data
-
-
-def _without_import_definers(captured: dict[str, Any]) -> dict[str, Any]:
-    """Objects the import user defined get no DEFINER clause when recreated in live,
-    so they belong to the DSN user (the import user is dropped after the import)."""
-    for obj in captured["objects"]:
-        obj["create"] = _IMPORT_DEFINER.sub("", obj["create"])
-    return captured
-
-
-_DROP = {
-    "TRIGGER": "TRIGGER",
-    "VIEW": "VIEW",
-    "PROCEDURE": "PROCEDURE",
-    "FUNCTION": "FUNCTION",
-    "EVENT": "EVENT",
-}
-
-
-def _drops(database: str, objects: list[dict[str, str]], end: str = ";") -> str:
-    seen: set[tuple[str, str]] = set()
-    lines = []
-    for obj in objects:
-        key = (obj["kind"], obj["name"])
-        if key in seen:
-            continue
-        seen.add(key)
-        lines.append(f"DROP {_DROP[obj['kind']]} IF EXISTS {_q(database)}.{_q(obj['name'])}{end}\n")
-    return "".join(lines)
-
-
-def _creates(database: str, objects: list[dict[str, str]]) -> str:
-    """Statements (delimiter `;;`) recreating objects in `database` as they were defined."""
-    lines = [f"USE {_q(database)};;\n"]
-    for obj in objects:
-        settings = []
-        if obj.get("sql_mode") is not None and obj["kind"] != "VIEW":
-            settings.append(f"sql_mode = {_lit(obj['sql_mode'])}")
-        if obj.get("collation"):
-            settings.append(f"collation_connection = {_lit(obj['collation'])}")
-        if obj.get("time_zone"):
-            settings.append(f"time_zone = {_lit(obj['time_zone'])}")
-        if settings:
-            lines.append("SET SESSION " + ", ".join(settings) + ";;\n")
-        lines.append(obj["create"] + ";;\n")
-    return "".join(lines)
-
-
-def _ordered(objects: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Creation order: routines (views may call them), views after the views they name,
-    then triggers and events."""
-    views = [o for o in objects if o["kind"] == "VIEW"]
-    done: list[dict[str, str]] = []
-    pending = list(views)
-    while pending:
-        names = {o["name"] for o in pending}
-        ready = [
-            o
-            for o in pending
-            if not any(
-                other != o["name"] and _q(other) in o["create"].split(" AS ", 1)[-1]
-                for other in names
-            )
-        ]
-        if not ready:  # a cycle cannot exist in valid views; keep the rest as listed
-            ready = pending
-        done += ready
-        pending = [o for o in pending if o not in ready]
-    routines = [o for o in objects if o["kind"] in ("PROCEDURE", "FUNCTION")]
-    rest = [o for o in objects if o["kind"] in ("TRIGGER", "EVENT")]
-    return routines + done + rest

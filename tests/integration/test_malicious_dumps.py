@@ -411,7 +411,7 @@ async def test_an_endless_line_is_refused_at_the_cap(runtime, site):
 
 
 def test_server_reason_puts_the_reason_first():
-    from pipelines.engines.mariadb_shadow import server_reason
+    from pipelines.engines.mariadb_sql import server_reason
 
     text, data = server_reason(
         "ERROR 1142 (42000) at line 7: INSERT command denied to user 'x'@'localhost' for table"
