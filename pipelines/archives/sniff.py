@@ -9,7 +9,7 @@ redo: "the files part is not a tar archive: found a zip archive; make it with
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from pipelines.errors import BadInput
 from pipelines.streams import gzip_decompress, zstd_decompress
@@ -33,8 +33,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"SQLite format 3\x00", "an SQLite database"),
     (b"%PDF", "a PDF document"),
 )
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SQL = re.compile(
     rb"^\s*(--|/\*|#|CREATE\b|INSERT\b|DROP\b|SET\b|USE\b|BEGIN\b|LOCK\b|ALTER\b|COPY\b"
     rb"|SELECT\b|START TRANSACTION\b|\\connect\b|\\restrict\b)",
@@ -89,15 +89,11 @@ def not_a_tar(label: str, head: bytes) -> BadInput:
     )
 
 
-async def expect_compressed(
-    chunks: AsyncIterator[bytes], *, codec: str, label: str
+async def checked_head(
+    chunks: AsyncIterator[bytes], size: int, check: Callable[[bytes], None]
 ) -> AsyncIterator[bytes]:
-    """Pass `chunks` through once their first bytes show the `codec` ("gzip" or "zstd").
-
-    Otherwise raise BadInput naming what the data is, before a decompressor
-    reports it as corruption ("incorrect header check").
-    """
-    magic = _GZIP_MAGIC if codec == "gzip" else _ZSTD_MAGIC
+    """Pass `chunks` through once `check` accepted their first `size` bytes (or all
+    of them, when the stream is shorter); `check` raises to refuse."""
     head = b""
     checked = False
     async for chunk in chunks:
@@ -105,15 +101,27 @@ async def expect_compressed(
             yield chunk
             continue
         head += chunk
-        if len(head) < HEAD_BYTES:
+        if len(head) < size:
             continue
         checked = True
-        _check_head(head, magic, codec, label)
+        check(head)
         yield head
     if not checked:
-        _check_head(head, magic, codec, label)
+        check(head)
         if head:
             yield head
+
+
+def expect_compressed(
+    chunks: AsyncIterator[bytes], *, codec: str, label: str
+) -> AsyncIterator[bytes]:
+    """Pass `chunks` through once their first bytes show the `codec` ("gzip" or "zstd").
+
+    Otherwise raise BadInput naming what the data is, before a decompressor
+    reports it as corruption ("incorrect header check").
+    """
+    magic = GZIP_MAGIC if codec == "gzip" else ZSTD_MAGIC
+    return checked_head(chunks, HEAD_BYTES, lambda head: _check_head(head, magic, codec, label))
 
 
 def _check_head(head: bytes, magic: bytes, codec: str, label: str) -> None:

@@ -283,17 +283,21 @@ class TarParser:
             self._remaining = data_size
             self._end_member()
 
+    def _next_header(self) -> None:
+        """Skip what is left of the member's blocks, then read the next header."""
+        if self._remaining:
+            self._state = _State.SKIP
+        else:
+            self._state = _State.HEADER
+            self._need = BLOCK
+
     def _end_member(self) -> None:
         if self._in_member:
             self._in_member = False
             self.sink.close_member()
         self._remaining += self._after_data
         self._after_data = 0
-        if self._remaining:
-            self._state = _State.SKIP
-        else:
-            self._state = _State.HEADER
-            self._need = BLOCK
+        self._next_header()
 
     def _extended(self, data: bytes) -> None:
         kind = self._ext_kind
@@ -308,11 +312,7 @@ class TarParser:
             (self._global_pax if kind == tarfile.XGLTYPE else self._pax).update(records)
         self._remaining = self._after_data
         self._after_data = 0
-        if self._remaining:
-            self._state = _State.SKIP
-        else:
-            self._state = _State.HEADER
-            self._need = BLOCK
+        self._next_header()
 
     def _apply_extensions(self, info: Header) -> None:
         pax = {**self._global_pax, **self._pax} if self._global_pax else self._pax

@@ -686,50 +686,8 @@ class PostgresFilter(LineFilter):
 
     def _scan(self, body: bytes) -> bytes:
         """Blank literals and comments, tracking psql's lexer state across lines."""
-        out: list[bytes] = []
-        pos = 0
-        size = len(body)
-        quote = self.quote
-        while pos < size:
-            if quote is None:
-                found = _OPEN.search(body, pos)
-                if found is None:
-                    out.append(body[pos:])
-                    break
-                out.append(body[pos : found.start()])
-                out.append(b" ")
-                token = found.group()
-                pos = found.end()
-                if token == b"--":
-                    break
-                if token == b"/*":
-                    quote, self.depth = token, 1
-                elif token[:1] in (b"e", b"E"):
-                    quote = b"E"
-                else:
-                    quote = token
-            elif quote == b"/*":
-                mark = _COMMENT_MARK.search(body, pos)
-                if mark is None:
-                    break
-                pos = mark.end()
-                self.depth += 1 if mark.group() == b"/*" else -1
-                if self.depth == 0:
-                    quote = None
-            elif quote[:1] == b"$":
-                close = body.find(quote, pos)
-                if close < 0:
-                    break
-                pos = close + len(quote)
-                quote = None
-            else:
-                closing = _CLOSE[quote].match(body, pos)
-                if closing is None:
-                    break
-                pos = closing.end()
-                quote = None
-        self.quote = quote
-        return b"".join(out)
+        code, self.quote, self.depth = _scan_from(body, self.quote, self.depth, mark=False)
+        return code
 
     def _meta(self, text: bytes) -> Exception:
         return refusal(self.line_no, f'psql meta-command "{excerpt(text)}"', text, "psql_meta")

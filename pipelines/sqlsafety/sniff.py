@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from pipelines.archives.sniff import describe
+from pipelines.archives.sniff import GZIP_MAGIC, ZSTD_MAGIC, checked_head, describe
 from pipelines.errors import BadInput
 from pipelines.streams import gzip_decompress, zstd_decompress
 
@@ -27,8 +27,6 @@ _POSTGRES_MARKS = re.compile(
 _MARIADB_MARKS = re.compile(
     rb"-- (?:MySQL|MariaDB) dump|^/\*!40\d{3} SET |^/\*M!\d+|^LOCK TABLES `", re.M
 )
-_GZIP = b"\x1f\x8b"
-_ZSTD = b"\x28\xb5\x2f\xfd"
 
 
 def _refuse(found: str, advice: str, problem: str) -> BadInput:
@@ -92,52 +90,34 @@ def check_dump_head(head: bytes, engine: str) -> None:
         )
 
 
-async def sniffed(chunks: AsyncIterator[bytes], *, engine: str) -> AsyncIterator[bytes]:
+def sniffed(chunks: AsyncIterator[bytes], *, engine: str) -> AsyncIterator[bytes]:
     """The dump unchanged, once its first HEAD_BYTES passed `check_dump_head`."""
-    head = b""
-    checked = False
-    async for chunk in chunks:
-        if checked:
-            yield chunk
-            continue
-        head += chunk
-        if len(head) >= HEAD_BYTES:
-            checked = True
-            check_dump_head(head, engine)
-            yield head
-    if not checked:
-        check_dump_head(head, engine)
-        if head:
-            yield head
+    return checked_head(chunks, HEAD_BYTES, lambda head: check_dump_head(head, engine))
 
 
-async def _compressed(raw: AsyncIterator[bytes], magic: bytes, codec: str) -> AsyncIterator[bytes]:
-    """The raw part, once its first bytes show it is `codec` data."""
-    first = True
-    async for chunk in raw:
-        if first and chunk:
-            first = False
-            if not chunk.startswith(magic[: len(chunk)]):
-                what = describe(chunk[:512])
-                if what.startswith("a PostgreSQL custom-format"):
-                    check_dump_head(chunk, "postgresql")
-                raise BadInput(
-                    f"the database part is not {codec}-compressed: found {what}; give the "
-                    f"SQL dump compressed with {codec}",
-                    problem="not_compressed",
-                    found=what,
-                )
-        yield chunk
-    if first:
+def _check_compressed(head: bytes, magic: bytes, codec: str) -> None:
+    """Refuse a raw part that is not `codec` data, naming what it is."""
+    if not head:
         raise BadInput("the database part is empty: it has no bytes at all", problem="empty")
+    if head.startswith(magic):
+        return
+    what = describe(head)
+    if what.startswith("a PostgreSQL custom-format"):
+        check_dump_head(head, "postgresql")
+    raise BadInput(
+        f"the database part is not {codec}-compressed: found {what}; give the "
+        f"SQL dump compressed with {codec}",
+        problem="not_compressed",
+        found=what,
+    )
 
 
 def decompress_dump(
     raw: AsyncIterator[bytes], *, key: str, max_output: int, engine: str
 ) -> AsyncIterator[bytes]:
     """The plain SQL inside a database part stored at `key`, its format checked first."""
-    if key.endswith(".zst"):
-        plain = zstd_decompress(_compressed(raw, _ZSTD, "zstd"), max_output=max_output)
-    else:
-        plain = gzip_decompress(_compressed(raw, _GZIP, "gzip"), max_output=max_output)
+    codec, magic = ("zstd", ZSTD_MAGIC) if key.endswith(".zst") else ("gzip", GZIP_MAGIC)
+    checked = checked_head(raw, 512, lambda head: _check_compressed(head, magic, codec))
+    decompress = zstd_decompress if codec == "zstd" else gzip_decompress
+    plain = decompress(checked, max_output=max_output)
     return sniffed(plain, engine=engine)
