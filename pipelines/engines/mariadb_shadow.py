@@ -509,7 +509,7 @@ SELECT 'E', HEX(event_name) FROM information_schema.events WHERE event_schema = 
         rows = await self._run(dsn, read, what="reading the switch plan", database=outgoing)
         if not rows:
             plan = {
-                "incoming": without_import_definers(await self._capture(dsn, incoming)),
+                "incoming": await self._capture(dsn, incoming),
                 "outgoing": await self._capture(dsn, live),
             }
             blob = json.dumps(plan).encode("utf-8").hex()

@@ -88,8 +88,9 @@ def server_reason(stderr: str) -> tuple[str, dict[str, Any]]:
 
 
 def without_import_definers(captured: dict[str, Any]) -> dict[str, Any]:
-    """Objects the import user defined get no DEFINER clause when recreated in live,
-    so they belong to the DSN user (the import user is dropped after the import)."""
+    """Objects the import user defined lose their DEFINER clause, so that when the DSN
+    user recreates them (`MariaDbShadow.hand_over`) they are its own: the import
+    user is dropped right after."""
     for obj in captured["objects"]:
         obj["create"] = _IMPORT_DEFINER.sub("", obj["create"])
     return captured

@@ -18,44 +18,66 @@ import re
 from collections.abc import Collection
 
 from pipelines.sqlsafety.lines import FilterReport, LineFilter, excerpt, refusal, strip_eol
+from pipelines.sqlsafety.postgres_lexer import (
+    LEFTOVER,
+    LIT,
+    SIMPLE_ID,
+    STRIP,
+    TOKEN,
+    UNICODE_ID,
+    depth_zero,
+    scan_line,
+)
 
 #: Extensions a dump may create: trusted or data-only ones, nothing reaching files or servers.
 DEFAULT_EXTENSIONS = frozenset(
     {
-        "plpgsql", "pg_trgm", "unaccent", "hstore", "uuid-ossp", "citext", "pgcrypto",
-        "fuzzystrmatch", "btree_gin", "btree_gist", "intarray", "ltree", "cube",
-        "earthdistance", "tablefunc", "isn", "seg", "tsm_system_rows", "tsm_system_time",
-        "postgis", "postgis_topology", "vector", "bloom", "dict_int", "pg_stat_statements",
+        "plpgsql",
+        "pg_trgm",
+        "unaccent",
+        "hstore",
+        "uuid-ossp",
+        "citext",
+        "pgcrypto",
+        "fuzzystrmatch",
+        "btree_gin",
+        "btree_gist",
+        "intarray",
+        "ltree",
+        "cube",
+        "earthdistance",
+        "tablefunc",
+        "isn",
+        "seg",
+        "tsm_system_rows",
+        "tsm_system_time",
+        "postgis",
+        "postgis_topology",
+        "vector",
+        "bloom",
+        "dict_int",
+        "pg_stat_statements",
     }
 )
 
-_ID = rb"[\w$\x80-\xff]"
-_LITERALS = (
-    rb"(?<!" + _ID + rb")[eE]'[^'\\]*(?:\\.[^'\\]*)*'"
-    rb"|'[^']*'"
-    rb'|"[^"]*"'
-    rb"|(?<!" + _ID + rb")\$(?P<tag>[A-Za-z_\x80-\xff][\w\x80-\xff]*|)\$.*?\$(?P=tag)\$"
-    rb"|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/"
-    rb"|--.*"
-)
-_STRIP = re.compile(_LITERALS, re.S)
-_OPENER = (
-    rb"(?<!" + _ID + rb")[eE]'|'|\""
-    rb"|(?<!" + _ID + rb")\$(?:[A-Za-z_\x80-\xff][\w\x80-\xff]*)?\$|/\*"
-)
-_LEFTOVER = re.compile(_OPENER)
-_OPEN = re.compile(_OPENER + rb"|--")
-_CLOSE = {
-    b"'": re.compile(rb"[^']*'"),
-    b"E": re.compile(rb"[^'\\]*(?:\\.[^'\\]*)*'", re.S),
-    b'"': re.compile(rb'[^"]*"'),
-}
-_COMMENT_MARK = re.compile(rb"/\*|\*/")
 _RESTRICT = re.compile(rb"\\(?:un)?restrict [A-Za-z0-9]+[ \t]*")
 
 _SAFE_ENCODINGS = frozenset(
-    {"UTF8", "UNICODE", "SQLASCII", "EUCJP", "EUCKR", "EUCCN", "EUCTW", "EUCJIS2004",
-     "MULEINTERNAL", "KOI8R", "KOI8U", "WIN866", "WIN874"}
+    {
+        "UTF8",
+        "UNICODE",
+        "SQLASCII",
+        "EUCJP",
+        "EUCKR",
+        "EUCCN",
+        "EUCTW",
+        "EUCJIS2004",
+        "MULEINTERNAL",
+        "KOI8R",
+        "KOI8U",
+        "WIN866",
+        "WIN874",
+    }
     | {f"LATIN{n}" for n in range(1, 11)}
     | {f"WIN{n}" for n in range(1250, 1259)}
     | {f"ISO8859{n}" for n in range(5, 9)}
@@ -154,21 +176,34 @@ ROUTINE_LANGUAGES = frozenset({b"sql", b"plpgsql"})
 #: Settings a dump may SET (what pg_dump and common tools emit); anything else is refused.
 ALLOWED_SETTINGS = frozenset(
     {
-        b"lock_timeout", b"idle_in_transaction_session_timeout", b"transaction_timeout",
-        b"client_encoding", b"names", b"standard_conforming_strings", b"check_function_bodies",
-        b"xmloption", b"client_min_messages", b"row_security", b"default_tablespace",
-        b"default_table_access_method", b"default_with_oids", b"search_path",
-        b"escape_string_warning", b"timezone", b"time", b"datestyle", b"intervalstyle",
-        b"extra_float_digits", b"bytea_output", b"synchronous_commit", b"transaction",
-        b"constraints", b"session",
+        b"lock_timeout",
+        b"idle_in_transaction_session_timeout",
+        b"transaction_timeout",
+        b"client_encoding",
+        b"names",
+        b"standard_conforming_strings",
+        b"check_function_bodies",
+        b"xmloption",
+        b"client_min_messages",
+        b"row_security",
+        b"default_tablespace",
+        b"default_table_access_method",
+        b"default_with_oids",
+        b"search_path",
+        b"escape_string_warning",
+        b"timezone",
+        b"time",
+        b"datestyle",
+        b"intervalstyle",
+        b"extra_float_digits",
+        b"bytea_output",
+        b"synchronous_commit",
+        b"transaction",
+        b"constraints",
+        b"session",
     }
 )
 _SYSTEM_SCHEMAS = frozenset({b"pg_catalog", b"information_schema"})
-# Literal markers of the token view: a quoted value, a U&"…" identifier.
-_LIT = b"\x01"
-_UNICODE_ID = b"\x02"
-_TOKEN = re.compile(rb"[A-Za-z_\x80-\xff][\w$\x80-\xff]*|\d+|[^\s\w]")
-_SIMPLE_ID = re.compile(rb"[a-z_][a-z0-9_$]*")
 _SYSTEM_QUOTED = (b'"pg_catalog"', b'"information_schema"')
 #: Statements whose rules read quoted names and values (the token view with markers).
 _MARKED_VERBS = frozenset({b"set", b"create", b"alter", b"reset"})
@@ -176,9 +211,24 @@ _MARKED_START = re.compile(rb"(?i)\s*(?:SET|CREATE|ALTER|RESET)\b")
 _ROUTINE_HEAD = re.compile(rb"create (?:or replace )?(?:function|procedure)\b")
 _WRITE_VERBS = frozenset(
     {
-        b"insert", b"update", b"delete", b"truncate", b"merge", b"copy", b"lock", b"alter",
-        b"create", b"drop", b"comment", b"security", b"refresh", b"reindex", b"cluster",
-        b"vacuum", b"analyze", b"import",
+        b"insert",
+        b"update",
+        b"delete",
+        b"truncate",
+        b"merge",
+        b"copy",
+        b"lock",
+        b"alter",
+        b"create",
+        b"drop",
+        b"comment",
+        b"security",
+        b"refresh",
+        b"reindex",
+        b"cluster",
+        b"vacuum",
+        b"analyze",
+        b"import",
     }
 )
 _HEAD_RULES: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
@@ -212,89 +262,6 @@ _HEAD_RULES: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
         ),
     )
 )
-
-
-def _scan_from(
-    body: bytes, quote: bytes | None, depth: int, *, mark: bool
-) -> tuple[bytes, bytes | None, int]:
-    """Blank literals and comments of one line, starting in lexer state `quote`.
-
-    With `mark`, a literal leaves a marker token instead of a blank (_LIT, or
-    _UNICODE_ID for a U&"…" identifier) and a quoted simple lowercase
-    identifier leaves its name ("pg_catalog" is pg_catalog): the token view
-    of the statement-level rules. Returns the code and the state at line end.
-    """
-    out: list[bytes] = []
-    pos = 0
-    size = len(body)
-    opened = -1  # where the open literal started on this line (-1: on an earlier line)
-    while pos < size:
-        if quote is None:
-            found = _OPEN.search(body, pos)
-            if found is None:
-                out.append(body[pos:])
-                break
-            out.append(body[pos : found.start()])
-            token = found.group()
-            opened = found.start()
-            pos = found.end()
-            if token == b"--":
-                out.append(b" ")
-                break
-            if token == b"/*":
-                out.append(b" ")
-                quote, depth = token, 1
-                continue
-            if mark:
-                unicode = (
-                    token == b'"'
-                    and body[max(0, opened - 2) : opened].lower() == b"u&"
-                    and (opened < 3 or not re.match(_ID, body[opened - 3 : opened - 2]))
-                )
-                out.append(b" " + (_UNICODE_ID if unicode else _LIT) + b" ")
-            else:
-                out.append(b" ")
-            quote = b"E" if token[:1] in (b"e", b"E") else token
-        elif quote == b"/*":
-            mark_at = _COMMENT_MARK.search(body, pos)
-            if mark_at is None:
-                break
-            pos = mark_at.end()
-            depth += 1 if mark_at.group() == b"/*" else -1
-            if depth == 0:
-                quote = None
-        elif quote[:1] == b"$":
-            close = body.find(quote, pos)
-            if close < 0:
-                break
-            pos = close + len(quote)
-            quote = None
-        else:
-            closing = _CLOSE[quote].match(body, pos)
-            if closing is None:
-                break
-            if mark and quote == b'"' and opened >= 0 and out[-1] == b" " + _LIT + b" ":
-                name = body[opened + 1 : closing.end() - 1]
-                if _SIMPLE_ID.fullmatch(name):
-                    out[-1] = b" " + name + b" "
-            pos = closing.end()
-            quote = None
-            opened = -1
-    return b"".join(out), quote, depth
-
-
-def _depth_zero(tokens: list[bytes]) -> list[bytes]:
-    """The tokens outside parentheses (a routine's own clauses, not its arguments)."""
-    kept: list[bytes] = []
-    depth = 0
-    for token in tokens:
-        if token == b"(":
-            depth += 1
-        elif token == b")":
-            depth = max(0, depth - 1)
-        elif depth == 0:
-            kept.append(token)
-    return kept
 
 
 def _search_path_problem(items: list[bytes]) -> str:
@@ -383,8 +350,8 @@ class PostgresFilter(LineFilter):
             return _blank(line)
         state = (self.quote, self.depth)
         if self.quote is None:
-            code = _STRIP.sub(b" ", body)
-            if _LEFTOVER.search(code):
+            code = STRIP.sub(b" ", body)
+            if LEFTOVER.search(code):
                 code = self._scan(body)
         else:
             code = self._scan(body)
@@ -449,9 +416,7 @@ class PostgresFilter(LineFilter):
         refused = _REFUSE_START_RE.match(head)
         if refused is not None:
             name = refused.lastgroup or "unsafe"
-            raise refusal(
-                self.line_no, f'{_REFUSE_START[name][1]} "{excerpt(head)}"', body, name
-            )
+            raise refusal(self.line_no, f'{_REFUSE_START[name][1]} "{excerpt(head)}"', body, name)
         if _SELECT.match(head) and not _SELECT_OK.match(head):
             raise refusal(
                 self.line_no,
@@ -468,7 +433,7 @@ class PostgresFilter(LineFilter):
             if name.lower() not in self.extensions:
                 raise refusal(
                     self.line_no,
-                    f'CREATE EXTENSION of {name or "an unreadable name"!r} (not in the '
+                    f"CREATE EXTENSION of {name or 'an unreadable name'!r} (not in the "
                     "allowed list)",
                     body,
                     "extension",
@@ -492,8 +457,8 @@ class PostgresFilter(LineFilter):
         """Feed the line's tokens to the statement-level rules; check each statement at its end."""
         view_parts = parts
         if self._wants_marks(body, parts):
-            view, _, _ = _scan_from(body, state[0], state[1], mark=True)
-            if _UNICODE_ID in view:
+            view, _, _ = scan_line(body, state[0], state[1], mark=True)
+            if UNICODE_ID in view:
                 raise refusal(
                     self.line_no,
                     f'a Unicode-escaped identifier (U&"…") "{excerpt(view)}"',
@@ -509,7 +474,7 @@ class PostgresFilter(LineFilter):
 
     def _feed(self, part: bytes, body: bytes) -> None:
         if self.routine is not None:
-            self.routine.extend(token.lower() for token in _TOKEN.findall(part))
+            self.routine.extend(token.lower() for token in TOKEN.findall(part))
             if len(self.routine) > MAX_ROUTINE_TOKENS:
                 raise refusal(
                     self.line_no,
@@ -521,7 +486,7 @@ class PostgresFilter(LineFilter):
             return
         if self.head_done:
             return
-        tokens = _TOKEN.finditer(part)
+        tokens = TOKEN.finditer(part)
         for found in tokens:
             self.head.append(found.group().lower())
             if len(self.head) >= HEAD_TOKENS:
@@ -544,7 +509,7 @@ class PostgresFilter(LineFilter):
         self.routine = None
 
     def _refuse_statement(self, what: str, tokens: list[bytes], body: bytes, problem: str) -> None:
-        shown = excerpt(b" ".join(tokens[:24]).replace(_LIT, b"'...'"))
+        shown = excerpt(b" ".join(tokens[:24]).replace(LIT, b"'...'"))
         raise refusal(self.line_no, f'{what} "{shown}"', body, problem)
 
     def _check_head(self, tokens: list[bytes], body: bytes) -> None:
@@ -552,7 +517,7 @@ class PostgresFilter(LineFilter):
         for rule, what, problem in _HEAD_RULES:
             if rule.search(head):
                 self._refuse_statement(what, tokens, body, problem)
-        if _UNICODE_ID in tokens:
+        if UNICODE_ID in tokens:
             self._refuse_statement(
                 'a Unicode-escaped identifier (U&"…")', tokens, body, "unicode_identifier"
             )
@@ -576,8 +541,10 @@ class PostgresFilter(LineFilter):
         if first == b"create" and b"extension" in tokens[:3] and b"schema" in tokens:
             at = tokens.index(b"schema")
             name = tokens[tokens.index(b"extension") + 1 :][:4]
-            if tokens[at + 1 : at + 2] and tokens[at + 1] in _SYSTEM_SCHEMAS and (
-                b"plpgsql" not in name
+            if (
+                tokens[at + 1 : at + 2]
+                and tokens[at + 1] in _SYSTEM_SCHEMAS
+                and (b"plpgsql" not in name)
             ):
                 self._refuse_statement(
                     "CREATE EXTENSION into a system schema", tokens, body, "system_catalog"
@@ -591,7 +558,7 @@ class PostgresFilter(LineFilter):
             at = 2
         name = tokens[at] if len(tokens) > at else b""
         if name not in ALLOWED_SETTINGS or (at == 2 and name == b"session"):
-            shown = "a quoted name" if not _SIMPLE_ID.fullmatch(name) else repr(name.decode())
+            shown = "a quoted name" if not SIMPLE_ID.fullmatch(name) else repr(name.decode())
             allowed = ", ".join(sorted(n.decode() for n in ALLOWED_SETTINGS))
             self._refuse_statement(
                 f"SET of {shown} (a dump may set only: {allowed})", tokens, body, "setting"
@@ -599,7 +566,7 @@ class PostgresFilter(LineFilter):
         if name == b"search_path":
             value = tokens[at + 2 :] if tokens[at + 1 : at + 2] in ([b"="], [b"to"]) else []
             problem = _search_path_problem(b" ".join(value).split(b","))
-            if _LIT in value:
+            if LIT in value:
                 problem = "gives search_path quoted names"
             if problem:
                 self._refuse_statement(
@@ -609,7 +576,7 @@ class PostgresFilter(LineFilter):
     def _check_routine(self, tokens: list[bytes], body: bytes) -> None:
         """CREATE FUNCTION/PROCEDURE: only in sql or plpgsql, never a C object file."""
         allowed = " and ".join(sorted(n.decode() for n in ROUTINE_LANGUAGES))
-        zero = _depth_zero(tokens)
+        zero = depth_zero(tokens)
         for index, token in enumerate(zero):
             after = zero[index + 1 : index + 3]
             if token == b"language" and (index == 0 or zero[index - 1] != b"."):
@@ -617,17 +584,16 @@ class PostgresFilter(LineFilter):
                 if language not in ROUTINE_LANGUAGES:
                     shown = (
                         repr(language.decode("utf-8", "replace"))
-                        if _SIMPLE_ID.fullmatch(language)
+                        if SIMPLE_ID.fullmatch(language)
                         else "a quoted or missing name"
                     )
                     self._refuse_statement(
-                        f"a function or procedure in language {shown} (only {allowed} "
-                        "are allowed)",
+                        f"a function or procedure in language {shown} (only {allowed} are allowed)",
                         tokens,
                         body,
                         "routine_language",
                     )
-            elif token == b"as" and after == [_LIT, b","]:
+            elif token == b"as" and after == [LIT, b","]:
                 self._refuse_statement(
                     "a function loaded from a server library (AS 'file', 'symbol')",
                     tokens,
@@ -686,7 +652,7 @@ class PostgresFilter(LineFilter):
 
     def _scan(self, body: bytes) -> bytes:
         """Blank literals and comments, tracking psql's lexer state across lines."""
-        code, self.quote, self.depth = _scan_from(body, self.quote, self.depth, mark=False)
+        code, self.quote, self.depth = scan_line(body, self.quote, self.depth, mark=False)
         return code
 
     def _meta(self, text: bytes) -> Exception:
