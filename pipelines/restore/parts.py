@@ -13,7 +13,7 @@ from typing import Any
 from pipelines.errors import IntegrityError
 from pipelines.failpoints import failpoint
 from pipelines.jobs.context import StepContext
-from pipelines.streams import StreamMeter, gzip_decompress, rate_limited, zstd_decompress
+from pipelines.streams import StreamMeter, rate_limited
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class PartRef:
 
 
 class PartStream:
-    """The part's decompressed bytes, metered; `verdict()` checks size and sha256."""
+    """A part read from the object store, metered; `verdict()` checks size and sha256."""
 
     def __init__(self, ctx: StepContext, ref: PartRef, *, max_output: int) -> None:
         self.ctx = ctx
@@ -55,11 +55,6 @@ class PartStream:
             if first:
                 first = False
                 await failpoint(self.ctx.settings, f"{self.ctx.step}.mid_stream")
-
-    def decompressed(self) -> AsyncIterator[bytes]:
-        if self.ref.key.endswith(".zst"):
-            return zstd_decompress(self.raw(), max_output=self.max_output)
-        return gzip_decompress(self.raw(), max_output=self.max_output)
 
     def verdict(self) -> dict[str, Any]:
         """Raise IntegrityError unless what was read is exactly what the manifest promises."""
