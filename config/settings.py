@@ -10,10 +10,15 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class Settings(BaseSettings):
@@ -72,8 +77,31 @@ class Settings(BaseSettings):
     # An operator's bandwidth cap on bulk streams (bytes/s, 0 = none), so a
     # backup does not starve the site it reads from.
     stream_rate_limit: int = Field(default=0, ge=0)
+    # Temporary links (presigned GETs of backup parts): the TTL when none is
+    # asked for, and the longest one may ask for (seconds).
+    link_default_ttl: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    link_max_ttl: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    # Imports from URLs and uploads: the most one part may hold (compressed, and
+    # the staging quota), the download's timeouts (seconds), and the operator's
+    # allowlist of private hosts ("host" or "host:port", comma-separated in the
+    # environment) that a URL may name although they resolve to private addresses.
+    import_max_bytes: int = Field(default=50 * 10**9, ge=1)
+    import_connect_timeout: float = Field(default=10.0, gt=0)
+    import_read_timeout: float = Field(default=60.0, gt=0)
+    import_max_redirects: int = Field(default=5, ge=0, le=20)
+    import_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # Tests only: named pauses (pipelines/failpoints.py), as JSON.
     failpoints: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("import_allow_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        # ENVRESTORE_IMPORT_ALLOW_HOSTS=files.internal,10.0.0.5:8080
+        if isinstance(value, str):
+            return [item.strip().lower() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("state_dir")
     @classmethod
