@@ -24,6 +24,7 @@ from config.logging import configure_logging
 from config.settings import Settings, load_settings
 from pipelines import registry
 from pipelines.backup import service as backups
+from pipelines.catalog import job_kinds
 from pipelines.errors import (
     BadInput,
     Conflict,
@@ -526,8 +527,6 @@ def job_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> No
     settings = _settings()
 
     async def body() -> None:
-        from pipelines.catalog import job_kinds
-
         uid = views.parse_job_id(job_id)
         await _with_ledger(settings, lambda pool: cancel_job(pool, uid, job_kinds()))
 

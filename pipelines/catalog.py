@@ -9,7 +9,7 @@ from pipelines.restore.job import EXPIRE_ROLLBACK, RESTORE, ROLLBACK
 
 def job_kinds() -> dict[str, JobKind]:
     kinds = {kind.name: kind for kind in (BACKUP, RESTORE, ROLLBACK, EXPIRE_ROLLBACK)}
-    step_index(kinds)  # refuses a step name shared by two kinds
+    step_index(kinds)  # refuses a step name that means two things
     return kinds
 
 

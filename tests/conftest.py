@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from config.settings import Settings
+from pipelines.catalog import job_kinds
 from pipelines.jobs.runtime import Runtime, open_runtime
 from tests.support.databases import *  # noqa: F403 - fixtures
 from tests.support.ledger import *  # noqa: F403 - fixtures
@@ -30,5 +31,5 @@ def settings(s3_settings: Settings, ledger_url: str) -> Settings:
 
 @pytest.fixture
 async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    async with open_runtime(settings) as rt:
+    async with open_runtime(settings, kinds=job_kinds()) as rt:
         yield rt

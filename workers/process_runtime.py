@@ -6,6 +6,7 @@ import asyncio
 from contextlib import AsyncExitStack
 
 from config.settings import Settings
+from pipelines.catalog import job_kinds
 from pipelines.jobs.runtime import Runtime, open_runtime
 
 _runtime: Runtime | None = None
@@ -31,7 +32,7 @@ async def get_runtime() -> Runtime:
             if _settings is None:
                 raise RuntimeError("workers.process_runtime.configure() was not called")
             stack = AsyncExitStack()
-            _runtime = await stack.enter_async_context(open_runtime(_settings))
+            _runtime = await stack.enter_async_context(open_runtime(_settings, kinds=job_kinds()))
             _stack = stack
     return _runtime
 

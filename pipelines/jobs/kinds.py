@@ -1,7 +1,7 @@
 """Job kinds: a plan plus the function behind each step.
 
-Step names are unique across kinds (each becomes one Dramatiq actor), so a
-message `(job_id, step)` is enough to find the code to run.
+Each step name becomes one Dramatiq actor; a message `(job_id, step)` finds
+its code through the job's kind. Kinds may share a step, with one function.
 """
 
 from __future__ import annotations
@@ -44,12 +44,22 @@ class JobKind:
         return plan
 
 
-def step_index(kinds: Mapping[str, JobKind]) -> dict[str, str]:
-    """step name → kind name; refuses a step name used by two kinds."""
-    index: dict[str, str] = {}
+def step_index(kinds: Mapping[str, JobKind]) -> dict[str, StepFn]:
+    """step name → its function, across kinds.
+
+    A step runs as the Dramatiq actor of its name, and the runner finds its
+    function through the job's own kind; two kinds may share a step (restore and
+    import share the content pipeline), but only with the same function.
+    """
+    index: dict[str, StepFn] = {}
+    owner: dict[str, str] = {}
     for kind in kinds.values():
         for name in kind.plan.names:
-            if name in index:
-                raise ValueError(f"step {name!r} belongs to both {index[name]!r} and {kind.name!r}")
-            index[name] = kind.name
+            fn = kind.steps[name]
+            if name in index and index[name] is not fn:
+                raise ValueError(
+                    f"step {name!r} means different things in {owner[name]!r} and {kind.name!r}"
+                )
+            index[name] = fn
+            owner.setdefault(name, kind.name)
     return index

@@ -29,6 +29,8 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     lease_token: int | None
+    #: Who asked for the job: `operator:alice`, `token:ci`, `scheduler`, `system:...`.
+    requested_by: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> JobRecord:
@@ -47,6 +49,7 @@ class JobRecord:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             lease_token=row["lease_token"],
+            requested_by=row.get("requested_by"),
         )
 
     @property

@@ -45,16 +45,17 @@ def default_worker_id() -> str:
 async def open_runtime(
     settings: Settings,
     *,
-    kinds: Mapping[str, JobKind] | None = None,
+    kinds: Mapping[str, JobKind],
     store: ObjectStore | None = None,
     pool: asyncpg.Pool | None = None,
     worker_id: str | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Open the pool and the object store for the length of a block."""
-    if kinds is None:
-        from pipelines.catalog import job_kinds
+    """Open the pool and the object store for the length of a block.
 
-        kinds = job_kinds()
+    `kinds` are the job kinds this process runs (`pipelines.catalog.job_kinds()`):
+    the engine is given them and never imports them, so no kind depends on it
+    importing back.
+    """
     async with AsyncExitStack() as stack:
         if pool is None:
             pool = await create_pool(settings.database_url)

@@ -17,6 +17,7 @@ from pipelines.errors import Conflict
 from pipelines.jobs.fingerprint import request_fingerprint
 from pipelines.jobs.kinds import JobKind
 from pipelines.jobs.model import JobStatus, StepState, StepStatus, ready_steps
+from pipelines.jobs.principal import Principal
 from pipelines.ledger.queries import sql
 from pipelines.registry import Environment
 
@@ -41,6 +42,7 @@ async def submit_job(
     idempotency_key: str | None = None,
     idempotency_scope: str = "default",
     fingerprint_params: dict[str, Any] | None = None,
+    principal: Principal | None = None,
 ) -> Submitted:
     """Record a new job (or find the one its idempotency key names).
 
@@ -62,6 +64,7 @@ async def submit_job(
                 idempotency_key=idempotency_key,
                 idempotency_scope=idempotency_scope,
                 fingerprint=fingerprint,
+                requested_by=str(principal) if principal else None,
             )
         except _RaceLostError:
             continue  # another producer claimed the key meanwhile: read it again
@@ -78,6 +81,7 @@ async def _insert_job(
     idempotency_key: str | None,
     idempotency_scope: str,
     fingerprint: str,
+    requested_by: str | None,
 ) -> Submitted:
     job_id = uuid.uuid4()
     plan = kind.plan_for(params)
@@ -96,6 +100,7 @@ async def _insert_job(
             environment.site if environment else None,
             environment.env if environment else None,
             params,
+            requested_by,
         )
         if idempotency_key is not None:
             claimed = await conn.fetchrow(
@@ -122,10 +127,20 @@ async def _insert_job(
         ]
         for name in ready_steps(JobStatus.QUEUED, states):
             await conn.execute(sql("insert_outbox"), job_id, name, 0.0)
-        await conn.execute(sql("insert_event"), job_id, None, "job.queued", {"kind": kind.name})
+        await conn.execute(
+            sql("insert_event"),
+            job_id,
+            None,
+            "job.queued",
+            {"kind": kind.name, "requested_by": requested_by},
+        )
         await conn.execute(sql("notify_outbox"), str(job_id))
     log.info(
-        "job.queued", job_id=str(job_id), kind=kind.name, target=environment and environment.target
+        "job.queued",
+        job_id=str(job_id),
+        kind=kind.name,
+        target=environment and environment.target,
+        requested_by=requested_by,
     )
     return Submitted(job_id, created=True)
 

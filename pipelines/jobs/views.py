@@ -60,6 +60,7 @@ def job_view(job: JobRecord, steps: list[StepRecord]) -> dict[str, Any]:
         "target": job.target,
         "site": job.site,
         "env": job.env,
+        "requested_by": job.requested_by,
         "error": _error(job.error),
         "error_step": job.error_step,
         "created_at": _iso(job.created_at),

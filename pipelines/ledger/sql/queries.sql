@@ -48,8 +48,8 @@ RETURNING job_id;
 SELECT fingerprint, job_id FROM idempotency_keys WHERE scope = $1 AND key = $2;
 
 -- name: insert_job
-INSERT INTO jobs (id, kind, environment_id, site, env, params)
-VALUES ($1, $2, $3, $4, $5, $6);
+INSERT INTO jobs (id, kind, environment_id, site, env, params, requested_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: insert_step
 INSERT INTO job_steps (job_id, name, position, depends_on, on_failure, max_attempts)
@@ -80,12 +80,12 @@ UPDATE job_steps SET enqueued_at = NULL WHERE job_id = $1 AND name = $2 AND stat
 
 -- name: get_job
 SELECT id, kind, status, environment_id, site, env, params, outputs, error, error_step,
-       created_at, started_at, finished_at, lease_token
+       created_at, started_at, finished_at, lease_token, requested_by
 FROM jobs WHERE id = $1;
 
 -- name: get_job_for_update
 SELECT id, kind, status, environment_id, site, env, params, outputs, error, error_step,
-       created_at, started_at, finished_at, lease_token
+       created_at, started_at, finished_at, lease_token, requested_by
 FROM jobs WHERE id = $1 FOR NO KEY UPDATE;
 
 -- name: lock_job
@@ -96,7 +96,7 @@ SELECT id FROM jobs WHERE id = $1 FOR NO KEY UPDATE;
 
 -- name: list_jobs
 SELECT id, kind, status, environment_id, site, env, params, outputs, error, error_step,
-       created_at, started_at, finished_at, lease_token
+       created_at, started_at, finished_at, lease_token, requested_by
 FROM jobs
 WHERE ($1::text IS NULL OR site = $1) AND ($2::text IS NULL OR env = $2)
 ORDER BY created_at DESC LIMIT $3;
@@ -316,3 +316,11 @@ SELECT r.job_id FROM rollback_points r, rollback_points me
 WHERE me.job_id = $1 AND r.environment_id = me.environment_id
   AND r.created_at > me.created_at AND r.status = 'kept'
 LIMIT 1;
+
+-- name: insert_link
+INSERT INTO links (id, backup_id, part, key, signature, expires_at, requested_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: get_link_by_signature
+SELECT id, backup_id, part, key, expires_at, requested_by, created_at
+FROM links WHERE signature = $1;
