@@ -12,6 +12,7 @@ import collections
 import contextlib
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import aioboto3
@@ -60,6 +61,17 @@ _UNREACHABLE = (BotoConnectionError, HTTPClientError, IncompleteReadError, aioht
 _DENIED_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
 )
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    """A part already stored in an unfinished multipart upload (what a resumed upload may keep)."""
+
+    number: int
+    size: int
+    #: Without the quotes S3 puts around it; the part's MD5 on S3 and SeaweedFS
+    #: unless the bucket encrypts with SSE-KMS or SSE-C.
+    etag: str
 
 
 class S3ObjectStore:
@@ -296,6 +308,60 @@ class S3ObjectStore:
         with self._translated():
             response = await self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
         return [upload["Key"] for upload in response.get("Uploads", [])]
+
+    async def find_multipart_upload(self, key: str) -> str | None:
+        """The id of the newest unfinished multipart upload of exactly `key`, or None.
+
+        Listing by prefix also returns longer keys (`a.sql` finds `a.sql.gz`):
+        only an equal key counts. Newest by `Initiated` (SeaweedFS does not list
+        a key's uploads oldest first, as S3 does); a tie goes to the one listed last.
+        """
+        newest: tuple[Any, str] | None = None
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=key
+        )
+        with self._translated(key=key):
+            async for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload.get("Key") != key:
+                        continue
+                    initiated = upload.get("Initiated")
+                    if newest is None or None in (initiated, newest[0]) or initiated >= newest[0]:
+                        newest = (initiated, str(upload["UploadId"]))
+        return None if newest is None else newest[1]
+
+    async def list_uploaded_parts(self, key: str, upload_id: str) -> builtins.list[UploadedPart]:
+        """Every part of an unfinished multipart upload, across pages, by part number.
+
+        `NotFound` when the upload no longer exists (completed, aborted or expired).
+        """
+        parts: builtins.list[UploadedPart] = []
+        pages = self.client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=key, UploadId=upload_id
+        )
+        with self._translated(key=key):
+            async for page in pages:
+                parts.extend(
+                    UploadedPart(
+                        number=int(part["PartNumber"]),
+                        size=int(part["Size"]),
+                        etag=str(part.get("ETag", "")).strip('"').lower(),
+                    )
+                    for part in page.get("Parts", [])
+                )
+        return sorted(parts, key=lambda part: part.number)
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: builtins.list[dict[str, Any]]
+    ) -> None:
+        """Join the parts (each ``{"PartNumber", "ETag"}``, in ascending order) into the object."""
+        with self._translated(key=key):
+            await self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
 
     # -- internals ----------------------------------------------------------
 
