@@ -77,12 +77,16 @@ _V6_RULES = (
     (_nets("100::/64"), "discard-only (100::/64)"),
     (_nets("2001::/23"), "IETF protocol assignments (2001::/23)"),
 )
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
-_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
-_COMPATIBLE = ipaddress.ip_network("::/96")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+# IPv6 ranges that carry an IPv4 address: (range, name, bit offset of the IPv4 address).
+_EMBEDDING = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped", 0),
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), "IPv4-translated", 0),
+    (ipaddress.IPv6Network("::/96"), "IPv4-compatible", 0),
+    (ipaddress.IPv6Network("64:ff9b::/96"), "NAT64", 0),
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), "NAT64", 0),
+    (ipaddress.IPv6Network("2002::/16"), "6to4", 80),
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 
 
@@ -255,23 +259,14 @@ def _refusal_v6(address: ipaddress.IPv6Address) -> str | None:
     for nets, reason in _V6_RULES:
         if any(address in net for net in nets):
             return reason
-    embedded: tuple[str, ipaddress.IPv4Address] | None = None
-    if address in _MAPPED:
-        embedded = ("IPv4-mapped", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    elif address in _TRANSLATED:
-        embedded = ("IPv4-translated", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    elif address in _COMPATIBLE:
-        embedded = ("IPv4-compatible", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    elif address in _NAT64 or address in _NAT64_LOCAL:
-        embedded = ("NAT64", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    elif address in _SIX_TO_FOUR:
-        embedded = ("6to4", ipaddress.IPv4Address((int(address) >> 80) & 0xFFFFFFFF))
-    if embedded is not None:
-        form, v4 = embedded
+    for net, form, shift in _EMBEDDING:
+        if address not in net:
+            continue
+        v4 = ipaddress.IPv4Address((int(address) >> shift) & 0xFFFFFFFF)
         inner = refusal_for(v4)
         if inner is not None:
             return f"{form} form of {v4} which is {inner}"
-        if address in _NAT64:
+        if net == _NAT64:
             return None  # DNS64 answers public IPv4 hosts this way on IPv6-only networks
         return f"{form} form of {v4} (connect to {v4} itself)"
     if address not in _GLOBAL_UNICAST:
