@@ -12,6 +12,7 @@ import limit.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING
@@ -194,18 +195,22 @@ async def download(
                 ) from None
             except aiohttp.ClientPayloadError as exc:
                 raise TransientError(
-                    f"the download of {current.shown} broke off ({clean_text(str(exc), 200)}); "
+                    f"the download of {current.shown} broke off ({_reason(exc)}); "
                     "it will be retried",
                     problem="connection_failed",
                     url=current.shown,
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
                 raise TransientError(
-                    f"could not download {current.shown}: {clean_text(str(exc), 200)}; "
-                    "it will be retried",
+                    f"could not download {current.shown}: {_reason(exc)}; it will be retried",
                     problem="connection_failed",
                     url=current.shown,
                 ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """An aiohttp error's text without any URL query it quotes (signatures stay out)."""
+    return clean_text(re.sub(r"\?\S*", "", str(exc)) or type(exc).__name__, 200)
 
 
 def _request_url(split: SplitUrl) -> URL:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -288,3 +289,15 @@ async def test_gzip_is_delivered_as_served(start_server: StartServer) -> None:
 
     files = await start_server({"/db.sql.gz": gzipped})
     assert await fetch(files.url("/db.sql.gz"), allow_hosts=files.allow) == packed
+
+
+async def test_nothing_listening_is_a_transient_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TransientError, match="could not download") as caught:
+        await fetch(
+            f"http://127.0.0.1:{port}/db.sql.gz?sig=secret", allow_hosts=[f"127.0.0.1:{port}"]
+        )
+    assert caught.value.data["problem"] == "connection_failed"
+    assert "secret" not in str(caught.value)
