@@ -9,6 +9,7 @@ so compression overlaps with the network and the subprocess on the other core.
 from __future__ import annotations
 
 import asyncio
+import bz2
 import contextlib
 import hashlib
 import importlib
@@ -183,6 +184,74 @@ async def zstd_decompress(chunks: AsyncIterator[bytes], *, max_output: int) -> A
     if frame_fed or frames == 0:
         raise IntegrityError(
             f"zstd stream is truncated after {total} output bytes; the part is incomplete",
+            output_bytes=total,
+        )
+
+
+async def bzip2_decompress(
+    chunks: AsyncIterator[bytes], *, max_output: int
+) -> AsyncIterator[bytes]:
+    """Decompress a bzip2 stream (one or more concatenated streams, as `bzip2 -d`
+    reads them), capped like `gzip_decompress`.
+
+    Each call expands at most CHUNK_SIZE (`max_length`), so a bomb is refused by
+    `max_output` before it is held in memory. bzip2 is slow and releases the GIL:
+    big pieces and draining calls run in a thread. Trailing NUL padding is ignored
+    as for gzip; any other bytes after the last stream are corruption.
+    """
+    dec = bz2.BZ2Decompressor()
+    stream_fed = False  # bytes fed to the current stream
+    streams = 0
+    padding = False
+    total = 0
+    async for chunk in chunks:
+        data = chunk
+        while True:
+            if padding:
+                if data.strip(b"\0"):
+                    raise IntegrityError(
+                        "bzip2 stream has garbage after its last stream; the part is corrupt",
+                        offset=total,
+                    )
+                break
+            if not data and dec.needs_input:
+                break
+            try:
+                if data and len(data) < _THREAD_MIN:
+                    out = dec.decompress(data, CHUNK_SIZE)
+                else:  # a big piece, or draining: up to CHUNK_SIZE of output
+                    out = await asyncio.to_thread(dec.decompress, data, CHUNK_SIZE)
+            except (OSError, EOFError) as exc:
+                raise IntegrityError(
+                    f"bzip2 stream is corrupt after {total} output bytes ({exc}); "
+                    "re-fetch the part or check its source",
+                    output_bytes=total,
+                ) from exc
+            stream_fed = stream_fed or bool(data)
+            data = b""
+            if out:
+                total += len(out)
+                if total > max_output:
+                    raise UnsafeInput(
+                        f"bzip2 stream inflates beyond the cap of {max_output} bytes; "
+                        "refusing it as a possible decompression bomb (raise the cap "
+                        "if the part is genuinely this large)",
+                        max_output=max_output,
+                    )
+                yield out
+            if dec.eof:
+                streams += 1
+                data = dec.unused_data
+                dec = bz2.BZ2Decompressor()
+                stream_fed = False
+                if data[:1] == b"\0":
+                    padding = True
+                elif not data:
+                    break
+    if stream_fed or streams == 0:
+        raise IntegrityError(
+            f"bzip2 stream is truncated after {total} output bytes; the part is incomplete "
+            "(re-fetch it)",
             output_bytes=total,
         )
 
