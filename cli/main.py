@@ -2,47 +2,46 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import asyncpg
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli.common import (
+    JsonOpt,
+    KeyOpt,
+    WaitOpt,
+    err,
+    load_cli_settings,
+    out,
+    print_json,
+    report_final,
+    run_command,
+    shown,
+    submit_command,
+    with_ledger,
+)
 from cli.exit_codes import ExitCode
 from cli.follow import follow_job
+from cli.imports import backup_link, import_app
 from config.logging import configure_logging
-from config.settings import Settings, load_settings
 from pipelines import registry
 from pipelines.backup import service as backups
 from pipelines.catalog import job_kinds
-from pipelines.errors import (
-    BadInput,
-    Conflict,
-    EnvrestoreError,
-    NotFound,
-    Refused,
-    Unavailable,
-)
+from pipelines.errors import BadInput
 from pipelines.jobs import views
 from pipelines.jobs.cancel import cancel_job
 from pipelines.jobs.submit import Submitted
-from pipelines.ledger.connection import connect, create_pool
+from pipelines.ledger.connection import connect
 from pipelines.ledger.migrate import migrate
-from pipelines.objectstore import open_object_store
-from pipelines.restore import service as restores
-from pipelines.text import clean_text
-
-T = TypeVar("T")
+from pipelines.producer import Producer
+from pipelines.requests import BackupRequest, RestoreRequest, RollbackRequest, parse_elements
 
 app = typer.Typer(
     name="envrestore",
@@ -61,66 +60,8 @@ app.add_typer(site_app, name="site")
 app.add_typer(env_app, name="env")
 app.add_typer(backup_app, name="backup")
 app.add_typer(job_app, name="job")
-
-# Off a terminal (pipes, CI, the demo's capture) tables get room instead of 80 columns.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-WaitOpt = Annotated[
-    bool, typer.Option("--wait", help="Follow the job with a progress bar until it ends.")
-]
-KeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--idempotency-key",
-        help="Same key and same request give the same job; another request with it is a "
-        "conflict (exit 4).",
-    ),
-]
-
-_EXIT_FOR: list[tuple[type[EnvrestoreError], ExitCode]] = [
-    (NotFound, ExitCode.NOT_FOUND),
-    (Conflict, ExitCode.CONFLICT),
-    (Refused, ExitCode.CONFLICT),
-    (BadInput, ExitCode.USAGE),
-    (Unavailable, ExitCode.UNAVAILABLE),
-]
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except (ValidationError, ValueError) as exc:
-        err.print(f"error: bad configuration: {exc}", markup=False)
-        raise typer.Exit(ExitCode.USAGE) from None
-
-
-def _run(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run an async command body; turn envrestore errors into one line and an exit code."""
-    try:
-        return asyncio.run(body())
-    except EnvrestoreError as exc:
-        err.print(f"error: {clean_text(exc.message)}", markup=False)
-        code = next((c for t, c in _EXIT_FOR if isinstance(exc, t)), ExitCode.ERROR)
-        raise typer.Exit(code) from None
-    except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
-        raise typer.Exit(130) from None
-
-
-async def _with_ledger(settings: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    """A small pool on the ledger for the length of one command."""
-    pool = await create_pool(settings.database_url, max_size=2)
-    try:
-        return await use(pool)
-    finally:
-        await pool.close()
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
+app.add_typer(import_app, name="import")
+backup_app.command("link")(backup_link)
 
 @app.callback()
 def _main(
@@ -138,7 +79,7 @@ def _main(
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Create or upgrade the ledger's tables (safe to run again) [env: ENVRESTORE_DATABASE_URL]."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> list[str]:
         conn = await connect(settings.database_url)
@@ -147,7 +88,7 @@ def db_migrate() -> None:
         finally:
             await conn.close()
 
-    applied = _run(body)
+    applied = run_command(body)
     out.print(f"applied: {', '.join(applied)}" if applied else "ledger is up to date")
 
 
@@ -157,12 +98,12 @@ def db_migrate() -> None:
 @site_app.command("add")
 def site_add(name: Annotated[str, typer.Argument(help="Site name, e.g. mysite.")]) -> None:
     """Register a site."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> bool:
-        return await _with_ledger(settings, lambda pool: registry.add_site(pool, name))
+        return await with_ledger(settings, lambda pool: registry.add_site(pool, name))
 
-    if not _run(body):
+    if not run_command(body):
         err.print(f"error: site {name!r} already exists", markup=False)
         raise typer.Exit(ExitCode.CONFLICT)
     out.print(f"site {name} added")
@@ -193,21 +134,21 @@ def env_add(
     ] = None,
 ) -> None:
     """Register an environment, or update its settings."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> tuple[registry.Environment, bool]:
         _check_env_paths(files, code)
         from pipelines.archives.git import ensure_repo
 
         await ensure_repo(code)
-        return await _with_ledger(
+        return await with_ledger(
             settings,
             lambda pool: registry.add_environment(
                 pool, target, db=db, files=files, code=code, protected=protected
             ),
         )
 
-    environment, created = _run(body)
+    environment, created = run_command(body)
     verb = "added" if created else "updated"
     out.print(
         f"environment {environment.target} {verb} ({environment.engine}"
@@ -228,14 +169,14 @@ def env_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List environments (database DSNs shown with passwords masked)."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> list[registry.Environment]:
-        return await _with_ledger(settings, lambda pool: registry.list_environments(pool, site))
+        return await with_ledger(settings, lambda pool: registry.list_environments(pool, site))
 
-    environments = _run(body)
+    environments = run_command(body)
     if as_json:
-        _print_json([e.public() for e in environments])
+        print_json([e.public() for e in environments])
         return
     table = Table("target", "engine", "db", "files", "code", "protected")
     for e in environments:
@@ -251,7 +192,7 @@ def env_load(
     file: Annotated[Path, typer.Argument(help="A TOML file of [[env]] entries.")],
 ) -> None:
     """Register many environments from a TOML file, all checked before any is written."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> list[tuple[registry.Environment, bool]]:
         specs = registry.read_registry_file(file)
@@ -272,56 +213,13 @@ def env_load(
                 for s in specs
             ]
 
-        return await _with_ledger(settings, register)
+        return await with_ledger(settings, register)
 
-    for environment, created in _run(body):
+    for environment, created in run_command(body):
         out.print(f"environment {environment.target} {'added' if created else 'updated'}")
 
 
 # -------------------------------------------------------------------- backup
-
-
-def _job_command(
-    settings: Settings,
-    submit: Callable[[asyncpg.Pool], Awaitable[Submitted]],
-    *,
-    wait: bool,
-    as_json: bool,
-) -> NoReturn:
-    """Run a command that creates a job: submit it, then report or follow it."""
-
-    async def submit_and_report(pool: asyncpg.Pool) -> int:
-        return await _finish_job_command(pool, await submit(pool), wait=wait, as_json=as_json)
-
-    raise typer.Exit(_run(lambda: _with_ledger(settings, submit_and_report)))
-
-
-async def _finish_job_command(
-    pool: asyncpg.Pool, submitted: Submitted, *, wait: bool, as_json: bool
-) -> int:
-    job_id = submitted.job_id
-    if not wait:
-        if as_json:
-            _print_json({"id": str(job_id), "created": submitted.created})
-        else:
-            note = "" if submitted.created else " (existing job for this idempotency key)"
-            out.print(f"job {job_id} queued{note}")
-            out.print(f"follow it with: envrestore job show {job_id} --wait")
-        return ExitCode.OK
-    if not as_json:
-        err.print(f"job {job_id} {'queued' if submitted.created else '(existing)'}; waiting")
-    view = await follow_job(pool, job_id, quiet=as_json)
-    return _report_final(view, as_json=as_json)
-
-
-def _report_final(view: dict[str, Any], *, as_json: bool) -> int:
-    if as_json:
-        _print_json(view)
-    elif view["status"] == "succeeded":
-        out.print(f"job {view['id']} succeeded")
-    else:
-        err.print(f"job {view['id']} {view['status']}: {_shown(view['error'])}", markup=False)
-    return ExitCode.OK if view["status"] == "succeeded" else ExitCode.JOB_FAILED
 
 
 @backup_app.command("create")
@@ -339,20 +237,13 @@ def backup_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Back up an environment: database, files and code into S3, as a queued job."""
-    settings = _settings()
+    settings = load_cli_settings()
+    request = BackupRequest(target, keep_days=keep_for)
 
-    async def submit(pool: asyncpg.Pool) -> Submitted:
-        async with open_object_store(settings) as store:
-            return await backups.create_backup(
-                pool,
-                settings,
-                store,
-                target,
-                keep_days=keep_for,
-                idempotency_key=idempotency_key,
-            )
+    async def submit(producer: Producer) -> Submitted:
+        return await producer.submit(request, idempotency_key=idempotency_key)
 
-    _job_command(settings, submit, wait=wait, as_json=as_json)
+    submit_command(settings, submit, wait=wait, as_json=as_json)
 
 
 @backup_app.command("list")
@@ -361,14 +252,14 @@ def backup_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List an environment's backups, newest first."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> list[backups.BackupRecord]:
-        return await _with_ledger(settings, lambda pool: backups.list_backups(pool, target))
+        return await with_ledger(settings, lambda pool: backups.list_backups(pool, target))
 
-    records = _run(body)
+    records = run_command(body)
     if as_json:
-        _print_json([r.public() for r in records])
+        print_json([r.public() for r in records])
         return
     if not records:
         out.print(f"no backups of {target} yet (envrestore backup create {target})")
@@ -388,8 +279,15 @@ def backup_list(
 @app.command("restore")
 def restore(
     target: Annotated[str, typer.Argument(help="SITE.ENV to restore.")],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="SITE.ENV whose backup to restore (any site's); default: the target's own.",
+        ),
+    ] = None,
     backup: Annotated[
-        str, typer.Option("--backup", help="A backup id of this environment, or 'latest'.")
+        str, typer.Option("--backup", help="A backup id of the source environment, or 'latest'.")
     ] = "latest",
     element: Annotated[
         str,
@@ -418,12 +316,13 @@ def restore(
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Restore an environment from one of its backups: database, files and code replaced.
+    """Restore an environment from a backup (its own, or --from another environment's).
 
-    Everything is imported beside the live content and swapped in at the end;
-    a job that fails before that leaves the environment as it was.
+    Database, files and code are replaced. Everything is imported beside the live
+    content and swapped in at the end; a job that fails before that leaves the
+    environment as it was.
     """
-    settings = _settings()
+    settings = load_cli_settings()
     if in_place and not as_json:
         err.print(
             "warning: --in-place wipes the live database and directories BEFORE importing; "
@@ -431,20 +330,19 @@ def restore(
             markup=False,
         )
 
-    async def submit(pool: asyncpg.Pool) -> Submitted:
-        return await restores.create_restore(
-            pool,
-            settings,
+    async def submit(producer: Producer) -> Submitted:
+        request = RestoreRequest(
             target,
             backup=backup,
-            element=element,
+            source=source,
+            elements=parse_elements(element),
             in_place=in_place,
             force_live=force_live,
             allow_incomplete_dump=allow_incomplete_dump,
-            idempotency_key=idempotency_key,
         )
+        return await producer.submit(request, idempotency_key=idempotency_key)
 
-    _job_command(settings, submit, wait=wait, as_json=as_json)
+    submit_command(settings, submit, wait=wait, as_json=as_json)
 
 
 @app.command("rollback")
@@ -455,14 +353,13 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Swap back the content a restore replaced (kept ENVRESTORE_ROLLBACK_HOURS, default 24)."""
-    settings = _settings()
+    settings = load_cli_settings()
 
-    async def submit(pool: asyncpg.Pool) -> Submitted:
-        return await restores.create_rollback(
-            pool, settings, views.parse_job_id(job_id), idempotency_key=idempotency_key
-        )
+    async def submit(producer: Producer) -> Submitted:
+        request = RollbackRequest(str(views.parse_job_id(job_id)))
+        return await producer.submit(request, idempotency_key=idempotency_key)
 
-    _job_command(settings, submit, wait=wait, as_json=as_json)
+    submit_command(settings, submit, wait=wait, as_json=as_json)
 
 
 # ----------------------------------------------------------------------- job
@@ -475,42 +372,37 @@ def job_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a job: status, error, steps with attempts and progress."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> int:
         uid = views.parse_job_id(job_id)
         if wait:
-            view = await _with_ledger(settings, lambda pool: follow_job(pool, uid, quiet=as_json))
-            return _report_final(view, as_json=as_json)
-        view = await _with_ledger(settings, lambda pool: views.show_job(pool, uid))
+            view = await with_ledger(settings, lambda pool: follow_job(pool, uid, quiet=as_json))
+            return report_final(view, as_json=as_json)
+        view = await with_ledger(settings, lambda pool: views.show_job(pool, uid))
         if as_json:
-            _print_json(view)
+            print_json(view)
         else:
             _print_job(view)
         return ExitCode.OK
 
-    raise typer.Exit(_run(body))
-
-
-def _shown(value: Any) -> str:
-    """A ledger value as printed: never raw control characters (older rows may hold them)."""
-    return clean_text("" if value is None else str(value))
+    raise typer.Exit(run_command(body))
 
 
 def _cell(value: Any) -> Text:
     """A table cell: cleaned, and never read as rich markup."""
-    return Text(_shown(value))
+    return Text(shown(value))
 
 
 def _print_job(view: dict[str, Any]) -> None:
     out.print(
         Text.assemble(
-            f"job {_shown(view['id'])}  {_shown(view['kind'])}  {_shown(view['target'])}  ",
-            (_shown(view["status"]), "bold"),
+            f"job {shown(view['id'])}  {shown(view['kind'])}  {shown(view['target'])}  ",
+            (shown(view["status"]), "bold"),
         )
     )
     if view["error"]:
-        out.print(f"error: {_shown(view['error'])}", markup=False)
+        out.print(f"error: {shown(view['error'])}", markup=False)
     table = Table("step", "status", "attempts", "progress", "error")
     for s in view["steps"]:
         total = s["bytes_total"]
@@ -524,13 +416,13 @@ def _print_job(view: dict[str, Any]) -> None:
 @job_app.command("cancel")
 def job_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
     """Cancel a job; a restore can be cancelled until its switch begins (then: rollback)."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> None:
         uid = views.parse_job_id(job_id)
-        await _with_ledger(settings, lambda pool: cancel_job(pool, uid, job_kinds()))
+        await with_ledger(settings, lambda pool: cancel_job(pool, uid, job_kinds()))
 
-    _run(body)
+    run_command(body)
     out.print(f"job {job_id} cancelled; its cleanup runs on the workers")
 
 
@@ -541,20 +433,20 @@ def job_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List recent jobs."""
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def body() -> list[dict[str, Any]]:
         site, env = None, None
         if target:
             site, _, env_part = target.partition(".")
             env = env_part or None
-        return await _with_ledger(
+        return await with_ledger(
             settings, lambda pool: views.list_jobs(pool, site=site, env=env, limit=limit)
         )
 
-    jobs = _run(body)
+    jobs = run_command(body)
     if as_json:
-        _print_json(jobs)
+        print_json(jobs)
         return
     table = Table("id", "kind", "target", "status", "created_at", "error")
     for j in jobs:
@@ -582,7 +474,7 @@ def worker(
     ] = None,
 ) -> None:
     """Start a worker: Dramatiq's CLI with envrestore's broker and actors."""
-    settings = _settings()
+    settings = load_cli_settings()
     dramatiq = shutil.which("dramatiq", path=str(Path(sys.executable).parent)) or "dramatiq"
     argv = [
         dramatiq,

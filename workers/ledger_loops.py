@@ -19,9 +19,11 @@ from dramatiq.middleware import Middleware
 
 from config.settings import Settings
 from pipelines.jobs.outbox import relay_once
+from pipelines.jobs.principal import Principal
 from pipelines.jobs.reconciler import reconcile_once
 from pipelines.ledger.connection import connect
-from pipelines.restore.service import schedule_expiries
+from pipelines.producer import Producer
+from pipelines.restore.expiry import schedule_expiries
 from workers import process_runtime
 
 log = structlog.get_logger(__name__)
@@ -85,7 +87,10 @@ class LedgerLoops(Middleware):
             try:
                 runtime = await process_runtime.get_runtime()
                 await reconcile_once(runtime)
-                await schedule_expiries(runtime.pool, runtime.settings)
+                system = Principal.system("rollback-expiry")
+                await schedule_expiries(
+                    Producer(runtime.pool, runtime.settings, runtime.store, system)
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep reconciling after an outage

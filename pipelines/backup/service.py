@@ -8,7 +8,7 @@ since the world can change between queueing and running.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,10 +20,11 @@ from pipelines.backup.job import BACKUP
 from pipelines.backup.naming import new_backup_id
 from pipelines.engines.base import engine_for
 from pipelines.errors import BadInput, NotFound
-from pipelines.jobs.submit import Submitted, submit_job
+from pipelines.jobs.prepared import Prepared
 from pipelines.ledger.queries import sql
 from pipelines.objectstore import ObjectStore
 from pipelines.registry import Environment, get_environment
+from pipelines.requests import BackupRequest, to_params
 
 BACKUP_KINDS = ("manual", "automatic")
 
@@ -42,44 +43,29 @@ async def preflight(environment: Environment, settings: Settings, store: ObjectS
     await store.check()
 
 
-async def create_backup(
+async def prepare_backup(
     pool: asyncpg.Pool,
     settings: Settings,
     store: ObjectStore,
-    target: str,
+    request: BackupRequest,
     *,
-    kind: str = "manual",
-    keep_days: int | None = None,
-    idempotency_key: str | None = None,
     check: bool = True,
-) -> Submitted:
-    """Queue a backup of `SITE.ENV`; returns its job."""
-    if kind not in BACKUP_KINDS:
-        raise BadInput(f"backup kind {kind!r} is not one of {', '.join(BACKUP_KINDS)}")
-    keep = settings.backup_keep_days if keep_days is None else keep_days
+) -> Prepared:
+    """Check a backup request; its id and time are fixed now (not part of the fingerprint)."""
+    if request.backup_kind not in BACKUP_KINDS:
+        raise BadInput(
+            f"backup kind {request.backup_kind!r} is not one of {', '.join(BACKUP_KINDS)}"
+        )
+    keep = settings.backup_keep_days if request.keep_days is None else request.keep_days
     if keep < 1:
         raise BadInput(f"--keep-for must be at least 1 day, not {keep}")
-    environment = await get_environment(pool, target)
+    environment = await get_environment(pool, request.target)
     if check:
         await preflight(environment, settings, store)
     now = datetime.now(UTC).replace(microsecond=0)
-    job_hint = uuid.uuid4()
-    params = {
-        "kind": kind,
-        "keep_days": keep,
-        "created_at": now.isoformat(),
-        "backup_id": new_backup_id(now, job_hint),
-    }
-    return await submit_job(
-        pool,
-        BACKUP,
-        params,
-        environment=environment,
-        max_attempts=settings.max_attempts,
-        idempotency_key=idempotency_key,
-        idempotency_scope=settings.idempotency_scope,
-        fingerprint_params={"kind": kind, "keep_days": keep},
-    )
+    asked = replace(request, keep_days=keep, backup_id=None, created_at=None)
+    pinned = replace(asked, created_at=now.isoformat(), backup_id=new_backup_id(now, uuid.uuid4()))
+    return Prepared(BACKUP, environment, to_params(pinned), asked=to_params(asked))
 
 
 @dataclass(frozen=True)
@@ -142,3 +128,15 @@ async def get_backup(pool: asyncpg.Pool, backup_id: str) -> BackupRecord:
     if row is None:
         raise NotFound(f"backup {backup_id!r} does not exist", backup_id=backup_id)
     return BackupRecord.from_row(row)
+
+
+async def latest_backup(pool: asyncpg.Pool, environment: Environment) -> BackupRecord:
+    """The newest backup of `environment`, or NotFound with how to make one."""
+    backup_id = await pool.fetchval(sql("latest_backup_id"), environment.id)
+    if backup_id is None:
+        raise NotFound(
+            f"{environment.target} has no backups yet; create one with: "
+            f"envrestore backup create {environment.target}",
+            target=environment.target,
+        )
+    return await get_backup(pool, backup_id)

@@ -24,6 +24,7 @@ from pipelines.engines.base import engine_for
 from pipelines.errors import BadInput
 from pipelines.jobs.context import StepContext
 from pipelines.ledger.queries import sql
+from pipelines.requests import BackupRequest
 from pipelines.streams import StreamMeter, gzip_compress, rate_limited
 
 MANIFEST_VERSION = 1
@@ -31,12 +32,14 @@ DISCARD_SETTLE_SECONDS = 2.0
 
 
 def layout_of(ctx: StepContext) -> BackupLayout:
-    params = ctx.job.params
+    request = BackupRequest.from_params(ctx.job.params)
+    assert request.backup_id, "the producer pins it"
+    assert request.created_at, "the producer pins it"
     return BackupLayout(
         site=str(ctx.job.site),
         env=str(ctx.job.env),
-        backup_id=params["backup_id"],
-        created_at=datetime.fromisoformat(params["created_at"]),
+        backup_id=request.backup_id,
+        created_at=datetime.fromisoformat(request.created_at),
     )
 
 
@@ -109,14 +112,14 @@ async def record_backup(ctx: StepContext) -> dict[str, Any]:
     layout = layout_of(ctx)
     parts = [await ctx.outputs_of(step) for step in ("dump_db", "archive_files", "archive_code")]
     database, _files, code = parts
-    params = ctx.job.params
-    expires_at = layout.created_at + timedelta(days=int(params["keep_days"]))
+    request = BackupRequest.from_params(ctx.job.params)
+    expires_at = layout.created_at + timedelta(days=int(request.keep_days or 0))
     manifest = {
         "version": MANIFEST_VERSION,
         "backup_id": layout.backup_id,
         "site": layout.site,
         "env": layout.env,
-        "kind": params["kind"],
+        "kind": request.backup_kind,
         "created_at": layout.created_at.isoformat(),
         "expires_at": expires_at.isoformat(),
         "engine": database["engine"],
@@ -135,7 +138,7 @@ async def record_backup(ctx: StepContext) -> dict[str, Any]:
             ctx.job.environment_id,
             layout.site,
             layout.env,
-            params["kind"],
+            request.backup_kind,
             database["engine"],
             code["git_head"],
             layout.manifest_key,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from pipelines.jobs.context import StepContext
 from pipelines.restore.parts import PartStream
+from pipelines.restore.request import request_of
 from pipelines.sqlsafety import FilterReport, filter_dump
 from pipelines.sqlsafety.sniff import decompress_dump
 
@@ -28,5 +29,5 @@ def checked_dump(
         report=report,
         max_line=ctx.settings.sql_max_line_mb << 20,
         require_complete=True,
-        allow_incomplete=bool(ctx.job.params.get("allow_incomplete_dump")),
+        allow_incomplete=request_of(ctx).allow_incomplete_dump,
     )

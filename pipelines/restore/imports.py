@@ -35,6 +35,7 @@ from pipelines.jobs.context import StepContext
 from pipelines.restore.dumps import checked_dump
 from pipelines.restore.parts import PartStream
 from pipelines.restore.prepare import archive_rules, dump_cap, parts_of, targets_of
+from pipelines.restore.request import request_of
 from pipelines.restore.targets import RestoreTargets, naming_part
 from pipelines.sqlsafety import FilterReport
 
@@ -44,7 +45,7 @@ log = structlog.get_logger(__name__)
 def _import_target(ctx: StepContext, targets: RestoreTargets) -> Dsn:
     names = targets.db_names
     live = targets.environment.dsn
-    return live if ctx.job.params.get("in_place") else live.with_database(names.shadow)
+    return live if request_of(ctx).in_place else live.with_database(names.shadow)
 
 
 async def import_db(ctx: StepContext) -> dict[str, Any]:
@@ -63,7 +64,7 @@ async def import_db(ctx: StepContext) -> dict[str, Any]:
         # An earlier attempt died mid-import: start again from an empty database.
         await drop_import_login(live, targets.tag, settings=ctx.settings)
         names = targets.db_names
-        if ctx.job.params.get("in_place"):
+        if request_of(ctx).in_place:
             names = ShadowNames(live=names.live, shadow=names.live, rollback=names.rollback)
         await prepare_shadow(live, names, settings=ctx.settings)
     stream = PartStream(ctx, ref, max_output=dump_cap(ref.size))
@@ -124,7 +125,7 @@ async def _drop_login_quietly(ctx: StepContext, live: Dsn, tag: str) -> None:
 async def _extract(ctx: StepContext, element: str) -> tuple[Path, dict[str, Any]]:
     targets = await targets_of(ctx)
     ref = (await parts_of(ctx))[element]
-    dest = targets.live(element) if ctx.job.params.get("in_place") else targets.staging(element)
+    dest = targets.live(element) if request_of(ctx).in_place else targets.staging(element)
     if dest.exists() and any(dest.iterdir()):
         trees.discard(dest)  # a partial tree from an earlier attempt
     limits = limits_for(ref.size, ctx.settings)  # modes: settings.files_mode_policy

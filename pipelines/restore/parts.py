@@ -1,4 +1,4 @@
-"""Reading a backup part from the object store as untrusted input.
+"""Reading a part (of a backup, a download, an upload) from the object store as untrusted input.
 
 Every byte passes a meter (size, sha256) on its way in; the verdict against
 the manifest is given when the stream ends, before anything live changes.
@@ -7,27 +7,13 @@ the manifest is given when the stream ends, before anything live changes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from pipelines.errors import IntegrityError
 from pipelines.failpoints import failpoint
 from pipelines.jobs.context import StepContext
+from pipelines.sources.base import PartRef
 from pipelines.streams import StreamMeter, rate_limited
-
-
-@dataclass(frozen=True)
-class PartRef:
-    """One part of a resolved backup."""
-
-    part: str
-    key: str
-    size: int
-    sha256: str
-
-    @classmethod
-    def from_outputs(cls, data: dict[str, Any]) -> PartRef:
-        return cls(data["part"], data["key"], int(data["size"]), data["sha256"])
 
 
 class PartStream:
@@ -63,7 +49,7 @@ class PartStream:
                 f"verify failed for the {self.ref.part} part ({self.ref.key}): read "
                 f"{self.meter.size} bytes with sha256 {self.meter.sha256[:16]}…, the manifest "
                 f"says {self.ref.size} bytes with sha256 {self.ref.sha256[:16]}…; the object "
-                "was changed or damaged — restore another backup",
+                "was changed or damaged — restore another backup, or give the part again",
                 part=self.ref.part,
                 key=self.ref.key,
             )

@@ -1,20 +1,21 @@
-"""Restore steps before the imports: resolve the backup, verify it, prepare empty targets."""
+"""Steps before the imports: resolve the sources, fetch outside bytes, verify, prepare targets."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from pipelines import trees
 from pipelines.archives.safety import ArchiveRules, check_tar, decompress_archive, limits_for
-from pipelines.backup.service import get_backup
 from pipelines.engines.shadow import ShadowNames, prepare_shadow
-from pipelines.errors import IntegrityError, NotFound, PermanentError
 from pipelines.jobs.context import StepContext
 from pipelines.restore.dumps import checked_dump
-from pipelines.restore.parts import PartRef, PartStream
+from pipelines.restore.parts import PartStream
+from pipelines.restore.request import elements_of, request_of
 from pipelines.restore.targets import RestoreTargets, job_tag, naming_part
+from pipelines.sources.backup import BackupSource
+from pipelines.sources.base import PartRef
+from pipelines.sources.select import sources_for
 from pipelines.sqlsafety import FilterReport
 
 #: The cap on a decompressed dump, as a multiple of its compressed size.
@@ -27,82 +28,53 @@ def dump_cap(compressed: int) -> int:
     return min(max(compressed * DUMP_BOMB_RATIO, DUMP_BOMB_FLOOR), DUMP_BOMB_CEILING)
 
 
-def elements_of(ctx: StepContext) -> list[str]:
-    return list(ctx.job.params["elements"])
-
-
 async def targets_of(ctx: StepContext) -> RestoreTargets:
     return RestoreTargets(await ctx.environment(), job_tag(ctx.job.id))
 
 
 async def archive_rules(ctx: StepContext, element: str) -> ArchiveRules:
-    """What the files or code part of the backup must look like.
-
-    A backup of `dev` keeps its files under `files_dev/` (Pantheon's naming, see
-    `backup.naming`): a `files_live/` archive, or members at the root, is the
-    wrong part. The code part may have any single top folder.
-    """
-    label = f"the {element} part"
-    if element != "files":
-        return ArchiveRules(label=label)
-    resolved = await ctx.outputs_of("resolve")
-    env = resolved.get("env") or (await ctx.environment()).env  # jobs resolved before "env"
-    return ArchiveRules(label=label, top=f"files_{env}", top_reason=f"this is a backup of {env}")
+    """What the files or code archive must look like: its source knows."""
+    return sources_for(request_of(ctx))[element].archive_rules(element)
 
 
 async def parts_of(ctx: StepContext) -> dict[str, PartRef]:
-    resolved = await ctx.outputs_of("resolve")
-    return {name: PartRef.from_outputs(data) for name, data in resolved["parts"].items()}
+    """The parts as `fetch` left them (jobs queued before `fetch` existed: as resolved)."""
+    try:
+        fetched = await ctx.outputs_of("fetch")
+    except LookupError:
+        fetched = await ctx.outputs_of("resolve")
+    return {name: PartRef.from_outputs(data) for name, data in fetched["parts"].items()}
 
 
 async def resolve(ctx: StepContext) -> dict[str, Any]:
-    """Fix the source: the backup's parts with size and sha256, each present in S3."""
-    backup = await get_backup(ctx.runtime.pool, ctx.job.params["backup_id"])
-    environment = await ctx.environment()
-    if backup.engine != environment.engine:
-        raise PermanentError(
-            f"backup {backup.id} holds a {backup.engine} dump but {environment.target} runs "
-            f"{environment.engine}; restore a backup of the same engine",
-            backup_id=backup.id,
-        )
-    manifest = json.loads(await ctx.store.get_bytes(backup.manifest_key, max_size=1 << 20))
+    """Fix the source of every part and check it can be had; no bytes move yet."""
+    sources = sources_for(request_of(ctx))
     parts: dict[str, dict[str, Any]] = {}
-    for record in backup.parts:
-        name = record["part"]
-        if name not in elements_of(ctx):
-            continue
-        listed = manifest.get("parts", {}).get(name, {})
-        if listed.get("sha256") != record["sha256"] or listed.get("size") != record["size"]:
-            raise IntegrityError(
-                f"backup {backup.id}: the {name} part in manifest.json does not match the "
-                "ledger's record; the backup was tampered with — restore another one",
-                part=name,
-            )
-        head = await ctx.store.head(record["key"])
-        if head is None:
-            raise NotFound(
-                f"backup {backup.id}: the {name} part {record['key']} is missing from the "
-                "object store; restore another backup",
-                part=name,
-            )
-        if head.size != record["size"]:
-            raise IntegrityError(
-                f"verify failed for the {name} part: {record['key']} has {head.size} bytes in "
-                f"the object store, the manifest says {record['size']}",
-                part=name,
-            )
-        parts[name] = dict(record)
-    missing = [e for e in elements_of(ctx) if e not in parts]
-    if missing:
-        raise NotFound(f"backup {backup.id} has no {', '.join(missing)} part", backup_id=backup.id)
+    for element in elements_of(ctx):
+        parts[element] = await sources[element].resolve(ctx, element)
+    origin: dict[str, Any] = {}
+    backups = {s for s in sources.values() if isinstance(s, BackupSource)}
+    if backups:
+        origin = await next(iter(backups)).origin(ctx)
     ctx.progress.set(1, 1)
     return {
-        "backup_id": backup.id,
-        "env": backup.env,
-        "engine": backup.engine,
-        "git_head": backup.git_head,
+        **origin,
+        "sources": {element: source.describe() for element, source in sources.items()},
         "parts": parts,
     }
+
+
+async def fetch(ctx: StepContext) -> dict[str, Any]:
+    """Bring outside bytes into `staging/<job>/` (a no-op for backups).
+
+    A URL is checked here (scheme, every address it resolves to, every
+    redirect, the size) before a byte of it is read, and before anything of
+    the environment changes: `wipe` comes after.
+    """
+    sources = sources_for(request_of(ctx))
+    resolved = (await ctx.outputs_of("resolve"))["parts"]
+    refs = await asyncio.gather(*(sources[e].fetch(ctx, e, resolved[e]) for e in elements_of(ctx)))
+    return {"parts": {ref.part: ref.outputs() for ref in refs}}
 
 
 async def _verify_part(ctx: StepContext, ref: PartRef) -> dict[str, Any]:
@@ -137,7 +109,7 @@ async def verify(ctx: StepContext) -> dict[str, Any]:
     switch depends on all imports. Here only presence and sizes are checked
     (by resolve).
     """
-    if not ctx.job.params.get("in_place"):
+    if not request_of(ctx).in_place:
         return {"mode": "in-stream", "note": "sha256 and content checks run during the imports"}
     parts = await parts_of(ctx)
     ctx.progress.set(0, sum(p.size for p in parts.values()))
@@ -150,7 +122,7 @@ async def wipe(ctx: StepContext) -> dict[str, Any]:
     await ctx.check_lease()
     targets = await targets_of(ctx)
     environment = targets.environment
-    in_place = bool(ctx.job.params.get("in_place"))
+    in_place = request_of(ctx).in_place
     done: dict[str, Any] = {}
     for element in elements_of(ctx):
         if element == "database":

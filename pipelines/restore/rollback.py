@@ -18,6 +18,7 @@ from pipelines.engines.shadow import ShadowNames
 from pipelines.errors import Conflict, NotFound
 from pipelines.jobs.context import StepContext
 from pipelines.ledger.queries import sql
+from pipelines.requests import RollbackRequest
 from pipelines.restore.targets import job_tag
 
 
@@ -30,7 +31,7 @@ def _names(entry: dict[str, Any]) -> ShadowNames:
 
 
 async def _point(ctx: StepContext) -> dict[str, Any]:
-    restore_id = uuid.UUID(ctx.job.params["restore_job_id"])
+    restore_id = uuid.UUID(RollbackRequest.from_params(ctx.job.params).restore_job_id)
     row = await ctx.runtime.pool.fetchrow(sql("get_rollback_point"), restore_id)
     if row is None:
         raise NotFound(f"job {restore_id} left no rollback point", job_id=str(restore_id))

@@ -1,114 +1,89 @@
-"""The producer side of restores and rollbacks: every refusal before a job exists."""
+"""Producer-side checks of restores, imports and rollbacks: every refusal before a job exists."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import asyncpg
 
 from config.settings import Settings
-from pipelines.backup.service import get_backup
+from pipelines.backup.service import BackupRecord, get_backup, latest_backup
 from pipelines.errors import BadInput, Conflict, NotFound, Refused
-from pipelines.jobs.submit import Submitted, submit_job
+from pipelines.jobs.prepared import Prepared
 from pipelines.ledger.queries import sql
-from pipelines.registry import get_environment, get_environment_by_id
-from pipelines.restore.job import EXPIRE_ROLLBACK, RESTORE, ROLLBACK
-from pipelines.restore.targets import ELEMENTS
+from pipelines.registry import Environment, get_environment, get_environment_by_id
+from pipelines.requests import (
+    ExpireRollbackRequest,
+    ImportRequest,
+    RestoreRequest,
+    RollbackRequest,
+    to_params,
+)
+from pipelines.restore.job import EXPIRE_ROLLBACK, IMPORT, RESTORE, ROLLBACK
+from pipelines.sources.links import own_store_key
+from pipelines.sources.urlsafety import check_url
 
 SYSTEM_SCOPE = "envrestore-system"
 
 
-def parse_elements(element: str) -> tuple[str, ...]:
-    """`all`, one element, or a comma-separated list."""
-    if element == "all":
-        return ELEMENTS
-    chosen = tuple(e.strip() for e in element.split(",") if e.strip())
-    unknown = [e for e in chosen if e not in ELEMENTS]
-    if not chosen or unknown:
-        raise BadInput(
-            f"--element {element!r}: use all, database, files or code (or a comma-separated list)"
+async def _pinned_backup(pool: asyncpg.Pool, request: RestoreRequest) -> BackupRecord:
+    """The backup `request` names, checked to belong to its source environment."""
+    source_name = request.source or request.target
+    source = await get_environment(pool, source_name)
+    if request.backup == "latest":
+        record = await latest_backup(pool, source)
+    else:
+        record = await get_backup(pool, request.backup)
+    backup_id = record.id
+    if (record.site, record.env) != (source.site, source.env):
+        hint = (
+            f"restore from it with: --from {record.site}.{record.env} --backup {backup_id}"
+            if request.source is None
+            else f"list {source_name}'s backups with: envrestore backup list {source_name}"
         )
-    return tuple(e for e in ELEMENTS if e in chosen)
+        raise BadInput(
+            f"backup {backup_id} belongs to {record.site}.{record.env}, not {source_name}; {hint}",
+            backup_id=backup_id,
+        )
+    return record
 
 
-async def create_restore(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    target: str,
-    *,
-    backup: str = "latest",
-    element: str = "all",
-    in_place: bool = False,
-    force_live: bool = False,
-    allow_incomplete_dump: bool = False,
-    idempotency_key: str | None = None,
-) -> Submitted:
-    """Queue a restore of `SITE.ENV` from one of its own backups.
-
-    `allow_incomplete_dump` imports a dump that lacks its dump tool's closing line
-    (otherwise refused as truncated); the job's outputs then say so.
-    """
-    environment = await get_environment(pool, target)
-    elements = parse_elements(element)
+def refuse_protected(environment: Environment, force_live: bool) -> None:
     if environment.protected and not force_live:
+        target = environment.target
         raise Refused(
             f"{target} is protected: restoring it directly replaces what visitors see. Restore "
             f"{environment.site}.dev or {environment.site}.test instead and clone the content "
             "to it once checked, or pass --force-live if you really mean to restore it",
             target=target,
         )
-    if backup == "latest":
-        backup_id = await pool.fetchval(sql("latest_backup_id"), environment.id)
-        if backup_id is None:
-            raise NotFound(
-                f"{target} has no backups yet; create one with: envrestore backup create {target}",
-                target=target,
-            )
-    else:
-        backup_id = backup
-    record = await get_backup(pool, backup_id)
-    if (record.site, record.env) != (environment.site, environment.env):
-        raise BadInput(
-            f"backup {backup_id} belongs to {record.site}.{record.env}, not {target}; "
-            f"list {target}'s backups with: envrestore backup list {target}",
-            backup_id=backup_id,
-        )
+
+
+async def prepare_restore(pool: asyncpg.Pool, request: RestoreRequest) -> Prepared:
+    """Check a restore (from the target's own backup or another environment's) and pin
+    its backup; everything refused here is refused before a job exists."""
+    environment = await get_environment(pool, request.target)
+    refuse_protected(environment, request.force_live)
+    record = await _pinned_backup(pool, request)
     have = {p["part"] for p in record.parts}
-    missing = [e for e in elements if e not in have]
+    missing = [e for e in request.elements if e not in have]
     if missing:
-        raise NotFound(f"backup {backup_id} has no {', '.join(missing)} part")
-    return await submit_job(
-        pool,
-        RESTORE,
-        {
-            "backup_id": backup_id,
-            "elements": list(elements),
-            "in_place": in_place,
-            "force_live": force_live,
-            "allow_incomplete_dump": allow_incomplete_dump,
-        },
-        environment=environment,
-        max_attempts=settings.max_attempts,
-        idempotency_key=idempotency_key,
-        idempotency_scope=settings.idempotency_scope,
-        fingerprint_params={
-            "backup": backup,
-            "elements": list(elements),
-            "in_place": in_place,
-            "force_live": force_live,
-            "allow_incomplete_dump": allow_incomplete_dump,
-        },
-    )
+        raise NotFound(f"backup {record.id} has no {', '.join(missing)} part")
+    if "database" in request.elements and record.engine != environment.engine:
+        raise BadInput(
+            f"backup {record.id} of {record.site}.{record.env} holds a {record.engine} "
+            f"database, but {request.target} runs {environment.engine}; restore a backup of "
+            f"the same engine (or leave the database out with --element files,code)",
+            backup_id=record.id,
+        )
+    pinned = replace(request, backup=record.id)
+    return Prepared(RESTORE, environment, to_params(pinned), asked=to_params(request))
 
 
-async def create_rollback(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    restore_job_id: uuid.UUID,
-    *,
-    idempotency_key: str | None = None,
-) -> Submitted:
-    """Queue the rollback of a restore (or of a rollback) that switched."""
+async def prepare_rollback(pool: asyncpg.Pool, request: RollbackRequest) -> Prepared:
+    """Check that the restore (or rollback) switched and is the latest to have done so."""
+    restore_job_id = uuid.UUID(request.restore_job_id)
     point = await pool.fetchrow(sql("get_rollback_point"), restore_job_id)
     if point is None:
         job = await pool.fetchrow(sql("get_job"), restore_job_id)
@@ -133,33 +108,31 @@ async def create_rollback(
             job_id=str(later),
         )
     environment = await get_environment_by_id(pool, point["environment_id"])
-    return await submit_job(
-        pool,
-        ROLLBACK,
-        {"restore_job_id": str(restore_job_id)},
-        environment=environment,
-        max_attempts=settings.max_attempts,
-        idempotency_key=idempotency_key,
-        idempotency_scope=settings.idempotency_scope,
+    return Prepared(ROLLBACK, environment, to_params(request))
+
+
+async def prepare_expiry(pool: asyncpg.Pool, request: ExpireRollbackRequest) -> Prepared:
+    """An expiry job for a rollback point past its time (idempotent per point)."""
+    point = await pool.fetchrow(sql("get_rollback_point"), uuid.UUID(request.restore_job_id))
+    if point is None:
+        raise NotFound(f"job {request.restore_job_id} has no rollback point")
+    environment = await get_environment_by_id(pool, point["environment_id"])
+    return Prepared(
+        EXPIRE_ROLLBACK, environment, to_params(request), idempotency_scope=SYSTEM_SCOPE
     )
 
 
-async def schedule_expiries(pool: asyncpg.Pool, settings: Settings, *, limit: int = 50) -> int:
-    """Queue one expiry job per rollback point past its time (idempotent per point)."""
-    queued = 0
-    for row in await pool.fetch(sql("due_rollback_points"), limit):
-        point = await pool.fetchrow(sql("get_rollback_point"), row["job_id"])
-        if point is None:
-            continue
-        environment = await get_environment_by_id(pool, point["environment_id"])
-        submitted = await submit_job(
-            pool,
-            EXPIRE_ROLLBACK,
-            {"restore_job_id": str(row["job_id"])},
-            environment=environment,
-            max_attempts=settings.max_attempts,
-            idempotency_key=f"expire-rollback:{row['job_id']}",
-            idempotency_scope=SYSTEM_SCOPE,
-        )
-        queued += int(submitted.created)
-    return queued
+async def prepare_import(
+    pool: asyncpg.Pool, settings: Settings, request: ImportRequest
+) -> Prepared:
+    """Check an import before it is queued: the environment, and each URL's shape.
+
+    The addresses a URL resolves to are checked by the worker as it fetches
+    (DNS can change in between); what can be refused now is.
+    """
+    environment = await get_environment(pool, request.target)
+    refuse_protected(environment, request.force_live)
+    for part in request.parts:
+        if part.url is not None and own_store_key(part.url, settings) is None:
+            check_url(part.url)
+    return Prepared(IMPORT, environment, to_params(request))

@@ -19,8 +19,10 @@ from pipelines.failpoints import failpoint
 from pipelines.jobs.cancel import enter_irreversible
 from pipelines.jobs.context import StepContext
 from pipelines.ledger.queries import sql
-from pipelines.restore.prepare import elements_of, targets_of
+from pipelines.restore.prepare import targets_of
+from pipelines.restore.request import elements_of, request_of
 from pipelines.restore.targets import RestoreTargets
+from pipelines.sources.url import release_fetched
 
 
 async def switch(ctx: StepContext) -> dict[str, Any]:
@@ -29,7 +31,7 @@ async def switch(ctx: StepContext) -> dict[str, Any]:
     await ctx.check_lease()
     targets = await targets_of(ctx)
     environment = targets.environment
-    in_place = bool(ctx.job.params.get("in_place"))
+    in_place = request_of(ctx).in_place
     windows: dict[str, float] = {}
     details: dict[str, Any] = {"tag": targets.tag, "elements": elements_of(ctx)}
     # The environment is mixed (some parts new, some old) from the moment the
@@ -109,7 +111,10 @@ async def finalize(ctx: StepContext) -> dict[str, Any]:
         targets = await targets_of(ctx)
         await shadow.drop_import_login(targets.environment.dsn, targets.tag, settings=ctx.settings)
     resolved = await ctx.outputs_of("resolve")
-    outputs["backup_id"] = resolved["backup_id"]
+    if resolved.get("backup_id"):
+        outputs["backup_id"] = resolved["backup_id"]
+    if resolved.get("sources"):
+        outputs["sources"] = resolved["sources"]
     for element, step in (
         ("database", "import_db"),
         ("files", "import_files"),
@@ -124,17 +129,27 @@ async def finalize(ctx: StepContext) -> dict[str, Any]:
                 outputs["files"] = done["members"]
             else:
                 outputs["git_head"] = done["head"]
+    await _release_staging(ctx)
     await ctx.runtime.pool.execute(sql("merge_job_outputs"), ctx.job.id, outputs)
     return outputs
 
 
+async def _release_staging(ctx: StepContext) -> None:
+    request = request_of(ctx)
+    uploads = tuple(p.upload_key for p in getattr(request, "parts", ()) if p.upload_key is not None)
+    removed = await release_fetched(ctx, uploads)
+    if removed:
+        await ctx.event("restore.staging_released", objects=removed)
+
+
 async def abandon_restore(ctx: StepContext) -> dict[str, Any]:
     """After a failure or cancel before the switch: drop the shadow and staging, live untouched."""
+    await _release_staging(ctx)
     if "database" in elements_of(ctx):
         # Ends the import's sessions first, so dropping the shadow never waits on them.
         targets = await targets_of(ctx)
         await shadow.drop_import_login(targets.environment.dsn, targets.tag, settings=ctx.settings)
-    if ctx.job.params.get("in_place"):
+    if request_of(ctx).in_place:
         await ctx.event(
             "restore.in_place_failed",
             note="the live targets were wiped before the failure; restore again or import a backup",

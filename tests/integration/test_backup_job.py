@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from pipelines import registry
-from pipelines.backup.service import create_backup, list_backups
+from pipelines.backup.service import list_backups
 from pipelines.dsn import Dsn
 from pipelines.engines import engine_for
 from pipelines.errors import BadInput, Conflict, NotFound, Unavailable
 from pipelines.streams import gzip_decompress, run_consumer
 from tests.support.driver import drive
+from tests.support.producing import submit_backup
 from tests.support.sites import git, make_files, make_repo, tags_of, tree_digest
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ def _dsn_text(dsn: Dsn) -> str:
 async def test_backup_parts_restore_to_the_same_content(
     runtime, site_env, tmp_path, make_mariadb_db, make_postgres_db
 ):
-    submitted = await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.dev")
+    submitted = await submit_backup(runtime, "shop.dev")
     view = await drive(runtime, submitted.job_id)
     assert view["status"] == "succeeded", view
     assert {s["name"]: s["status"] for s in view["steps"]} == {
@@ -153,19 +154,13 @@ async def test_backup_parts_restore_to_the_same_content(
 
 @pytest.mark.parametrize("site_env", ["mariadb"], indirect=True)
 async def test_same_idempotency_key_gives_one_job_and_another_request_conflicts(runtime, site_env):
-    first = await create_backup(
-        runtime.pool, runtime.settings, runtime.store, "shop.dev", idempotency_key="click-1"
-    )
-    second = await create_backup(
-        runtime.pool, runtime.settings, runtime.store, "shop.dev", idempotency_key="click-1"
-    )
+    first = await submit_backup(runtime, "shop.dev", idempotency_key="click-1")
+    second = await submit_backup(runtime, "shop.dev", idempotency_key="click-1")
     assert (first.created, second.created) == (True, False)
     assert second.job_id == first.job_id
     with pytest.raises(Conflict, match="click-1"):
-        await create_backup(
-            runtime.pool,
-            runtime.settings,
-            runtime.store,
+        await submit_backup(
+            runtime,
             "shop.dev",
             idempotency_key="click-1",
             keep_days=3,
@@ -177,9 +172,9 @@ async def test_same_idempotency_key_gives_one_job_and_another_request_conflicts(
 @pytest.mark.parametrize("site_env", ["postgresql"], indirect=True)
 async def test_bad_environment_is_refused_before_any_job(runtime, site_env, tmp_path):
     with pytest.raises(NotFound, match=r"shop\.test"):
-        await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.test")
+        await submit_backup(runtime, "shop.test")
     with pytest.raises(NotFound, match="nosuch"):
-        await create_backup(runtime.pool, runtime.settings, runtime.store, "nosuch.dev")
+        await submit_backup(runtime, "nosuch.dev")
 
     dsn: Dsn = site_env["dsn"]
     await registry.add_environment(
@@ -190,7 +185,7 @@ async def test_bad_environment_is_refused_before_any_job(runtime, site_env, tmp_
         code=site_env["code"],
     )
     with pytest.raises(Unavailable):
-        await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.dev")
+        await submit_backup(runtime, "shop.dev")
 
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -198,7 +193,7 @@ async def test_bad_environment_is_refused_before_any_job(runtime, site_env, tmp_
         runtime.pool, "shop.dev", db=_dsn_text(dsn), files=site_env["files"], code=plain
     )
     with pytest.raises(BadInput, match="git"):
-        await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.dev")
+        await submit_backup(runtime, "shop.dev")
     rows = await runtime.pool.fetchval("SELECT count(*) FROM jobs")
     assert rows == 0
 
@@ -206,7 +201,7 @@ async def test_bad_environment_is_refused_before_any_job(runtime, site_env, tmp_
 @pytest.mark.parametrize("site_env", ["mariadb"], indirect=True)
 async def test_failed_backup_records_nothing_and_leaves_no_objects(runtime, site_env):
     """The database vanishes after queueing: the job fails, no backup, no orphans in S3."""
-    submitted = await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.dev")
+    submitted = await submit_backup(runtime, "shop.dev")
     dsn: Dsn = site_env["dsn"]
     await engine_for(dsn).query(  # type: ignore[attr-defined]
         dsn.with_database("mysql"), f"DROP DATABASE `{dsn.database}`"

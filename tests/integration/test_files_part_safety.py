@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from pipelines.restore.service import create_restore
 from tests.integration.test_restore_job import (  # noqa: F401 - backed_up is a fixture
     _forge_part,
     backed_up,
@@ -27,6 +26,7 @@ from tests.integration.test_restore_job import (  # noqa: F401 - backed_up is a 
 from tests.support import evil_archives as evil
 from tests.support.content import snapshot
 from tests.support.driver import drive
+from tests.support.producing import submit_restore
 from tests.support.sites import git
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def step(view: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 async def _restore(runtime, **options: Any) -> dict[str, Any]:
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", **options)
+    job = await submit_restore(runtime, "shop.dev", **options)
     return await drive(runtime, job.job_id)
 
 

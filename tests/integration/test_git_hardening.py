@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.restore.service import create_restore
 from tests.integration.test_restore_job import _forge_part, backed_up, change_everything
 from tests.support.content import snapshot
 from tests.support.driver import drive
+from tests.support.producing import submit_restore
 from tests.unit.test_git_hardening import act_like_a_developer, arm, canaries, dev_git
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ async def test_restored_repository_runs_nothing_on_plain_git(runtime, backed_up,
     await _forge_part(runtime, site["backup"], "code", _code_part(armed))
     await change_everything(site)
 
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", backup=site["backup"].id)
+    job = await submit_restore(runtime, "shop.dev", backup=site["backup"].id)
     view = await drive(runtime, job.job_id)
     assert view["status"] == "succeeded", view
     assert canaries(fired) == []  # envrestore's own git calls ran nothing
@@ -85,7 +85,7 @@ async def test_ext_submodule_fails_the_restore_and_changes_nothing(runtime, back
     await change_everything(site)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
 
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", backup=site["backup"].id)
+    job = await submit_restore(runtime, "shop.dev", backup=site["backup"].id)
     view = await drive(runtime, job.job_id)
     assert view["status"] == "failed"
     assert view["error_step"] == "apply_code"

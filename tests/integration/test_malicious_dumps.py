@@ -21,16 +21,16 @@ from typing import Any
 import pytest
 
 from pipelines import registry
-from pipelines.backup.service import create_backup, list_backups
+from pipelines.backup.service import list_backups
 from pipelines.dsn import Dsn, parse_dsn
 from pipelines.engines import engine_for
 from pipelines.engines.shadow import create_import_login, drop_import_login, shadow_names
-from pipelines.restore.service import create_restore
 from tests.integration.test_backup_job import fill
 from tests.integration.test_restore_job import _forge_part, _part_bytes
 from tests.support.content import snapshot
 from tests.support.databases import _mariadb_admin
 from tests.support.driver import drive
+from tests.support.producing import submit_backup, submit_restore
 from tests.support.sites import make_files, make_repo
 
 pytestmark = pytest.mark.integration
@@ -73,7 +73,7 @@ async def site(runtime, tmp_path, make_mariadb_db, mariadb_server) -> AsyncItera
         files=files,
         code=code,
     )
-    job = await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.dev")
+    job = await submit_backup(runtime, "shop.dev")
     assert (await drive(runtime, job.job_id))["status"] == "succeeded"
     [backup] = await list_backups(runtime.pool, "shop.dev")
     other = f"other_{uuid.uuid4().hex[:8]}"
@@ -113,7 +113,7 @@ async def _restore_with(runtime, site, dump: bytes, *, raw: bool = False, **sett
     rt = runtime
     if settings:
         rt = dataclasses.replace(runtime, settings=runtime.settings.model_copy(update=settings))
-    job = await create_restore(rt.pool, rt.settings, "shop.dev", element="database")
+    job = await submit_restore(rt, "shop.dev", element="database")
     return await drive(rt, job.job_id)
 
 
@@ -303,9 +303,7 @@ async def test_empty_and_truncated_dumps_are_refused_unless_allowed(runtime, sit
     assert "lorem ipsum" not in str(_step(view, "import_db"))  # no row data in the error
     assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
 
-    job = await create_restore(
-        runtime.pool, runtime.settings, "shop.dev", element="database", allow_incomplete_dump=True
-    )
+    job = await submit_restore(runtime, "shop.dev", element="database", allow_incomplete_dump=True)
     view = await drive(runtime, job.job_id)
     assert view["status"] == "succeeded", view["error"]
     notes = _step(view, "import_db")["outputs"]["normalised"]

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from pipelines.engines import engine_for
-from pipelines.restore.service import create_restore
 from tests.integration.test_restore_job import (  # noqa: F401 - backed_up is a fixture
     _forge_part,
     _part_bytes,
@@ -25,6 +24,7 @@ from tests.integration.test_restore_job import (  # noqa: F401 - backed_up is a 
 )
 from tests.support.content import snapshot
 from tests.support.driver import drive
+from tests.support.producing import submit_restore
 
 pytestmark = [
     pytest.mark.integration,
@@ -39,7 +39,7 @@ async def _restore_with(runtime, site, data: bytes, **settings: Any) -> dict[str
     rt = runtime
     if settings:
         rt = dataclasses.replace(runtime, settings=runtime.settings.model_copy(update=settings))
-    job = await create_restore(rt.pool, rt.settings, "shop.dev", element="database")
+    job = await submit_restore(rt, "shop.dev", element="database")
     return await drive(rt, job.job_id)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import registry
-from pipelines.backup.service import create_backup, list_backups
+from pipelines.backup.service import list_backups
 from pipelines.dsn import Dsn
 from pipelines.engines import engine_for
 from pipelines.errors import Conflict, NotFound, Refused
@@ -24,11 +24,11 @@ from pipelines.jobs.cancel import cancel_job
 from pipelines.jobs.outbox import relay_once
 from pipelines.jobs.runner import run_step
 from pipelines.jobs.views import list_jobs, show_job
-from pipelines.restore.service import create_restore, create_rollback, schedule_expiries
 from tests.integration.test_backup_job import _dsn_text, fill
 from tests.support import evil_archives
 from tests.support.content import snapshot
 from tests.support.driver import drive
+from tests.support.producing import submit_backup, submit_expiries, submit_restore, submit_rollback
 from tests.support.sites import git, make_files, make_repo
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ async def backed_up(request, runtime, tmp_path, make_mariadb_db, make_postgres_d
     await registry.add_environment(
         runtime.pool, "shop.dev", db=_dsn_text(dsn), files=files, code=code
     )
-    job = await create_backup(runtime.pool, runtime.settings, runtime.store, "shop.dev")
+    job = await submit_backup(runtime, "shop.dev")
     assert (await drive(runtime, job.job_id))["status"] == "succeeded"
     [backup] = await list_backups(runtime.pool, "shop.dev")
     return {
@@ -88,7 +88,7 @@ async def test_restore_brings_back_the_backup_and_rollback_undoes_it(runtime, ba
     changed = await snapshot(site["dsn"], site["files"], site["code"])
     assert changed != site["before"]
 
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", backup=site["backup"].id)
+    job = await submit_restore(runtime, "shop.dev", backup=site["backup"].id)
     view = await drive(runtime, job.job_id)
     assert view["status"] == "succeeded", view
     after = await snapshot(site["dsn"], site["files"], site["code"])
@@ -99,11 +99,11 @@ async def test_restore_brings_back_the_backup_and_rollback_undoes_it(runtime, ba
     preserved = git(site["code"], "for-each-ref", "--format=%(objectname)", "refs/envrestore/")
     assert changed.head in preserved.split()
 
-    rollback = await create_rollback(runtime.pool, runtime.settings, job.job_id)
+    rollback = await submit_rollback(runtime, job.job_id)
     assert (await drive(runtime, rollback.job_id))["status"] == "succeeded"
     assert await snapshot(site["dsn"], site["files"], site["code"]) == changed
     with pytest.raises(Conflict, match="rolled_back"):
-        await create_rollback(runtime.pool, runtime.settings, job.job_id)
+        await submit_rollback(runtime, job.job_id)
 
 
 @pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
@@ -111,7 +111,7 @@ async def test_one_element_only(runtime, backed_up):
     site = backed_up
     await change_everything(site)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", element="files")
+    job = await submit_restore(runtime, "shop.dev", element="files")
     view = await drive(runtime, job.job_id)
     assert view["status"] == "succeeded"
     assert "import_db" not in {s["name"] for s in view["steps"]}
@@ -156,7 +156,7 @@ async def test_damaged_part_fails_and_leaves_the_environment_untouched(
     else:
         data = data[: len(data) // 2]
     await _rewrite_part(runtime, site["backup"], part, bytes(data))
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev")
+    job = await submit_restore(runtime, "shop.dev")
     view = await drive(runtime, job.job_id)
     assert view["status"] == "failed"
     assert expected in view["error"]
@@ -199,7 +199,7 @@ async def test_unsafe_files_archive_is_refused(runtime, backed_up, kind, tmp_pat
         data = evil_archives.gzipped(build())
     await _forge_part(runtime, site["backup"], "files", data)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev")
+    job = await submit_restore(runtime, "shop.dev")
     view = await drive(runtime, job.job_id)
     assert view["status"] == "failed"
     assert "files part" in view["error"]
@@ -215,7 +215,7 @@ async def test_unsafe_dump_is_refused_with_the_line(runtime, backed_up, dump):
     unsafe = UNSAFE_DUMPS[site["dsn"].engine][dump]
     await _forge_part(runtime, site["backup"], "database", gzip.compress(unsafe))
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev")
+    job = await submit_restore(runtime, "shop.dev")
     view = await drive(runtime, job.job_id)
     assert view["status"] == "failed"
     assert "database part" in view["error"] and "line" in view["error"]
@@ -252,8 +252,8 @@ async def test_protected_environment_is_refused_unless_forced(runtime, backed_up
         protected=True,
     )
     with pytest.raises(Refused, match="clone the content"):
-        await create_restore(runtime.pool, runtime.settings, "shop.dev")
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", force_live=True)
+        await submit_restore(runtime, "shop.dev")
+    job = await submit_restore(runtime, "shop.dev", force_live=True)
     assert (await drive(runtime, job.job_id))["status"] == "succeeded"
 
 
@@ -262,7 +262,7 @@ async def test_cancel_before_switch_leaves_env_untouched_and_after_is_refused(ru
     site = backed_up
     await change_everything(site)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev")
+    job = await submit_restore(runtime, "shop.dev")
     sent: list = []
     await relay_once(runtime.pool, lambda j, s: sent.append((j, s)))
     await run_step(runtime, job.job_id, "resolve")
@@ -271,7 +271,7 @@ async def test_cancel_before_switch_leaves_env_untouched_and_after_is_refused(ru
     assert view["status"] == "cancelled"
     assert await snapshot(site["dsn"], site["files"], site["code"]) == changed
 
-    second = await create_restore(runtime.pool, runtime.settings, "shop.dev")
+    second = await submit_restore(runtime, "shop.dev")
     view = await drive(runtime, second.job_id)
     assert view["status"] == "succeeded"
     with pytest.raises(Conflict, match="already succeeded"):
@@ -281,14 +281,12 @@ async def test_cancel_before_switch_leaves_env_untouched_and_after_is_refused(ru
 @pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
 async def test_missing_backup_and_env_are_clear_errors(runtime, backed_up):
     with pytest.raises(NotFound, match="nope"):
-        await create_restore(runtime.pool, runtime.settings, "shop.dev", backup="nope")
+        await submit_restore(runtime, "shop.dev", backup="nope")
     with pytest.raises(NotFound, match=r"shop\.test"):
-        await create_restore(runtime.pool, runtime.settings, "shop.test")
+        await submit_restore(runtime, "shop.test")
     job = await show_job(
         runtime.pool,
-        (
-            await create_restore(runtime.pool, runtime.settings, "shop.dev", idempotency_key="r1")
-        ).job_id,
+        (await submit_restore(runtime, "shop.dev", idempotency_key="r1")).job_id,
     )
     assert job["kind"] == "restore"
 
@@ -301,7 +299,7 @@ async def test_in_place_restore_verifies_everything_before_wiping(runtime, backe
     unsafe = UNSAFE_DUMPS[site["dsn"].engine][0]
     good = await _part_bytes(runtime, site["backup"], "database")
     await _forge_part(runtime, site["backup"], "database", gzip.compress(unsafe))
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", in_place=True)
+    job = await submit_restore(runtime, "shop.dev", in_place=True)
     view = await drive(runtime, job.job_id)
     assert view["status"] == "failed"
     assert view["error_step"] == "verify"
@@ -310,12 +308,12 @@ async def test_in_place_restore_verifies_everything_before_wiping(runtime, backe
     assert await snapshot(site["dsn"], site["files"], site["code"]) == changed
 
     await _forge_part(runtime, site["backup"], "database", good)
-    job = await create_restore(runtime.pool, runtime.settings, "shop.dev", in_place=True)
+    job = await submit_restore(runtime, "shop.dev", in_place=True)
     view = await drive(runtime, job.job_id)
     assert view["status"] == "succeeded", view
     assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
     with pytest.raises(Conflict, match="nothing to roll back"):
-        await create_rollback(runtime.pool, runtime.settings, job.job_id)
+        await submit_rollback(runtime, job.job_id)
 
 
 @pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
@@ -323,7 +321,7 @@ async def test_rollback_points_are_dropped_when_they_expire(runtime, backed_up):
     site = backed_up
     settings = runtime.settings.model_copy(update={"rollback_hours": 0})
     rt = dataclasses.replace(runtime, settings=settings)
-    job = await create_restore(rt.pool, settings, "shop.dev")
+    job = await submit_restore(rt, "shop.dev")
     assert (await drive(rt, job.job_id))["status"] == "succeeded"
     point = await rt.pool.fetchrow(
         "SELECT details, status FROM rollback_points WHERE job_id = $1", job.job_id
@@ -335,8 +333,8 @@ async def test_rollback_points_are_dropped_when_they_expire(runtime, backed_up):
 
     kept_refs = git(site["code"], "for-each-ref", "refs/envrestore/pre-restore/")
     assert kept_refs  # the live history before the restore, kept while the point is
-    assert await schedule_expiries(rt.pool, settings) == 1
-    assert await schedule_expiries(rt.pool, settings) == 0  # one job per point
+    assert await submit_expiries(rt) == 1
+    assert await submit_expiries(rt) == 0  # one job per point
     [expiry] = [j for j in await list_jobs(rt.pool) if j["kind"] == "expire_rollback"]
     assert (await drive(rt, uuid.UUID(expiry["id"])))["status"] == "succeeded"
     assert not kept_files.exists()
@@ -347,7 +345,7 @@ async def test_rollback_points_are_dropped_when_they_expire(runtime, backed_up):
     )
     assert status == "expired"
     with pytest.raises(Conflict, match="expired"):
-        await create_rollback(rt.pool, settings, job.job_id)
+        await submit_rollback(rt, job.job_id)
     assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
 
 
@@ -362,7 +360,7 @@ async def test_mariadb_restore_over_two_connections_gives_the_same_content(runti
     await change_everything(site)
     settings = runtime.settings.model_copy(update={"mariadb_import_connections": 2})
     rt = dataclasses.replace(runtime, settings=settings)
-    job = await create_restore(rt.pool, settings, "shop.dev", element="database")
+    job = await submit_restore(rt, "shop.dev", element="database")
     view = await drive(rt, job.job_id)
     assert view["status"] == "succeeded", view
     after = await snapshot(site["dsn"], site["files"], site["code"])

@@ -1,0 +1,272 @@
+"""`envrestore import ...` and `envrestore backup link`: content from anywhere.
+
+A `--file` is uploaded to `staging/uploads/` first (multipart, resumable: run
+the same command again after an interruption and it continues), then the
+import job reads it like any part; a `--url` is fetched by a worker, which
+checks it (see `pipelines.sources.urlsafety`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from cli.common import (
+    JsonOpt,
+    KeyOpt,
+    WaitOpt,
+    err,
+    load_cli_settings,
+    out,
+    print_json,
+    run_command,
+    submit_command,
+    with_ledger,
+)
+from pipelines.errors import BadInput
+from pipelines.jobs.principal import Principal
+from pipelines.jobs.submit import Submitted
+from pipelines.objectstore import open_object_store
+from pipelines.objectstore.resumable import file_identity, staging_upload_key, upload_file
+from pipelines.objectstore.s3 import S3ObjectStore
+from pipelines.producer import Producer
+from pipelines.requests import ELEMENTS, ImportRequest, LinkRequest, PartInput
+from pipelines.sources.links import Link
+
+import_app = typer.Typer(
+    help="Import a database, a files archive or a whole site from a URL or a file.",
+    no_args_is_help=True,
+)
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_ELEMENT_OF = {"db": "database", "files": "files"}
+
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Fetch from this URL (or an envrestore link).")
+]
+FileOpt = Annotated[
+    Path | None, typer.Option("--file", help="Upload this file (resumes if interrupted).")
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force-live", help="Allow importing into a protected environment.")
+]
+IncompleteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-incomplete-dump",
+        help="Import a dump that lacks its dump tool's closing line (otherwise refused).",
+    ),
+]
+
+
+def _looks_like_url(value: str) -> bool:
+    """`https://…` is a URL; `./x.sql.gz`, `/tmp/x` and `C:…`-less paths are files."""
+    return bool(_URL.match(value)) and "://" in value
+
+
+async def _part_input(
+    producer: Producer, element: str, value: str, *, quiet: bool, is_url: bool | None = None
+) -> PartInput:
+    """A URL as given, or a local file uploaded to staging first."""
+    if is_url if is_url is not None else _looks_like_url(value):
+        return PartInput(element, url=value)
+    path = Path(value).expanduser()  # noqa: ASYNC240 - one stat before a long upload
+    if not path.is_file():
+        raise BadInput(f"{value} is not a file (give a path to the {element} archive or a URL)")
+    store = producer.store
+    if not isinstance(store, S3ObjectStore):
+        raise BadInput("uploads need the S3 object store")
+    key = staging_upload_key(path.name, file_identity(path))
+    with Progress(
+        TextColumn(f"upload {element}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("upload", total=None)
+
+        def show(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        put = await upload_file(store, path, key, on_progress=show)
+    return PartInput(element, upload_key=put.key, size=put.size, sha256=put.sha256)
+
+
+def _import(
+    target: str,
+    parts: Sequence[tuple[str, str, bool | None]],
+    *,
+    force_live: bool,
+    allow_incomplete_dump: bool,
+    idempotency_key: str | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    settings = load_cli_settings()
+
+    async def submit(producer: Producer) -> Submitted:
+        inputs = [
+            await _part_input(producer, element, value, quiet=as_json, is_url=is_url)
+            for element, value, is_url in parts
+        ]
+        request = ImportRequest(
+            target,
+            tuple(inputs),
+            force_live=force_live,
+            allow_incomplete_dump=allow_incomplete_dump,
+        )
+        return await producer.submit(request, idempotency_key=idempotency_key)
+
+    submit_command(settings, submit, wait=wait, as_json=as_json)
+
+
+def _one_part(kind: str, url: str | None, file: Path | None) -> tuple[str, str, bool]:
+    if (url is None) == (file is None):
+        err.print(f"error: import {kind} needs exactly one of --url or --file", markup=False)
+        raise typer.Exit(2)
+    return (_ELEMENT_OF[kind], url or str(file), url is not None)
+
+
+@import_app.command("db")
+def import_db(
+    target: Annotated[str, typer.Argument(help="SITE.ENV to import into.")],
+    url: UrlOpt = None,
+    file: FileOpt = None,
+    force_live: ForceOpt = False,
+    allow_incomplete_dump: IncompleteOpt = False,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace the database with a dump: .sql, .sql.gz, .sql.zst, .sql.bz2 or a .zip of one
+    .sql (recognised by content). Imported beside the live one, swapped in at the end."""
+    part = _one_part("db", url, file)
+    _import(
+        target,
+        [part],
+        force_live=force_live,
+        allow_incomplete_dump=allow_incomplete_dump,
+        idempotency_key=idempotency_key,
+        wait=wait,
+        as_json=as_json,
+    )
+
+
+@import_app.command("files")
+def import_files(
+    target: Annotated[str, typer.Argument(help="SITE.ENV to import into.")],
+    url: UrlOpt = None,
+    file: FileOpt = None,
+    force_live: ForceOpt = False,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace the files (uploads) directory with an archive: .tar, .tar.gz/.tgz, .tar.zst,
+    .tar.bz2 or .zip. A single top folder files/ or files_<env>/ is unwrapped."""
+    part = _one_part("files", url, file)
+    _import(
+        target,
+        [part],
+        force_live=force_live,
+        allow_incomplete_dump=False,
+        idempotency_key=idempotency_key,
+        wait=wait,
+        as_json=as_json,
+    )
+
+
+@import_app.command("site")
+def import_site(
+    target: Annotated[str, typer.Argument(help="SITE.ENV to import into.")],
+    code: Annotated[
+        str | None, typer.Option("--code", help="Code archive (path or URL).")
+    ] = None,
+    database: Annotated[
+        str | None, typer.Option("--database", help="Database dump (path or URL).")
+    ] = None,
+    files: Annotated[
+        str | None, typer.Option("--files", help="Files archive (path or URL).")
+    ] = None,
+    force_live: ForceOpt = False,
+    allow_incomplete_dump: IncompleteOpt = False,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a whole site (e.g. the three files of a Pantheon backup) as one job."""
+    given = {"code": code, "database": database, "files": files}
+    parts = [(element, value, None) for element, value in given.items() if value is not None]
+    if not parts:
+        err.print("error: give at least one of --code, --database, --files", markup=False)
+        raise typer.Exit(2)
+    _import(
+        target,
+        parts,
+        force_live=force_live,
+        allow_incomplete_dump=allow_incomplete_dump,
+        idempotency_key=idempotency_key,
+        wait=wait,
+        as_json=as_json,
+    )
+
+
+def backup_link(
+    target: Annotated[str, typer.Argument(help="SITE.ENV the backup belongs to.")],
+    backup: Annotated[str, typer.Argument(help="A backup id, or 'latest'.")],
+    part: Annotated[
+        str | None, typer.Option("--part", help="code, database or files.")
+    ] = None,
+    all_parts: Annotated[bool, typer.Option("--all", help="A link for each part.")] = False,
+    ttl: Annotated[
+        int | None,
+        typer.Option(
+            "--ttl",
+            help="Seconds the link works [default ENVRESTORE_LINK_DEFAULT_TTL, 300; at most "
+            "ENVRESTORE_LINK_MAX_TTL].",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print temporary links (presigned GETs) to a backup's parts; curl and wget can use
+    them until they expire. Each link is recorded: part, expiry, who asked."""
+    if all_parts == (part is not None):
+        err.print("error: give --part code|database|files, or --all", markup=False)
+        raise typer.Exit(2)
+    parts = ELEMENTS if all_parts else (part or "",)
+    settings = load_cli_settings()
+
+    async def body() -> list[Link]:
+        async def make(pool: object) -> list[Link]:
+            async with open_object_store(settings) as store:
+                producer = Producer(pool, settings, store, Principal.operator())  # type: ignore[arg-type]
+                return await producer.link(LinkRequest(target, backup, tuple(parts), ttl))
+
+        return await with_ledger(settings, make)
+
+    links = run_command(body)
+    if as_json:
+        print_json([link.public() for link in links])
+        return
+    for link in links:
+        if all_parts:
+            out.print(f"{link.part}\t{link.url}", markup=False, highlight=False)
+        else:
+            out.print(link.url, markup=False, highlight=False, soft_wrap=True)
+    err.print(f"expires at {links[0].expires_at.isoformat()}", markup=False)

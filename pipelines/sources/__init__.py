@@ -1,0 +1,1 @@
+"""Where a job's parts come from: backups, URLs, uploads."""

@@ -1,0 +1,27 @@
+"""Which source feeds each part of a content request."""
+
+from __future__ import annotations
+
+from pipelines.registry import parse_target
+from pipelines.requests import ContentRequest, ImportRequest
+from pipelines.sources.backup import BackupSource
+from pipelines.sources.base import Source
+from pipelines.sources.url import UploadSource, UrlSource
+
+
+def sources_for(request: ContentRequest) -> dict[str, Source]:
+    """element → its source. A restore reads every part from one (pinned) backup."""
+    if isinstance(request, ImportRequest):
+        chosen: dict[str, Source] = {}
+        for part in request.parts:
+            if part.url is not None:
+                chosen[part.element] = UrlSource(part.url)
+            else:
+                assert part.upload_key is not None
+                assert part.size is not None
+                assert part.sha256 is not None
+                chosen[part.element] = UploadSource(part.upload_key, part.size, part.sha256)
+        return chosen
+    site, env = parse_target(request.source or request.target)
+    backup = BackupSource(request.backup, site, env)
+    return dict.fromkeys(request.elements, backup)
