@@ -9,6 +9,8 @@ Modes follow `TarLimits.mode_policy` (0644/0755 by default; never setuid,
 setgid or sticky; see `tarpolicy.restored_mode`), owners are never taken from
 the archive (the worker creates every file, so its user owns it); mtimes are
 kept; directories get their mode and mtime last, deepest first, as `tar -x` does.
+With `ArchiveRules.unwrap` (imports) nothing is stripped while writing; the
+folder the guard names at the end is unwrapped by three renames (`TreeWriter.unwrap`).
 """
 
 # ruff: noqa: PTH101, PTH102, PTH103, PTH108, PTH114, PTH118, PTH120, PTH211
@@ -17,14 +19,18 @@ kept; directories get their mode and mtime last, deepest first, as `tar -x` does
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import hashlib
 import os
+import shutil
 import stat
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import structlog
 
+from pipelines.archives.naming import unsafe
 from pipelines.archives.tarpolicy import (
     ArchiveRules,
     Member,
@@ -32,7 +38,6 @@ from pipelines.archives.tarpolicy import (
     TarGuard,
     TarLimits,
     TarReport,
-    unsafe,
 )
 from pipelines.archives.tarstream import TarParser, run_parser
 from pipelines.errors import BadInput
@@ -54,6 +59,7 @@ class TreeWriter:
         self._member: Member | None = None
         self._dirs: list[tuple[str, int, int]] = []
         self._root_seen = False
+        self._top_dirs: set[str] = set()  # folders the archive lists at the root itself
         self._umask = _current_umask()
 
     def _path(self, parts: tuple[str, ...]) -> str:
@@ -107,7 +113,7 @@ class TreeWriter:
 
     def finish(self) -> None:
         if not self._root_seen:
-            os.chmod(self._root, _ROOT_MODE)  # made 0700 by _prepare_dest
+            os.chmod(self._root, _ROOT_MODE)  # made 0700 by prepare_dest
         # Deepest first, so a read-only parent does not stop its children being set.
         self._dirs.sort(key=lambda item: item[0].count(os.sep), reverse=True)
         for path, mode, mtime_ns in self._dirs:
@@ -136,7 +142,34 @@ class TreeWriter:
             if os.path.islink(path):
                 os.unlink(path)
 
+    def unwrap(self, top: str) -> None:
+        """Make the folder `top`, the tree's only entry, the tree itself: three renames.
+
+        It goes aside beside the root (inside, a child of the same name would be in
+        the way), the empty root is removed, and it takes the root's place with its
+        own mode and mtime; a folder the archive never listed gets the root's default.
+        """
+        root = Path(self._root)
+        inner = root / top
+        tag = hashlib.sha256(root.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        aside = root.parent / f".envrestore-unwrap-{tag}"
+        st = inner.lstat()
+        if not stat.S_ISDIR(st.st_mode):  # the guard said folder; never move anything else
+            raise unsafe(top, "unwrap", "is not a folder and cannot be unwrapped")
+        if aside.is_symlink() or aside.is_file():
+            aside.unlink()
+        elif aside.exists():  # left by an attempt that died between the renames
+            shutil.rmtree(aside)
+        inner.rename(aside)
+        root.rmdir()
+        aside.rename(root)
+        if top not in self._top_dirs:
+            root.chmod(_ROOT_MODE)
+        os.utime(root, ns=(st.st_atime_ns, st.st_mtime_ns))
+
     def _make_dir(self, member: Member, path: str) -> None:
+        if len(member.path) == 1:
+            self._top_dirs.add(member.path[0])
         if member.path:
             try:
                 os.mkdir(path, 0o700)
@@ -188,7 +221,8 @@ def _current_umask() -> int:
     return 0o777  # unknown: always fchmod
 
 
-def _prepare_dest(dest: Path) -> None:
+def prepare_dest(dest: Path) -> None:
+    """Create `dest` (0700 until the end), or accept it empty; refuse anything else."""
     try:
         dest.mkdir(mode=0o700)
     except FileExistsError:
@@ -215,14 +249,18 @@ async def extract_tar(
     """Extract a (decompressed) tar stream into `dest`, its single top folder stripped.
 
     `dest` must be missing or empty; it is created. `rules` name the archive in
-    errors and may require a top folder (`rules.top`); an archive with nothing
-    in its top folder is refused. Modes follow `limits.mode_policy`. On any
-    error `dest` holds a partial tree: the caller discards it. `on_progress`
-    receives the tar bytes consumed so far.
+    errors and may require a top folder (`rules.top`), or allow any layout and
+    unwrap a matching sole folder (`rules.unwrap`; `report.top` names it, "" when
+    none); an archive with nothing in it is refused. Modes follow
+    `limits.mode_policy`. On any error `dest` holds a partial tree: the caller
+    discards it. `on_progress` receives the tar bytes consumed so far.
     """
-    _prepare_dest(dest)
-    parser = TarParser(TarGuard(limits, rules or ArchiveRules()), TreeWriter(dest))
-    report = await run_parser(chunks, parser, on_progress)
+    prepare_dest(dest)
+    rules = rules or ArchiveRules()
+    writer = TreeWriter(dest)
+    report = await run_parser(chunks, TarParser(TarGuard(limits, rules), writer), on_progress)
+    if rules.unwrap is not None and report.top:
+        await asyncio.to_thread(writer.unwrap, report.top)
     log.info(
         "archive.extracted",
         dest=str(dest),

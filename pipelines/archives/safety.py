@@ -7,6 +7,7 @@ not a tar. Existing imports from here keep working.
 
 from __future__ import annotations
 
+from pipelines.archives.naming import printable, quoted, unsafe
 from pipelines.archives.sniff import decompress_archive, describe, not_a_tar
 from pipelines.archives.tarpolicy import (
     BLOCK,
@@ -21,10 +22,7 @@ from pipelines.archives.tarpolicy import (
     TarLimits,
     TarReport,
     limits_for,
-    printable,
-    quoted,
     restored_mode,
-    unsafe,
 )
 from pipelines.archives.tarstream import (
     CheckOnly,

@@ -17,11 +17,16 @@ and write directories (git objects stay readable; the tree can be discarded).
 from __future__ import annotations
 
 import enum
+import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from pipelines.errors import BadInput, UnsafeInput
+# Re-exported: these names lived here first.
+from pipelines.archives.naming import printable as printable
+from pipelines.archives.naming import quoted as quoted
+from pipelines.archives.naming import unsafe as unsafe
+from pipelines.errors import BadInput
 
 if TYPE_CHECKING:
     from pipelines.archives.tarstream import Header
@@ -38,8 +43,6 @@ DEFAULT_BOMB_FLOOR = 64 * 1024**2
 BLOCK = 512
 #: Linux follows at most 40 symlinks per lookup; a longer chain is refused.
 _MAX_LINK_HOPS = 40
-#: Member names and link targets quoted in errors are cut to this many characters.
-SHOWN_CHARS = 200
 
 _FILE_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
 _SKIPPED_TYPES = frozenset({b"V"})  # GNU volume label: not a file, tar -x ignores it too
@@ -81,6 +84,14 @@ class ArchiveRules:
     top: str | None = None
     #: Why that top folder, for the error, e.g. "this is a backup of dev".
     top_reason: str = ""
+    #: Imports (names mean nothing): None keeps the single-top-folder rule above. A
+    #: pattern allows any layout, judged from the archive's root; a sole top-level
+    #: folder whose name fully matches it (`files_live`) is unwrapped at the end.
+    unwrap: re.Pattern[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.unwrap is not None and self.top is not None:
+            raise ValueError("ArchiveRules: `top` and `unwrap` exclude each other")
 
 
 def limits_for(
@@ -131,38 +142,6 @@ class Member:
     link_path: tuple[str, ...] = ()
 
 
-def printable(text: str, limit: int = SHOWN_CHARS) -> str:
-    """`text` safe to put in a message or a terminal: control characters, backslashes
-    and undecodable bytes escaped as repr() does, cut to `limit` characters."""
-    out: list[str] = []
-    for char in text[:limit]:
-        code = ord(char)
-        if char == "\\":
-            out.append("\\\\")
-        elif code < 0x20 or 0x7F <= code <= 0x9F:
-            out.append(f"\\x{code:02x}")
-        elif 0xD800 <= code <= 0xDFFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}" if code >= 0xDC80 else f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out) + ("…" if len(text) > limit else "")
-
-
-def quoted(text: str) -> str:
-    """`printable(text)` in quotes, for a member name or link target in a message."""
-    return f"'{printable(text)}'"
-
-
-def unsafe(name: str, problem: str, what: str) -> UnsafeInput:
-    """The one error shape for a refused member: names the member and the problem."""
-    return UnsafeInput(
-        f"archive member {quoted(name)} {what}; refusing the archive (it is unsafe or damaged: "
-        "check where it came from)",
-        member=name,
-        problem=problem,
-    )
-
-
 def restored_mode(kind: MemberKind, mode: int, policy: ModePolicy) -> int:
     """The permission bits a member is restored with; never setuid, setgid or sticky."""
     if policy == "keep":
@@ -183,6 +162,11 @@ class TarGuard:
     files: int = 0
     dirs: int = 0  # below the top folder
     bytes: int = 0
+    #: Unwrap mode: the one name at the root so far ("" once there are several),
+    #: whether it is a folder, and the files and folders inside it.
+    root_name: str | None = None
+    root_is_dir: bool = False
+    nested: int = 0
     #: Symlinks admitted so far (path → target), to check chains and writes through them.
     links: dict[tuple[str, ...], str] = field(default_factory=dict)
     link_names: dict[tuple[str, ...], str] = field(default_factory=dict)
@@ -212,19 +196,11 @@ class TarGuard:
             if kind is MemberKind.DIR:  # "./": the archive's own root
                 return None
             raise unsafe(name, "outside_top", "is not under the archive's top folder")
-        if self.top is None:
-            self._check_top(name, parts, kind)
-            self.top = parts[0]
-        elif parts[0] != self.top:
-            raise unsafe(
-                name,
-                "outside_top",
-                f"is not under the top folder {quoted(self.top)} (an archive must hold exactly "
-                "one top-level folder)",
-            )
-        path = parts[1:]
-        if not path and kind is not MemberKind.DIR:
-            raise unsafe(name, "top_not_folder", "is the top-level entry but not a folder")
+        if self.rules.unwrap is None:
+            path = self._below_top(name, parts, kind)
+        else:
+            path = parts
+            self._note_root(parts, kind)
         self.members += 1
         if self.members > self.limits.max_members:
             raise unsafe(
@@ -281,15 +257,72 @@ class TarGuard:
                     f"is a symlink to {quoted(target)}, which resolves outside the archive root "
                     "through other symlinks",
                 )
+        if self.rules.unwrap is not None:
+            return self._finish_unwrap(self.rules.unwrap)
         if self.top is None or not (self.files or self.dirs):
-            # Restoring nothing over an environment would delete every file in it.
-            raise BadInput(
-                f"{self.rules.label} is empty: restoring it would delete every file "
-                f"({'no members' if self.top is None else 'no file or folder in its top folder'}"
-                "); check that the right part was uploaded",
-                problem="empty",
+            raise self._empty(
+                "no members" if self.top is None else "no file or folder in its top folder"
             )
         return TarReport(top=self.top, members=self.members, files=self.files, bytes=self.bytes)
+
+    def _empty(self, detail: str) -> BadInput:
+        # Restoring nothing over an environment would delete every file in it.
+        return BadInput(
+            f"{self.rules.label} is empty: restoring it would delete every file ({detail}); "
+            "check that the right part was uploaded",
+            problem="empty",
+        )
+
+    def _below_top(self, name: str, parts: tuple[str, ...], kind: MemberKind) -> tuple[str, ...]:
+        """The member's path below the single top folder, which is stripped."""
+        if self.top is None:
+            self._check_top(name, parts, kind)
+            self.top = parts[0]
+        elif parts[0] != self.top:
+            raise unsafe(
+                name,
+                "outside_top",
+                f"is not under the top folder {quoted(self.top)} (an archive must hold exactly "
+                "one top-level folder)",
+            )
+        path = parts[1:]
+        if not path and kind is not MemberKind.DIR:
+            raise unsafe(name, "top_not_folder", "is the top-level entry but not a folder")
+        return path
+
+    def _note_root(self, parts: tuple[str, ...], kind: MemberKind) -> None:
+        """Unwrap mode: keep what decides the unwrap (never the list of root names)."""
+        if self.root_name is None:
+            self.root_name = parts[0]
+        elif parts[0] != self.root_name:
+            self.root_name = ""  # several entries at the root: taken as they are
+        if not self.root_name:
+            return
+        # The last member of that name decides (tar: a later one replaces it); one
+        # below it means a folder (a file there would refuse the member on writing).
+        self.root_is_dir = len(parts) > 1 or kind is MemberKind.DIR
+        if len(parts) > 1 and kind in (MemberKind.FILE, MemberKind.DIR):
+            self.nested += 1
+
+    def _finish_unwrap(self, pattern: re.Pattern[str]) -> TarReport:
+        top = self.root_name or ""
+        if not (self.root_is_dir and pattern.fullmatch(top)):
+            top = ""
+        if not (self.nested if top else self.files + self.dirs):
+            if top:
+                raise self._empty(f"no file or folder in its folder {printable(top)}/")
+            raise self._empty("no file or folder" if self.members else "no members")
+        if top:  # links must stay inside the folder that becomes the tree
+            inner = {path[1:]: target for path, target in self.links.items() if path[1:]}
+            for path, target in inner.items():
+                if _escapes(path, target, inner):
+                    raise unsafe(
+                        self.link_names[(top, *path)],
+                        "link_escapes",
+                        f"is a symlink to {quoted(target)}, which resolves outside the folder "
+                        f"{quoted(top)} that is unwrapped to become the tree",
+                    )
+        return TarReport(top=top, members=self.members, files=self.files, bytes=self.bytes)
 
     def _check_top(self, name: str, parts: tuple[str, ...], kind: MemberKind) -> None:
         """The first member fixes the top folder: it must be the expected one, if any."""
@@ -362,13 +395,20 @@ class TarGuard:
                 name, "absolute_link", f"is a hardlink to the absolute path {quoted(target)}"
             )
         parts = _parts(target)
-        if ".." in parts or not parts or parts[0] != self.top or len(parts) < 2:
+        if self.rules.unwrap is not None:  # judged from the archive's root
+            if ".." in parts or not parts:
+                raise unsafe(
+                    name, "link_escapes", f"is a hardlink to {quoted(target)}, outside the archive"
+                )
+            link_path = parts
+        elif ".." in parts or not parts or parts[0] != self.top or len(parts) < 2:
             raise unsafe(
                 name,
                 "link_escapes",
                 f"is a hardlink to {quoted(target)}, which is outside the archive's top folder",
             )
-        link_path = parts[1:]
+        else:
+            link_path = parts[1:]
         if link_path in self.links:
             raise unsafe(name, "link_escapes", f"is a hardlink to the symlink {quoted(target)}")
         self._check_not_through_link(name, link_path)

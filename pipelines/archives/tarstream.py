@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
+from pipelines.archives.naming import quoted, unsafe
 from pipelines.archives.sniff import not_a_tar
 from pipelines.archives.tarpolicy import (
     BLOCK,
@@ -27,8 +28,6 @@ from pipelines.archives.tarpolicy import (
     TarGuard,
     TarLimits,
     TarReport,
-    quoted,
-    unsafe,
 )
 from pipelines.errors import BadInput, IntegrityError
 
