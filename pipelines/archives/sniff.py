@@ -35,6 +35,9 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BZIP2_MAGIC = b"BZh"
+#: The first bytes of each compressed format a part may be given in.
+CODEC_MAGIC = {"gzip": GZIP_MAGIC, "zstd": ZSTD_MAGIC, "bzip2": BZIP2_MAGIC}
 _SQL = re.compile(
     rb"^\s*(--|/\*|#|CREATE\b|INSERT\b|DROP\b|SET\b|USE\b|BEGIN\b|LOCK\b|ALTER\b|COPY\b"
     rb"|SELECT\b|START TRANSACTION\b|\\connect\b|\\restrict\b)",
@@ -115,12 +118,12 @@ async def checked_head(
 def expect_compressed(
     chunks: AsyncIterator[bytes], *, codec: str, label: str
 ) -> AsyncIterator[bytes]:
-    """Pass `chunks` through once their first bytes show the `codec` ("gzip" or "zstd").
+    """Pass `chunks` through once their first bytes show the `codec` (a CODEC_MAGIC key).
 
     Otherwise raise BadInput naming what the data is, before a decompressor
     reports it as corruption ("incorrect header check").
     """
-    magic = GZIP_MAGIC if codec == "gzip" else ZSTD_MAGIC
+    magic = CODEC_MAGIC[codec]
     return checked_head(chunks, HEAD_BYTES, lambda head: _check_head(head, magic, codec, label))
 
 

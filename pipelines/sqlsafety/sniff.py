@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from pipelines.archives.sniff import GZIP_MAGIC, ZSTD_MAGIC, checked_head, describe
+from pipelines.archives.sniff import CODEC_MAGIC, checked_head, describe
 from pipelines.errors import BadInput
 from pipelines.streams import gzip_decompress, zstd_decompress
 
@@ -112,12 +112,19 @@ def _check_compressed(head: bytes, magic: bytes, codec: str) -> None:
     )
 
 
+def expect_dump_codec(raw: AsyncIterator[bytes], *, codec: str) -> AsyncIterator[bytes]:
+    """The raw database part unchanged once its first bytes show `codec` (gzip, zstd,
+    bzip2); otherwise BadInput naming what it is."""
+    magic = CODEC_MAGIC[codec]
+    return checked_head(raw, 512, lambda head: _check_compressed(head, magic, codec))
+
+
 def decompress_dump(
     raw: AsyncIterator[bytes], *, key: str, max_output: int, engine: str
 ) -> AsyncIterator[bytes]:
     """The plain SQL inside a database part stored at `key`, its format checked first."""
-    codec, magic = ("zstd", ZSTD_MAGIC) if key.endswith(".zst") else ("gzip", GZIP_MAGIC)
-    checked = checked_head(raw, 512, lambda head: _check_compressed(head, magic, codec))
+    codec = "zstd" if key.endswith(".zst") else "gzip"
+    checked = expect_dump_codec(raw, codec=codec)
     decompress = zstd_decompress if codec == "zstd" else gzip_decompress
     plain = decompress(checked, max_output=max_output)
     return sniffed(plain, engine=engine)
