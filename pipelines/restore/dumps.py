@@ -1,4 +1,4 @@
-"""A database part as the clients get it: format named, decompressed, filtered, complete.
+"""A database part as the clients get it: format found, decompressed, filtered, complete.
 
 One chain for the import (shadow mode) and the full check before an in-place
 wipe, so both refuse exactly the same dumps.
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from pipelines.archives.formats import open_dump
 from pipelines.jobs.context import StepContext
-from pipelines.restore.parts import PartStream
+from pipelines.restore.parts import PartStream, spool_dir
 from pipelines.restore.request import request_of
 from pipelines.sqlsafety import FilterReport, filter_dump
-from pipelines.sqlsafety.sniff import decompress_dump
 
 
 def checked_dump(
@@ -20,8 +20,13 @@ def checked_dump(
 ) -> AsyncIterator[bytes]:
     """The dump's statements, checked and normalised; raises at the first refusal,
     or at the end when the dump creates no table or was cut short."""
-    plain = decompress_dump(
-        stream.raw(), key=stream.ref.key, max_output=stream.max_output, engine=engine
+    plain = open_dump(
+        stream.raw(),
+        codec=stream.ref.codec,  # type: ignore[arg-type]
+        key=stream.ref.key,
+        max_output=stream.max_output,
+        engine=engine,
+        spool_dir=spool_dir(ctx),
     )
     return filter_dump(
         plain,

@@ -17,8 +17,8 @@ import structlog
 
 from pipelines import trees
 from pipelines.archives.code_restore import prepare_code
-from pipelines.archives.extract import extract_tar
-from pipelines.archives.safety import decompress_archive, limits_for
+from pipelines.archives.formats import extract_archive
+from pipelines.archives.tarpolicy import limits_for
 from pipelines.dsn import Dsn
 from pipelines.engines.shadow import (
     ImportWatch,
@@ -33,7 +33,7 @@ from pipelines.engines.shadow import (
 from pipelines.errors import EnvrestoreError, IntegrityError
 from pipelines.jobs.context import StepContext
 from pipelines.restore.dumps import checked_dump
-from pipelines.restore.parts import PartStream
+from pipelines.restore.parts import PartStream, spool_dir
 from pipelines.restore.prepare import archive_rules, dump_cap, parts_of, targets_of
 from pipelines.restore.request import request_of
 from pipelines.restore.targets import RestoreTargets, naming_part
@@ -131,11 +131,16 @@ async def _extract(ctx: StepContext, element: str) -> tuple[Path, dict[str, Any]
     limits = limits_for(ref.size, ctx.settings)  # modes: settings.files_mode_policy
     rules = await archive_rules(ctx, element)
     stream = PartStream(ctx, ref, max_output=limits.max_stream_bytes)
-    chunks = decompress_archive(
-        stream.raw(), key=ref.key, max_output=stream.max_output, label=rules.label
-    )
     with naming_part(element):
-        report = await extract_tar(chunks, dest, limits=limits, rules=rules)
+        report = await extract_archive(
+            stream.raw(),
+            dest,
+            codec=ref.codec,  # type: ignore[arg-type]
+            key=ref.key,
+            limits=limits,
+            rules=rules,
+            spool_dir=spool_dir(ctx),
+        )
         verdict = stream.verdict()
     return dest, {
         **verdict,

@@ -7,6 +7,7 @@ the manifest is given when the stream ends, before anything live changes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pipelines.errors import IntegrityError
@@ -59,3 +60,11 @@ class PartStream:
 async def drain(chunks: AsyncIterator[bytes]) -> None:
     async for _ in chunks:
         pass
+
+
+def spool_dir(ctx: StepContext) -> Path:
+    """Where a zip part is spooled to disk (a zip is read from its end): an unnamed
+    temporary file under the state directory, gone when closed or on a crash."""
+    path = ctx.settings.state_dir / "spool"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -6,11 +6,12 @@ import asyncio
 from typing import Any
 
 from pipelines import trees
-from pipelines.archives.safety import ArchiveRules, check_tar, decompress_archive, limits_for
+from pipelines.archives.formats import check_archive
+from pipelines.archives.tarpolicy import ArchiveRules, limits_for
 from pipelines.engines.shadow import ShadowNames, prepare_shadow
 from pipelines.jobs.context import StepContext
 from pipelines.restore.dumps import checked_dump
-from pipelines.restore.parts import PartStream
+from pipelines.restore.parts import PartStream, spool_dir
 from pipelines.restore.request import elements_of, request_of
 from pipelines.restore.targets import RestoreTargets, job_tag, naming_part
 from pipelines.sources.backup import BackupSource
@@ -90,10 +91,14 @@ async def _verify_part(ctx: StepContext, ref: PartRef) -> dict[str, Any]:
             limits = limits_for(ref.size, ctx.settings)
             rules = await archive_rules(ctx, ref.part)
             stream = PartStream(ctx, ref, max_output=limits.max_stream_bytes)
-            chunks = decompress_archive(
-                stream.raw(), key=ref.key, max_output=stream.max_output, label=rules.label
+            tar = await check_archive(
+                stream.raw(),
+                codec=ref.codec,  # type: ignore[arg-type]
+                key=ref.key,
+                limits=limits,
+                rules=rules,
+                spool_dir=spool_dir(ctx),
             )
-            tar = await check_tar(chunks, limits=limits, rules=rules)
             result = {"members": tar.members, "bytes": tar.bytes}
         result.update(stream.verdict())
         return result

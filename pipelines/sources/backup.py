@@ -12,11 +12,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.archives.formats import codec_for_key
 from pipelines.archives.tarpolicy import ArchiveRules
 from pipelines.backup.service import BackupRecord, get_backup
 from pipelines.errors import IntegrityError, NotFound, PermanentError
 from pipelines.jobs.context import StepContext
-from pipelines.sources.base import PartRef, codec_for_key
+from pipelines.sources.base import PartRef
 
 
 @dataclass(frozen=True)

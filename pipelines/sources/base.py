@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pipelines.archives.formats import codec_for_key
+
 if TYPE_CHECKING:
     from pipelines.archives.tarpolicy import ArchiveRules
     from pipelines.jobs.context import StepContext
@@ -45,9 +47,6 @@ class PartRef:
         return asdict(self)
 
 
-def codec_for_key(key: str) -> str:
-    """The codec of a part we stored ourselves: our names say it (`.zst`, else gzip)."""
-    return "zstd" if key.endswith(".zst") else "gzip"
 
 
 class Source(Protocol):

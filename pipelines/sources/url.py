@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.archives.formats import codec_for_key
 from pipelines.archives.tarpolicy import ArchiveRules
 from pipelines.backup.service import get_backup
 from pipelines.errors import NotFound
 from pipelines.jobs.context import StepContext
-from pipelines.sources.base import AUTO, PartRef, codec_for_key
+from pipelines.sources.base import AUTO, PartRef
 from pipelines.sources.download import download
 from pipelines.sources.links import check_link, own_store_key
 from pipelines.sources.urlsafety import check_url
