@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from pipelines import registry
-from pipelines.backup.service import list_backups
+from pipelines.backup.service import latest_backup, list_backups
 from pipelines.dsn import Dsn
 from pipelines.engines import engine_for
 from pipelines.errors import BadInput, Conflict, NotFound, Unavailable
+from pipelines.registry import get_environment
 from pipelines.streams import gzip_decompress, run_consumer
 from tests.support.driver import drive
 from tests.support.producing import submit_backup
@@ -216,6 +217,24 @@ async def test_failed_backup_records_nothing_and_leaves_no_objects(runtime, site
     assert steps["discard_backup"] == "done"
     assert await list_backups(runtime.pool, "shop.dev") == []
     assert [o async for o in runtime.store.list("backups/")] == []
+
+
+@pytest.mark.parametrize("site_env", ["mariadb"], indirect=True)
+async def test_latest_is_the_backup_queued_last_even_within_one_second(runtime, site_env):
+    """Backup times are whole seconds (Pantheon's names): "latest" must not be a coin
+    flip between two backups made in the same second."""
+    first = await submit_backup(runtime, "shop.dev")
+    second = await submit_backup(runtime, "shop.dev")
+    for job in (second, first):  # finished in the other order
+        assert (await drive(runtime, job.job_id))["status"] == "succeeded"
+    await runtime.pool.execute(
+        "UPDATE backups SET created_at = date_trunc('second', now()) WHERE job_id = ANY($1)",
+        [first.job_id, second.job_id],
+    )
+    listed = await list_backups(runtime.pool, "shop.dev")
+    assert [b.job_id for b in listed] == [second.job_id, first.job_id]
+    environment = await get_environment(runtime.pool, "shop.dev")
+    assert (await latest_backup(runtime.pool, environment)).job_id == second.job_id
 
 
 def test_gzip_module_reads_what_we_write(tmp_path):

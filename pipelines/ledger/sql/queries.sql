@@ -247,9 +247,9 @@ SELECT b.id, b.site, b.env, b.kind, b.engine, b.git_head, b.manifest_key, b.job_
        COALESCE((SELECT jsonb_agg(jsonb_build_object('part', p.part, 'key', p.key, 'size', p.size,
                                                      'sha256', p.sha256) ORDER BY p.part)
                  FROM backup_parts p WHERE p.backup_id = b.id), '[]'::jsonb) AS parts
-FROM backups b
+FROM backups b LEFT JOIN jobs j ON j.id = b.job_id
 WHERE b.environment_id = $1
-ORDER BY b.created_at DESC, b.id DESC;
+ORDER BY b.created_at DESC, j.created_at DESC NULLS LAST, b.id DESC;
 
 -- name: get_backup
 SELECT b.id, b.site, b.env, b.kind, b.engine, b.git_head, b.manifest_key, b.job_id,
@@ -285,7 +285,11 @@ SELECT pg_try_advisory_lock($1) AS locked;
 SELECT pg_advisory_unlock($1);
 
 -- name: latest_backup_id
-SELECT id FROM backups WHERE environment_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1;
+-- Backup times are whole seconds (Pantheon's names): two made in one second
+-- are told apart by when their jobs were queued.
+SELECT b.id FROM backups b LEFT JOIN jobs j ON j.id = b.job_id
+WHERE b.environment_id = $1
+ORDER BY b.created_at DESC, j.created_at DESC NULLS LAST, b.id DESC LIMIT 1;
 
 -- name: insert_rollback_point
 INSERT INTO rollback_points (job_id, environment_id, details, expires_at)
