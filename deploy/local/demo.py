@@ -668,6 +668,9 @@ def run(state_dir: Path) -> None:
         f"then clone its content to {SITE}.live."
     )
 
+    test = next(item for item in envs if item.name == "test")
+    content_from_anywhere(env, backup_id, before, test)
+
     env_file = _relative(stack.StackPaths(state_dir).env_file)
     logs = _relative(stack.StackPaths(state_dir).logs)
     _heading("What just happened")
@@ -686,17 +689,80 @@ sha256, imported the dump into a shadow database, unpacked the uploads and the c
 beside the live ones, and swapped all three in at the end; a failure before that
 swap would have left dev untouched. The replaced content is the rollback point.
 
+The same pipeline restored test from dev's backup (`--from`), and imported dev's
+database into test through a temporary link that plain curl could also read; the
+link was checked against its record (signature, object, expiry) before a byte was
+read.
+
 Look around:
   source {env_file}
   envrestore job show {restore_job or "<restore job id>"}    # the restore
   envrestore job show {job_id or "<backup job id>"}    # the backup
   envrestore backup list {SITE}.dev
+  envrestore backup link {SITE}.dev {backup_id} --all
   envrestore job list {SITE}
   envrestore env list
   tail -f {logs}/worker.log
   python -m deploy.local.stack status
 
 Stop everything this demo started:  make demo-stop"""
+    )
+
+
+def _cli_output(args: list[str], env: dict[str, str]) -> str:
+    """Run a command whose output the demo uses next (a link); show it as typed."""
+    argv = ["envrestore", *args]
+    _show_command(argv)
+    result = subprocess.run(
+        [*stack.envrestore_command(), *args],
+        env={**os.environ, **env},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"`{shlex.join(argv)}` failed: {result.stderr.strip()}")
+    sys.stderr.write(result.stderr)
+    return result.stdout.strip()
+
+
+def content_from_anywhere(
+    env: dict[str, str], backup_id: str, backed_up: DevContent, test: DemoEnv
+) -> None:
+    """Restore test from dev's backup; hand out a temporary link; import through it."""
+    _heading(f"Restoring demo.test from demo.dev's backup {backup_id}")
+    _say(
+        "Any environment's backup (of any site) can be the source; the files part's\n"
+        "files_dev/ folder is accepted because the source is named."
+    )
+    _cli(["restore", f"{SITE}.test", "--from", f"{SITE}.dev", "--backup", backup_id, "--wait"], env)
+    _heading("demo.test's content now")
+    check_content_back(backed_up, look_at_dev(test))
+
+    _heading("A temporary link to the backup's database part, used by curl")
+    url = _cli_output(
+        ["backup", "link", f"{SITE}.dev", backup_id, "--part", "database", "--ttl", "300"], env
+    )
+    _say(f"  {url.split('?', 1)[0]}?X-Amz-…  (signed, expires in 300 s)")
+    target = Path(env["ENVRESTORE_STATE_DIR"]) / "demo" / "downloaded_database.sql.gz"
+    _show_command(["curl", "-fsS", "-o", _relative(target), "<link>"])
+    fetched = subprocess.run(
+        ["curl", "-fsS", "-o", str(target), url], check=False, capture_output=True, text=True
+    )
+    if fetched.returncode != 0:
+        raise SystemExit(f"curl could not use the link: {fetched.stderr.strip()}")
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    _say(f"  {target.stat().st_size} bytes, sha256 {digest[:16]}… (the manifest's)")
+
+    _heading("Changing demo.test's database, then importing dev's through the link")
+    asyncio.run(_edit_database(test.dsn))
+    _cli(["import", "db", f"{SITE}.test", "--url", url, "--wait"], env)
+    _heading("demo.test's content after the import")
+    check_content_back(backed_up, look_at_dev(test))
+    _say(
+        "A link that expired, or whose signature was changed, fails the import in its\n"
+        "fetch step with the reason, before anything of the environment changes."
     )
 
 
