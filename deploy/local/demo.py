@@ -1,4 +1,4 @@
-"""`make demo`: the embedded stack, a demo site with three environments, a backup, a restore.
+"""`make demo`: the embedded stack, a demo site, a backup, restores, a link, an import.
 
     python -m deploy.local.demo [--state-dir DIR]
 
@@ -10,7 +10,10 @@ back up `dev` through the queue with `--wait`, list the backup, and checks
 that the three parts in the object store hash to what the manifest says.
 Then it changes dev's content, restores dev from that backup with `--wait`,
 checks that the content is back as it was, and shows that restoring the
-protected `live` is refused. Safe to run again: what exists is reused, and
+protected `live` is refused. Then content from anywhere: `test` is restored
+from `dev`'s backup (`--from`), a temporary link to the database part is
+printed and read with curl, and `test`'s database is imported through that
+link. Safe to run again: what exists is reused, and
 each run compares dev's content with itself within that run.
 """
 
