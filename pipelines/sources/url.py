@@ -17,7 +17,7 @@ from typing import Any
 from pipelines.archives.formats import codec_for_key
 from pipelines.archives.tarpolicy import ArchiveRules
 from pipelines.backup.service import get_backup
-from pipelines.errors import NotFound
+from pipelines.errors import IntegrityError, NotFound
 from pipelines.jobs.context import StepContext
 from pipelines.sources.base import AUTO, PartRef
 from pipelines.sources.download import download
@@ -118,7 +118,7 @@ class UploadSource:
                 part=element,
             )
         if head.size != self.size:
-            raise NotFound(
+            raise IntegrityError(
                 f"the uploaded {element} part has {head.size} bytes in the object store, the "
                 f"upload sent {self.size}; upload it again",
                 part=element,
