@@ -45,7 +45,13 @@ from tests.support.environments import (
     zip_of,
 )
 from tests.support.pantheon import make_pantheon_backup
-from tests.support.producing import producer, submit_backup, submit_import, submit_restore
+from tests.support.producing import (
+    producer,
+    submit_backup,
+    submit_import,
+    submit_restore,
+    submit_rollback,
+)
 from tests.support.sites import git, make_files, make_repo, tags_of, tree_digest
 
 pytestmark = pytest.mark.integration
@@ -333,6 +339,12 @@ async def test_a_link_imports_into_another_environment(runtime, make_env):
     assert (after.tables, after.rows, after.files) == (source.tables, source.rows, source.files)
     assert (after.head, after.tags) == (before.head, before.tags)  # code was not asked for
     assert await staging_keys(runtime) == []
+    assert (view["kind"], view["requested_by"]) == ("import", "operator:tests")
+
+    # An import keeps a rollback point like a restore: undoing it brings back test's own.
+    undo = await submit_rollback(runtime, job.job_id)
+    assert (await drive(runtime, undo.job_id))["status"] == "succeeded"
+    assert await test.snapshot() == before
 
 
 # -- 3. imports from URLs ------------------------------------------------------------------
