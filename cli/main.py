@@ -63,6 +63,7 @@ app.add_typer(job_app, name="job")
 app.add_typer(import_app, name="import")
 backup_app.command("link")(backup_link)
 
+
 @app.callback()
 def _main(
     log_level: Annotated[
@@ -132,6 +133,14 @@ def env_add(
             help="Refuse direct restores unless forced (default: only 'live').",
         ),
     ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The base URL visitors use (https://dev.example.com): when database content "
+            "moves here from another environment, its URL is rewritten to this one.",
+        ),
+    ] = None,
 ) -> None:
     """Register an environment, or update its settings."""
     settings = load_cli_settings()
@@ -144,7 +153,7 @@ def env_add(
         return await with_ledger(
             settings,
             lambda pool: registry.add_environment(
-                pool, target, db=db, files=files, code=code, protected=protected
+                pool, target, db=db, files=files, code=code, protected=protected, url=url
             ),
         )
 
@@ -178,11 +187,17 @@ def env_list(
     if as_json:
         print_json([e.public() for e in environments])
         return
-    table = Table("target", "engine", "db", "files", "code", "protected")
+    table = Table("target", "engine", "url", "db", "files", "code", "protected")
     for e in environments:
         p = e.public()
         table.add_row(
-            e.target, e.engine, p["db"], p["files"], p["code"], "yes" if e.protected else ""
+            e.target,
+            e.engine,
+            e.url or "",
+            p["db"],
+            p["files"],
+            p["code"],
+            "yes" if e.protected else "",
         )
     out.print(table)
 
@@ -208,7 +223,13 @@ def env_load(
                 await registry.add_site(pool, site)
             return [
                 await registry.add_environment(
-                    pool, s.target, db=s.db, files=s.files, code=s.code, protected=s.protected
+                    pool,
+                    s.target,
+                    db=s.db,
+                    files=s.files,
+                    code=s.code,
+                    protected=s.protected,
+                    url=s.url,
                 )
                 for s in specs
             ]

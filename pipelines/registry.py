@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -34,6 +35,8 @@ class Environment:
     code_dir: Path
     protected: bool
     created_at: datetime
+    #: The base URL visitors use (https://dev.example.com), when recorded.
+    url: str | None = None
 
     @property
     def target(self) -> str:
@@ -55,6 +58,7 @@ class Environment:
             code_dir=Path(row["code_dir"]),
             protected=row["protected"],
             created_at=row["created_at"],
+            url=row.get("url"),
         )
 
     def public(self) -> dict[str, Any]:
@@ -67,6 +71,7 @@ class Environment:
             "files": str(self.files_dir),
             "code": str(self.code_dir),
             "protected": self.protected,
+            "url": self.url,
         }
 
 
@@ -104,9 +109,14 @@ async def add_environment(
     files: Path,
     code: Path,
     protected: bool | None = None,
+    url: str | None = None,
 ) -> tuple[Environment, bool]:
-    """Register (or update) an environment; returns it and whether it is new."""
+    """Register (or update) an environment; returns it and whether it is new.
+
+    `url` is its base URL; None keeps the one already recorded.
+    """
     site, env = parse_target(target)
+    url = None if url is None else check_base_url(url)
     dsn = parse_dsn(db)
     files = files.expanduser().absolute()  # noqa: ASYNC240 - no I/O: cwd lookup only
     code = code.expanduser().absolute()  # noqa: ASYNC240 - no I/O: cwd lookup only
@@ -128,11 +138,31 @@ async def add_environment(
             str(files),
             str(code),
             protected,
+            url,
         )
         assert row is not None  # an upsert always returns its row
         await conn.execute(sql("ensure_lease_row"), row["id"])
         created = bool(row["created"])
     return await get_environment(pool, target), created
+
+
+def check_base_url(url: str) -> str:
+    """An environment's base URL: http(s), a host, maybe a path; no query, no trailing slash."""
+    parts = urlsplit(url.strip())
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or any(c.isspace() for c in url.strip())
+    ):
+        raise BadInput(
+            f"--url {url!r} is not a base URL like https://dev.example.com (http or https, a "
+            "host, optionally a path; no query)",
+            url=url,
+        )
+    return urlunsplit((parts.scheme, parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
 
 
 async def get_environment(pool: asyncpg.Pool | asyncpg.Connection, target: str) -> Environment:
@@ -175,6 +205,7 @@ class EnvironmentSpec:
     files: Path
     code: Path
     protected: bool | None
+    url: str | None = None
 
 
 def read_registry_file(path: Path) -> list[EnvironmentSpec]:
@@ -187,6 +218,7 @@ def read_registry_file(path: Path) -> list[EnvironmentSpec]:
     files = "/srv/mysite/dev/files"
     code = "/srv/mysite/dev/code"
     protected = false          # optional; live is protected by default
+    url = "https://dev.mysite.example"   # optional: the base URL visitors use
     ```
     """
     try:
@@ -225,6 +257,7 @@ def read_registry_file(path: Path) -> list[EnvironmentSpec]:
                 files=base / Path(str(entry["files"])).expanduser(),
                 code=base / Path(str(entry["code"])).expanduser(),
                 protected=protected,
+                url=check_base_url(str(entry["url"])) if entry.get("url") else None,
             )
         )
     return specs

@@ -7,7 +7,7 @@ import pytest
 from pipelines import registry
 from pipelines.errors import BadInput, NotFound
 from pipelines.ledger.connection import connect
-from pipelines.ledger.migrate import migrate
+from pipelines.ledger.migrate import available_migrations, migrate
 from tests.support.sites import make_repo
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,8 @@ async def test_migrate_twice_applies_nothing_the_second_time(ledger_url):
     try:
         assert await migrate(conn) == []  # the template was migrated already
         versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")]
-        assert sorted(versions) == [1, 2]
+        assert sorted(versions) == [m.version for m in available_migrations()]
+        assert sorted(versions) == list(range(1, len(versions) + 1))  # none skipped
     finally:
         await conn.close()
 
@@ -38,6 +39,7 @@ target = "shop.dev"
 db = "mariadb://root@127.0.0.1:3306/shop_dev"
 files = "dev/files"
 code = "dev/code"
+url = "https://Dev.Shop.example/"
 
 [[env]]
 site = "shop"
@@ -59,9 +61,23 @@ async def test_registry_file_registers_all_and_live_is_protected(runtime, tmp_pa
             files=spec.files,
             code=spec.code,
             protected=spec.protected,
+            url=spec.url,
         )
     envs = {e.target: e for e in await registry.list_environments(runtime.pool)}
     assert set(envs) == {"shop.dev", "shop.live"}
+    assert envs["shop.dev"].url == "https://dev.shop.example"  # host lower-cased, no slash
+    assert envs["shop.live"].url is None
+    # Registering again without a URL keeps the recorded one; a bad one is refused.
+    dev = specs[0]
+    again, created = await registry.add_environment(
+        runtime.pool, dev.target, db=dev.db, files=dev.files, code=dev.code
+    )
+    assert (created, again.url) == (False, "https://dev.shop.example")
+    for bad in ("ftp://dev.shop.example", "dev.shop.example", "https://x/?a=1", "https://"):
+        with pytest.raises(BadInput, match="base URL"):
+            await registry.add_environment(
+                runtime.pool, dev.target, db=dev.db, files=dev.files, code=dev.code, url=bad
+            )
     assert envs["shop.live"].protected
     assert not envs["shop.dev"].protected
     assert envs["shop.dev"].engine == "mariadb"

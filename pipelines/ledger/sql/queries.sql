@@ -9,11 +9,12 @@ RETURNING id, name, created_at;
 SELECT id, name, created_at FROM sites WHERE name = $1;
 
 -- name: upsert_environment
-INSERT INTO environments (site_id, name, engine, db_dsn, files_dir, code_dir, protected)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO environments (site_id, name, engine, db_dsn, files_dir, code_dir, protected, url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (site_id, name) DO UPDATE
 SET engine = EXCLUDED.engine, db_dsn = EXCLUDED.db_dsn, files_dir = EXCLUDED.files_dir,
-    code_dir = EXCLUDED.code_dir, protected = EXCLUDED.protected, updated_at = now()
+    code_dir = EXCLUDED.code_dir, protected = EXCLUDED.protected,
+    url = COALESCE(EXCLUDED.url, environments.url), updated_at = now()
 RETURNING id, (xmax = 0) AS created;
 
 -- name: ensure_lease_row
@@ -21,19 +22,19 @@ INSERT INTO env_leases (environment_id) VALUES ($1) ON CONFLICT DO NOTHING;
 
 -- name: get_environment
 SELECT e.id, s.name AS site, e.name AS env, e.engine, e.db_dsn, e.files_dir, e.code_dir,
-       e.protected, e.created_at
+       e.protected, e.created_at, e.url
 FROM environments e JOIN sites s ON s.id = e.site_id
 WHERE s.name = $1 AND e.name = $2;
 
 -- name: get_environment_by_id
 SELECT e.id, s.name AS site, e.name AS env, e.engine, e.db_dsn, e.files_dir, e.code_dir,
-       e.protected, e.created_at
+       e.protected, e.created_at, e.url
 FROM environments e JOIN sites s ON s.id = e.site_id
 WHERE e.id = $1;
 
 -- name: list_environments
 SELECT e.id, s.name AS site, e.name AS env, e.engine, e.db_dsn, e.files_dir, e.code_dir,
-       e.protected, e.created_at
+       e.protected, e.created_at, e.url
 FROM environments e JOIN sites s ON s.id = e.site_id
 WHERE ($1::text IS NULL OR s.name = $1)
 ORDER BY s.name, CASE e.name WHEN 'dev' THEN 0 WHEN 'test' THEN 1 WHEN 'live' THEN 2 ELSE 3 END, e.name;
