@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pipelines.backup.job import BACKUP
 from pipelines.jobs.kinds import JobKind, step_index
-from pipelines.restore.job import EXPIRE_ROLLBACK, IMPORT, RESTORE, ROLLBACK
+from pipelines.restore.job import CLONE, EXPIRE_ROLLBACK, IMPORT, RESTORE, ROLLBACK
 
 
 def job_kinds() -> dict[str, JobKind]:
-    kinds = {kind.name: kind for kind in (BACKUP, RESTORE, IMPORT, ROLLBACK, EXPIRE_ROLLBACK)}
+    every = (BACKUP, RESTORE, IMPORT, CLONE, ROLLBACK, EXPIRE_ROLLBACK)
+    kinds = {kind.name: kind for kind in every}
     step_index(kinds)  # refuses a step name that means two things
     return kinds
 

@@ -23,6 +23,7 @@ from pipelines.objectstore import ObjectStore
 from pipelines.registry import get_environment
 from pipelines.requests import (
     BackupRequest,
+    CloneRequest,
     ExpireRollbackRequest,
     ImportRequest,
     LinkRequest,
@@ -55,6 +56,8 @@ class Producer:
             return await restores.prepare_restore(self.pool, request)
         if isinstance(request, ImportRequest):
             return await restores.prepare_import(self.pool, self.settings, request)
+        if isinstance(request, CloneRequest):
+            return await restores.prepare_clone(self.pool, request)
         if isinstance(request, RollbackRequest):
             return await restores.prepare_rollback(self.pool, request)
         if isinstance(request, ExpireRollbackRequest):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -62,6 +62,43 @@ def from_params(cls: type[R], data: Mapping[str, Any]) -> R:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def parse_pairs(pairs: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
+    """`OLD=NEW` strings (CLI `--search-replace`) as pairs; both sides non-empty."""
+    parsed: list[tuple[str, str]] = []
+    for pair in pairs:
+        old, sep, new = str(pair).partition("=")
+        if not sep or not old or not new:
+            raise BadInput(f"--search-replace {pair!r}: give OLD=NEW, both non-empty")
+        parsed.append((old, new))
+    return tuple(parsed)
+
+
+def _pairs(value: Iterable[Any] | None) -> tuple[tuple[str, str], ...]:
+    """Pairs as stored (lists from JSON) or given (tuples)."""
+    items: tuple[Any, ...] = tuple(value or ())
+    if all(isinstance(i, str) for i in items):
+        return parse_pairs(items)
+    pairs = tuple((str(old), str(new)) for old, new in items)
+    for old, new in pairs:
+        if not old or not new:
+            raise BadInput("a search-replace pair needs a non-empty OLD and NEW")
+    return pairs
+
+
+#: Code strategies: `replace` puts the archive's repository in place (a restore of
+#: the same site); `revert` makes one commit whose tree is the backup's; for
+#: another site's code, `overwrite` (one commit of its tree) or `merge` (histories).
+CODE_STRATEGIES = ("replace", "revert", "overwrite", "merge")
+
+
+def check_code_strategy(strategy: str | None) -> str | None:
+    if strategy is not None and strategy not in CODE_STRATEGIES:
+        raise BadInput(
+            f"--code-strategy {strategy!r}: use {', '.join(CODE_STRATEGIES)}", strategy=strategy
+        )
+    return strategy
+
+
 @dataclass(frozen=True)
 class BackupRequest:
     """Back up an environment (database, files, code) into the object store."""
@@ -99,9 +136,16 @@ class RestoreRequest:
     in_place: bool = False
     force_live: bool = False
     allow_incomplete_dump: bool = False
+    code_strategy: str | None = None
+    #: Extra `(old, new)` pairs rewritten in the database; `search_replace=False`
+    #: turns the rewrite of the source's URL to the target's off.
+    replace_pairs: tuple[tuple[str, str], ...] = ()
+    search_replace: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "elements", check_elements(tuple(self.elements)))
+        object.__setattr__(self, "replace_pairs", _pairs(self.replace_pairs))
+        check_code_strategy(self.code_strategy)
 
     @classmethod
     def from_params(cls, data: Mapping[str, Any]) -> RestoreRequest:
@@ -160,8 +204,13 @@ class ImportRequest:
     allow_incomplete_dump: bool = False
     #: Imports always build beside the live content (kept for the pipeline's shape).
     in_place: bool = False
+    code_strategy: str | None = None
+    replace_pairs: tuple[tuple[str, str], ...] = ()
+    search_replace: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "replace_pairs", _pairs(self.replace_pairs))
+        check_code_strategy(self.code_strategy)
         parts = tuple(p if isinstance(p, PartInput) else PartInput(**p) for p in self.parts)
         if not parts:
             raise BadInput("an import needs at least one part (--code, --database or --files)")
@@ -181,6 +230,45 @@ class ImportRequest:
 
     @classmethod
     def from_params(cls, data: Mapping[str, Any]) -> ImportRequest:
+        return from_params(cls, data)
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    """Copy an environment's live database and files into another, through the pipeline.
+
+    Allowed into protected environments: it is how content reaches `live`
+    (a rollback point is kept there as for a restore).
+    """
+
+    kind: ClassVar[str] = "clone"
+
+    source: str
+    target: str
+    elements: tuple[str, ...] = ("database", "files")
+    keep_snapshot: bool = False
+    replace_pairs: tuple[tuple[str, str], ...] = ()
+    search_replace: bool = True
+    in_place: bool = False
+    allow_incomplete_dump: bool = False
+    code_strategy: str | None = None
+    force_live: bool = True
+    #: With keep_snapshot: the backup the snapshot becomes (pinned by the producer).
+    snapshot_backup_id: str | None = None
+    snapshot_created_at: str | None = None
+
+    def __post_init__(self) -> None:
+        elements = check_elements(tuple(self.elements))
+        if "code" in elements:
+            raise BadInput(
+                "clone-content copies the database and files; bring code with restore "
+                "--element code or import code"
+            )
+        object.__setattr__(self, "elements", elements)
+        object.__setattr__(self, "replace_pairs", _pairs(self.replace_pairs))
+
+    @classmethod
+    def from_params(cls, data: Mapping[str, Any]) -> CloneRequest:
         return from_params(cls, data)
 
 
@@ -240,4 +328,4 @@ class LinkRequest:
 
 
 #: The requests that are content replacements: one pipeline, fed by a source.
-ContentRequest = RestoreRequest | ImportRequest
+ContentRequest = RestoreRequest | ImportRequest | CloneRequest

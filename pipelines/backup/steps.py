@@ -113,17 +113,43 @@ async def record_backup(ctx: StepContext) -> dict[str, Any]:
     parts = [await ctx.outputs_of(step) for step in ("dump_db", "archive_files", "archive_code")]
     database, _files, code = parts
     request = BackupRequest.from_params(ctx.job.params)
-    expires_at = layout.created_at + timedelta(days=int(request.keep_days or 0))
+    await record_parts(
+        ctx,
+        layout,
+        parts,
+        kind=request.backup_kind,
+        engine=database["engine"],
+        git_head=code["git_head"],
+        keep_days=int(request.keep_days or 0),
+    )
+    return {"backup_id": layout.backup_id, "manifest_key": layout.manifest_key}
+
+
+async def record_parts(
+    ctx: StepContext,
+    layout: BackupLayout,
+    parts: list[dict[str, Any]],
+    *,
+    kind: str,
+    engine: str,
+    git_head: str | None,
+    keep_days: int,
+) -> None:
+    """The manifest beside the parts, then the backup and its parts in the ledger, at once.
+
+    Also how a clone keeps its snapshot (database and files only) as a backup.
+    """
+    expires_at = layout.created_at + timedelta(days=keep_days)
     manifest = {
         "version": MANIFEST_VERSION,
         "backup_id": layout.backup_id,
         "site": layout.site,
         "env": layout.env,
-        "kind": request.backup_kind,
+        "kind": kind,
         "created_at": layout.created_at.isoformat(),
         "expires_at": expires_at.isoformat(),
-        "engine": database["engine"],
-        "git_head": code["git_head"],
+        "engine": engine,
+        "git_head": git_head,
         "job_id": str(ctx.job.id),
         "parts": {
             p["part"]: {"key": p["key"], "size": p["size"], "sha256": p["sha256"]} for p in parts
@@ -131,16 +157,19 @@ async def record_backup(ctx: StepContext) -> dict[str, Any]:
     }
     body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
     await ctx.store.put_bytes(layout.manifest_key, body, content_type="application/json")
+    environment_id = await ctx.runtime.pool.fetchval(
+        sql("environment_id_of"), layout.site, layout.env
+    )
     async with ctx.runtime.pool.acquire() as conn, conn.transaction():
         await conn.execute(
             sql("insert_backup"),
             layout.backup_id,
-            ctx.job.environment_id,
+            environment_id,
             layout.site,
             layout.env,
-            request.backup_kind,
-            database["engine"],
-            code["git_head"],
+            kind,
+            engine,
+            git_head,
             layout.manifest_key,
             ctx.job.id,
             layout.created_at,
@@ -156,7 +185,6 @@ async def record_backup(ctx: StepContext) -> dict[str, Any]:
                 p["sha256"],
             )
         await conn.execute(sql("merge_job_outputs"), ctx.job.id, {"backup_id": layout.backup_id})
-    return {"backup_id": layout.backup_id, "manifest_key": layout.manifest_key}
 
 
 async def discard_backup(ctx: StepContext) -> dict[str, Any]:

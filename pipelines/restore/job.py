@@ -11,7 +11,7 @@ from typing import Any
 
 from pipelines.jobs.kinds import JobKind, StepFn
 from pipelines.jobs.model import Plan, StepSpec
-from pipelines.requests import ELEMENTS, ImportRequest, RestoreRequest
+from pipelines.requests import ELEMENTS, CloneRequest, ImportRequest, RestoreRequest
 from pipelines.restore import imports, prepare, rollback, switching
 
 IMPORT_STEP = {"database": "import_db", "files": "import_files", "code": "apply_code"}
@@ -57,6 +57,10 @@ def _import_plan(params: Mapping[str, Any]) -> Plan:
     return restore_plan(ImportRequest.from_params(params).elements)
 
 
+def _clone_plan(params: Mapping[str, Any]) -> Plan:
+    return restore_plan(CloneRequest.from_params(params).elements)
+
+
 RESTORE = JobKind(
     name=RestoreRequest.kind,
     plan=restore_plan(ELEMENTS),
@@ -71,6 +75,14 @@ IMPORT = JobKind(
     steps=CONTENT_STEPS,
     irreversible_from="switch",
     planner=_import_plan,
+)
+
+CLONE = JobKind(
+    name=CloneRequest.kind,
+    plan=restore_plan(ELEMENTS),
+    steps=CONTENT_STEPS,
+    irreversible_from="switch",
+    planner=_clone_plan,
 )
 
 ROLLBACK = JobKind(

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import asyncpg
 
 from config.settings import Settings
+from pipelines.backup.naming import new_backup_id
 from pipelines.backup.service import BackupRecord, get_backup, latest_backup
 from pipelines.errors import BadInput, Conflict, NotFound, Refused
 from pipelines.jobs.prepared import Prepared
 from pipelines.ledger.queries import sql
 from pipelines.registry import Environment, get_environment, get_environment_by_id
 from pipelines.requests import (
+    CloneRequest,
     ExpireRollbackRequest,
     ImportRequest,
     RestoreRequest,
     RollbackRequest,
     to_params,
 )
-from pipelines.restore.job import EXPIRE_ROLLBACK, IMPORT, RESTORE, ROLLBACK
+from pipelines.restore.job import CLONE, EXPIRE_ROLLBACK, IMPORT, RESTORE, ROLLBACK
 from pipelines.sources.links import own_store_key
 from pipelines.sources.urlsafety import check_url
 
@@ -136,3 +139,30 @@ async def prepare_import(
         if part.url is not None and own_store_key(part.url, settings) is None:
             check_url(part.url)
     return Prepared(IMPORT, environment, to_params(request))
+
+
+async def prepare_clone(pool: asyncpg.Pool, request: CloneRequest) -> Prepared:
+    """Check a clone: both environments exist, differ, and run the same engine.
+
+    No --force-live: cloning checked content into live is the way to change it,
+    and it keeps a rollback point like a restore.
+    """
+    source = await get_environment(pool, request.source)
+    environment = await get_environment(pool, request.target)
+    if source.id == environment.id:
+        raise BadInput(f"cannot clone {source.target} into itself")
+    if "database" in request.elements and source.engine != environment.engine:
+        raise BadInput(
+            f"{source.target} runs {source.engine} but {environment.target} runs "
+            f"{environment.engine}; clone the files only (--files-only), or between "
+            "environments of the same engine",
+        )
+    pinned = request
+    if request.keep_snapshot:
+        now = datetime.now(UTC).replace(microsecond=0)
+        pinned = replace(
+            request,
+            snapshot_backup_id=new_backup_id(now, uuid.uuid4()),
+            snapshot_created_at=now.isoformat(),
+        )
+    return Prepared(CLONE, environment, to_params(pinned), asked=to_params(request))

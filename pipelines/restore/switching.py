@@ -19,6 +19,7 @@ from pipelines.failpoints import failpoint
 from pipelines.jobs.cancel import enter_irreversible
 from pipelines.jobs.context import StepContext
 from pipelines.ledger.queries import sql
+from pipelines.restore.clone import drop_snapshot, keep_snapshot
 from pipelines.restore.prepare import targets_of
 from pipelines.restore.request import elements_of, request_of
 from pipelines.restore.targets import RestoreTargets
@@ -130,6 +131,7 @@ async def finalize(ctx: StepContext) -> dict[str, Any]:
             else:
                 outputs["git_head"] = done["head"]
     await _release_staging(ctx)
+    outputs.update(await keep_snapshot(ctx, request_of(ctx)))
     await ctx.runtime.pool.execute(sql("merge_job_outputs"), ctx.job.id, outputs)
     return outputs
 
@@ -145,6 +147,7 @@ async def _release_staging(ctx: StepContext) -> None:
 async def abandon_restore(ctx: StepContext) -> dict[str, Any]:
     """After a failure or cancel before the switch: drop the shadow and staging, live untouched."""
     await _release_staging(ctx)
+    await drop_snapshot(ctx, request_of(ctx))
     if "database" in elements_of(ctx):
         # Ends the import's sessions first, so dropping the shadow never waits on them.
         targets = await targets_of(ctx)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pipelines.registry import parse_target
-from pipelines.requests import ContentRequest, ImportRequest
+from pipelines.requests import CloneRequest, ContentRequest, ImportRequest
 from pipelines.sources.backup import BackupSource
 from pipelines.sources.base import Source
+from pipelines.sources.snapshot import SnapshotSource, snapshot_layout
 from pipelines.sources.url import UploadSource, UrlSource
 
 
 def sources_for(request: ContentRequest) -> dict[str, Source]:
     """element → its source. A restore reads every part from one (pinned) backup."""
+    if isinstance(request, CloneRequest):
+        site, env = parse_target(request.source)
+        snapshot = SnapshotSource(site, env, snapshot_layout(request))
+        return dict.fromkeys(request.elements, snapshot)
     if isinstance(request, ImportRequest):
         chosen: dict[str, Source] = {}
         for part in request.parts:

@@ -329,3 +329,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7);
 -- name: get_link_by_signature
 SELECT id, backup_id, part, key, expires_at, requested_by, created_at
 FROM links WHERE signature = $1;
+
+-- name: environment_id_of
+SELECT e.id FROM environments e JOIN sites s ON s.id = e.site_id
+WHERE s.name = $1 AND e.name = $2;
