@@ -98,11 +98,9 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-
 def shown(value: Any) -> str:
     """A ledger value as printed: never raw control characters (older rows may hold them)."""
     return clean_text("" if value is None else str(value))
-
 
 
 def job_command(
@@ -148,7 +146,6 @@ def report_final(view: dict[str, Any], *, as_json: bool) -> int:
     return ExitCode.OK if view["status"] == "succeeded" else ExitCode.JOB_FAILED
 
 
-
 def submit_command(
     settings: Settings,
     submit: Callable[[Producer], Awaitable[Submitted]],
@@ -163,3 +160,28 @@ def submit_command(
             return await submit(Producer(pool, settings, store, Principal.operator()))
 
     job_command(settings, with_producer, wait=wait, as_json=as_json)
+
+
+SearchReplaceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--search-replace",
+        help="OLD=NEW rewritten in the database (serialized-safe, like wp search-replace); "
+        "repeatable, added to the automatic URL rewrite.",
+    ),
+]
+NoSearchReplaceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-search-replace",
+        help="Do not rewrite the source's URL to the target's in the database.",
+    ),
+]
+CodeStrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--code-strategy",
+        help="replace (the backup's repository, same site), revert (one new commit with the "
+        "backup's tree), overwrite (another site's tree as one commit) or merge (histories).",
+    ),
+]

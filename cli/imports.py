@@ -24,8 +24,11 @@ from rich.progress import (
 )
 
 from cli.common import (
+    CodeStrategyOpt,
     JsonOpt,
     KeyOpt,
+    NoSearchReplaceOpt,
+    SearchReplaceOpt,
     WaitOpt,
     err,
     load_cli_settings,
@@ -42,7 +45,14 @@ from pipelines.objectstore import open_object_store
 from pipelines.objectstore.resumable import file_identity, staging_upload_key, upload_file
 from pipelines.objectstore.s3 import S3ObjectStore
 from pipelines.producer import Producer
-from pipelines.requests import ELEMENTS, ImportRequest, LinkRequest, PartInput
+from pipelines.requests import (
+    ELEMENTS,
+    CloneRequest,
+    ImportRequest,
+    LinkRequest,
+    PartInput,
+    parse_pairs,
+)
 from pipelines.sources.links import Link
 
 import_app = typer.Typer(
@@ -117,8 +127,12 @@ def _import(
     idempotency_key: str | None,
     wait: bool,
     as_json: bool,
+    code_strategy: str | None = None,
+    search_replace: list[str] | None = None,
+    no_search_replace: bool = False,
 ) -> None:
     settings = load_cli_settings()
+    pairs = parse_pairs(search_replace or [])  # refused before anything is uploaded
 
     async def submit(producer: Producer) -> Submitted:
         inputs = [
@@ -130,6 +144,9 @@ def _import(
             tuple(inputs),
             force_live=force_live,
             allow_incomplete_dump=allow_incomplete_dump,
+            code_strategy=code_strategy,
+            replace_pairs=pairs,
+            search_replace=not no_search_replace,
         )
         return await producer.submit(request, idempotency_key=idempotency_key)
 
@@ -150,6 +167,8 @@ def import_db(
     file: FileOpt = None,
     force_live: ForceOpt = False,
     allow_incomplete_dump: IncompleteOpt = False,
+    search_replace: SearchReplaceOpt = None,
+    no_search_replace: NoSearchReplaceOpt = False,
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
@@ -165,6 +184,8 @@ def import_db(
         idempotency_key=idempotency_key,
         wait=wait,
         as_json=as_json,
+        search_replace=search_replace,
+        no_search_replace=no_search_replace,
     )
 
 
@@ -195,9 +216,7 @@ def import_files(
 @import_app.command("site")
 def import_site(
     target: Annotated[str, typer.Argument(help="SITE.ENV to import into.")],
-    code: Annotated[
-        str | None, typer.Option("--code", help="Code archive (path or URL).")
-    ] = None,
+    code: Annotated[str | None, typer.Option("--code", help="Code archive (path or URL).")] = None,
     database: Annotated[
         str | None, typer.Option("--database", help="Database dump (path or URL).")
     ] = None,
@@ -206,6 +225,9 @@ def import_site(
     ] = None,
     force_live: ForceOpt = False,
     allow_incomplete_dump: IncompleteOpt = False,
+    code_strategy: CodeStrategyOpt = None,
+    search_replace: SearchReplaceOpt = None,
+    no_search_replace: NoSearchReplaceOpt = False,
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
@@ -224,15 +246,94 @@ def import_site(
         idempotency_key=idempotency_key,
         wait=wait,
         as_json=as_json,
+        code_strategy=code_strategy,
+        search_replace=search_replace,
+        no_search_replace=no_search_replace,
     )
+
+
+@import_app.command("code")
+def import_code(
+    target: Annotated[str, typer.Argument(help="SITE.ENV to import into.")],
+    code_strategy: Annotated[
+        str,
+        typer.Option(
+            "--code-strategy",
+            help="overwrite: the archive's tree (without its .git) as one commit; merge: its "
+            "history merged into the current branch (a conflict fails, code untouched).",
+        ),
+    ],
+    url: UrlOpt = None,
+    file: FileOpt = None,
+    force_live: ForceOpt = False,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring another site's code (a code archive: a repository with its .git)."""
+    if code_strategy not in ("overwrite", "merge"):
+        err.print("error: --code-strategy must be overwrite or merge", markup=False)
+        raise typer.Exit(2)
+    if (url is None) == (file is None):
+        err.print("error: import code needs exactly one of --url or --file", markup=False)
+        raise typer.Exit(2)
+    _import(
+        target,
+        [("code", url or str(file), url is not None)],
+        force_live=force_live,
+        allow_incomplete_dump=False,
+        idempotency_key=idempotency_key,
+        wait=wait,
+        as_json=as_json,
+        code_strategy=code_strategy,
+    )
+
+
+def clone_content(
+    source: Annotated[str, typer.Argument(help="SITE.ENV to copy from.")],
+    target: Annotated[str, typer.Argument(help="SITE.ENV to copy into (live too).")],
+    db_only: Annotated[bool, typer.Option("--db-only", help="Only the database.")] = False,
+    files_only: Annotated[bool, typer.Option("--files-only", help="Only the files.")] = False,
+    keep_snapshot: Annotated[
+        bool,
+        typer.Option("--keep-snapshot", help="Keep the snapshot as a backup of the source."),
+    ] = False,
+    search_replace: SearchReplaceOpt = None,
+    no_search_replace: NoSearchReplaceOpt = False,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy an environment's database and files into another, through shadow and switch.
+
+    The way to bring checked content to live: allowed into a protected
+    environment, with a rollback point. URLs are rewritten from the source's to
+    the target's (env add --url).
+    """
+    if db_only and files_only:
+        err.print("error: give --db-only or --files-only, not both", markup=False)
+        raise typer.Exit(2)
+    elements = ("database",) if db_only else ("files",) if files_only else ("database", "files")
+    settings = load_cli_settings()
+
+    async def submit(producer: Producer) -> Submitted:
+        request = CloneRequest(
+            source,
+            target,
+            elements=elements,
+            keep_snapshot=keep_snapshot,
+            replace_pairs=parse_pairs(search_replace or []),
+            search_replace=not no_search_replace,
+        )
+        return await producer.submit(request, idempotency_key=idempotency_key)
+
+    submit_command(settings, submit, wait=wait, as_json=as_json)
 
 
 def backup_link(
     target: Annotated[str, typer.Argument(help="SITE.ENV the backup belongs to.")],
     backup: Annotated[str, typer.Argument(help="A backup id, or 'latest'.")],
-    part: Annotated[
-        str | None, typer.Option("--part", help="code, database or files.")
-    ] = None,
+    part: Annotated[str | None, typer.Option("--part", help="code, database or files.")] = None,
     all_parts: Annotated[bool, typer.Option("--all", help="A link for each part.")] = False,
     ttl: Annotated[
         int | None,

@@ -14,8 +14,11 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.common import (
+    CodeStrategyOpt,
     JsonOpt,
     KeyOpt,
+    NoSearchReplaceOpt,
+    SearchReplaceOpt,
     WaitOpt,
     err,
     load_cli_settings,
@@ -29,7 +32,7 @@ from cli.common import (
 )
 from cli.exit_codes import ExitCode
 from cli.follow import follow_job
-from cli.imports import backup_link, import_app
+from cli.imports import backup_link, clone_content, import_app
 from config.logging import configure_logging
 from pipelines import registry
 from pipelines.backup import service as backups
@@ -41,7 +44,13 @@ from pipelines.jobs.submit import Submitted
 from pipelines.ledger.connection import connect
 from pipelines.ledger.migrate import migrate
 from pipelines.producer import Producer
-from pipelines.requests import BackupRequest, RestoreRequest, RollbackRequest, parse_elements
+from pipelines.requests import (
+    BackupRequest,
+    RestoreRequest,
+    RollbackRequest,
+    parse_elements,
+    parse_pairs,
+)
 
 app = typer.Typer(
     name="envrestore",
@@ -62,6 +71,7 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(job_app, name="job")
 app.add_typer(import_app, name="import")
 backup_app.command("link")(backup_link)
+env_app.command("clone-content")(clone_content)
 
 
 @app.callback()
@@ -333,6 +343,9 @@ def restore(
             "as truncated); the job's outputs say so.",
         ),
     ] = False,
+    code_strategy: CodeStrategyOpt = None,
+    search_replace: SearchReplaceOpt = None,
+    no_search_replace: NoSearchReplaceOpt = False,
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
@@ -360,6 +373,9 @@ def restore(
             in_place=in_place,
             force_live=force_live,
             allow_incomplete_dump=allow_incomplete_dump,
+            code_strategy=code_strategy,
+            replace_pairs=parse_pairs(search_replace or []),
+            search_replace=not no_search_replace,
         )
         return await producer.submit(request, idempotency_key=idempotency_key)
 
