@@ -9,6 +9,7 @@ checks it (see `pipelines.sources.urlsafety`).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -32,7 +33,6 @@ from cli.common import (
     WaitOpt,
     err,
     load_cli_settings,
-    out,
     print_json,
     run_command,
     submit_command,
@@ -365,9 +365,7 @@ def backup_link(
     if as_json:
         print_json([link.public() for link in links])
         return
+    # Plain writes: scripts read these lines (a TAB between part and URL, URLs whole).
     for link in links:
-        if all_parts:
-            out.print(f"{link.part}\t{link.url}", markup=False, highlight=False)
-        else:
-            out.print(link.url, markup=False, highlight=False, soft_wrap=True)
+        sys.stdout.write(f"{link.part}\t{link.url}\n" if all_parts else f"{link.url}\n")
     err.print(f"expires at {links[0].expires_at.isoformat()}", markup=False)
