@@ -166,6 +166,8 @@ async def _run(
             errors = group.create_task(_read_capped(proc.stderr, _MAX_OUTPUT))
         out, err = reading.result(), errors.result()
         code = await proc.wait()
+    except ExceptionGroup as group_error:  # callers expect our errors, not a group
+        raise group_error.exceptions[0] from None
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -348,11 +350,11 @@ async def _start(
 
 
 async def _fetch(work: _Work, what: str) -> None:
-    """Bring `what` (a tree id, or HEAD with its history) from the incoming repository."""
+    """Bring `what` (a tree, or a commit with its history) from the incoming repository."""
     await work.git(work.dest, "fetch", *_FETCH, str(work.incoming), f"+{what}:{_TMP_REF}")
 
 
-async def _commit(work: _Work, message: str) -> str:
+async def _commit(work: _Work, strategy: str, message: str) -> str:
     """One commit of the incoming tree on live's branch; the working tree follows."""
     git, dest = work.git, work.dest
     await _fetch(work, work.incoming_tree)
@@ -361,7 +363,7 @@ async def _commit(work: _Work, message: str) -> str:
     )
     new = new.strip()
     await git(
-        dest, "update-ref", "-m", "envrestore: code strategy", work.branch, new, work.old_head
+        dest, "update-ref", "-m", f"envrestore: code {strategy}", work.branch, new, work.old_head
     )
     await git(dest, "reset", "--quiet", "--hard", new)
     return new
@@ -411,7 +413,7 @@ async def code_revert(
     work = await _start(live, incoming, dest, identity, max_tree_bytes)
     new = work.old_head
     if work.incoming_tree != work.old_tree:
-        new = await _commit(work, message)
+        new = await _commit(work, "revert", message)
     return await _report(work, "revert", new)
 
 
@@ -435,7 +437,7 @@ async def code_overwrite(
     new = work.old_head
     if work.incoming_tree != work.old_tree:
         subject = f"Overwrite code with {source}, commit {work.incoming_head[:12]}"
-        new = await _commit(work, f"{subject}\n\nSource-Commit: {work.incoming_head}")
+        new = await _commit(work, "overwrite", f"{subject}\n\nSource-Commit: {work.incoming_head}")
     others = sorted(_split_z(await work.git(dest, "ls-files", "-z", "--others", "--directory")))
     await work.git(dest, "clean", "-q", "-ffdx")
     removed = [printable(p) for p in others[:SHOWN_DIRTY]]
@@ -460,7 +462,7 @@ async def code_merge(
     source = printable(_checked(source, "source"), 300)
     work = await _start(live, incoming, dest, identity, max_tree_bytes)
     git, old, theirs = work.git, work.old_head, work.incoming_head
-    await _fetch(work, "HEAD")
+    await _fetch(work, theirs)  # the very commit whose tree was checked
     merged = int(await git(dest, "rev-list", "--count", f"{old}..{theirs}"))
     message = f"Merge code of {source}, commit {theirs[:12]}\n\nSource-Commit: {theirs}"
     try:

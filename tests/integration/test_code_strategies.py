@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.archives import code_strategies
 from pipelines.archives.code_strategies import code_merge, code_overwrite, code_revert
-from pipelines.errors import Conflict, PermanentError, UnsafeInput
+from pipelines.errors import BadInput, Conflict, IntegrityError, PermanentError, UnsafeInput
 from tests.support.sites import git, make_repo, tags_of, tree_digest
 from tests.unit.test_git_hardening import arm, canaries, script
 
@@ -489,3 +490,20 @@ async def test_a_symlink_inside_the_tree_is_fine(sites):
     )
     assert (root / "dest" / "latest.php").readlink() == Path("blog/index.php")
     assert result["commits_added"] == 1
+
+
+async def test_an_incoming_repository_without_head_is_damaged(sites):
+    root = sites["root"]
+    incoming = part(sites["disjoint"], root)
+    (incoming / ".git" / "HEAD").write_text("ref: refs/heads/gone\n")
+    with pytest.raises(IntegrityError, match="no valid HEAD commit") as caught:
+        await run("overwrite", sites["live"], incoming, root / "dest")
+    assert str(root) not in str(caught.value)
+    assert not (root / "dest").exists()
+
+
+async def test_too_much_git_output_is_our_error_not_a_group(sites, monkeypatch):
+    monkeypatch.setattr(code_strategies, "_MAX_OUTPUT", 100)  # HEAD fits, the tree not
+    root = sites["root"]
+    with pytest.raises(BadInput, match="printed more than 100 bytes"):
+        await run("revert", sites["live"], part(sites["backup"], root), root / "dest")
