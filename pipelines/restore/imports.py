@@ -16,7 +16,6 @@ from typing import Any
 import structlog
 
 from pipelines import trees
-from pipelines.archives.code_restore import prepare_code
 from pipelines.archives.formats import extract_archive
 from pipelines.archives.tarpolicy import limits_for
 from pipelines.dsn import Dsn
@@ -122,10 +121,15 @@ async def _drop_login_quietly(ctx: StepContext, live: Dsn, tag: str) -> None:
         log.warning("restore.import_login_not_dropped", error=exc.message)
 
 
-async def _extract(ctx: StepContext, element: str) -> tuple[Path, dict[str, Any]]:
+async def extract_part(
+    ctx: StepContext, element: str, dest: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Extract `element`'s part, checked as it streams, into `dest` (default: its staging
+    directory, or the live one in place)."""
     targets = await targets_of(ctx)
     ref = (await parts_of(ctx))[element]
-    dest = targets.live(element) if request_of(ctx).in_place else targets.staging(element)
+    if dest is None:
+        dest = targets.live(element) if request_of(ctx).in_place else targets.staging(element)
     if dest.exists() and any(dest.iterdir()):
         trees.discard(dest)  # a partial tree from an earlier attempt
     limits = limits_for(ref.size, ctx.settings)  # modes: settings.files_mode_policy
@@ -154,25 +158,5 @@ async def _extract(ctx: StepContext, element: str) -> tuple[Path, dict[str, Any]
 async def import_files(ctx: StepContext) -> dict[str, Any]:
     """Extract the files part, safely, into the staging directory beside the live one."""
     await ctx.check_lease()
-    _dest, outputs = await _extract(ctx, "files")
+    _dest, outputs = await extract_part(ctx, "files")
     return outputs
-
-
-async def apply_code(ctx: StepContext) -> dict[str, Any]:
-    """Extract the code part into a staging repository that keeps the live history."""
-    await ctx.check_lease()
-    targets = await targets_of(ctx)
-    dest, outputs = await _extract(ctx, "code")
-    live = targets.live("code")
-    code = await prepare_code(
-        dest, live if live.exists() and live != dest else None, job_tag=targets.tag
-    )
-    resolved = await ctx.outputs_of("resolve")
-    if resolved.get("git_head") and code["head"] != resolved["git_head"]:
-        raise IntegrityError(
-            f"verify failed for the code part: its HEAD is {code['head']}, the backup "
-            f"recorded {resolved['git_head']}",
-            part="code",
-        )
-    hardened = {key: value for key, value in code.items() if key.startswith("git_")}
-    return {**outputs, "head": code["head"], "tags": code["tags"], **hardened}

@@ -12,7 +12,7 @@ from typing import Any
 from pipelines.jobs.kinds import JobKind, StepFn
 from pipelines.jobs.model import Plan, StepSpec
 from pipelines.requests import ELEMENTS, CloneRequest, ImportRequest, RestoreRequest
-from pipelines.restore import imports, prepare, rollback, switching
+from pipelines.restore import code, imports, prepare, rollback, switching
 
 IMPORT_STEP = {"database": "import_db", "files": "import_files", "code": "apply_code"}
 
@@ -42,7 +42,7 @@ CONTENT_STEPS: dict[str, StepFn] = {
     "wipe": prepare.wipe,
     "import_db": imports.import_db,
     "import_files": imports.import_files,
-    "apply_code": imports.apply_code,
+    "apply_code": code.apply_code,
     "switch": switching.switch,
     "finalize": switching.finalize,
     "abandon_restore": switching.abandon_restore,

@@ -80,14 +80,22 @@ async def prepare_restore(pool: asyncpg.Pool, request: RestoreRequest) -> Prepar
             f"the same engine (or leave the database out with --element files,code)",
             backup_id=record.id,
         )
-    if "code" in request.elements and record.site != environment.site:
-        if request.code_strategy not in ("overwrite", "merge"):
-            raise BadInput(
-                f"the code of {record.site}.{record.env} is another site's: choose how it "
-                "comes in with --code-strategy overwrite (its tree as one commit) or merge "
-                "(its history merged into the current branch)",
-                backup_id=record.id,
-            )
+    if (
+        "code" in request.elements
+        and record.site != environment.site
+        and request.code_strategy not in ("overwrite", "merge")
+    ):
+        raise BadInput(
+            f"the code of {record.site}.{record.env} is another site's: choose how it "
+            "comes in with --code-strategy overwrite (its tree as one commit) or merge "
+            "(its history merged into the current branch)",
+            backup_id=record.id,
+        )
+    if request.in_place and request.code_strategy not in (None, "replace"):
+        raise BadInput(
+            f"--code-strategy {request.code_strategy} builds on the live repository, which "
+            "--in-place wipes first; drop one of them"
+        )
     pinned = replace(request, backup=record.id)
     return Prepared(RESTORE, environment, to_params(pinned), asked=to_params(request))
 
