@@ -11,16 +11,24 @@ from typing import Any
 
 from pipelines.jobs.kinds import JobKind, StepFn
 from pipelines.jobs.model import Plan, StepSpec
-from pipelines.requests import ELEMENTS, CloneRequest, ImportRequest, RestoreRequest
-from pipelines.restore import code, imports, prepare, rollback, switching
+from pipelines.requests import (
+    ELEMENTS,
+    CloneRequest,
+    ContentRequest,
+    ImportRequest,
+    RestoreRequest,
+)
+from pipelines.restore import code, imports, prepare, rollback, switching, urls
 
 IMPORT_STEP = {"database": "import_db", "files": "import_files", "code": "apply_code"}
 
 
-def restore_plan(elements: tuple[str, ...]) -> Plan:
-    """resolve → fetch → verify → wipe → imports (parallel) → switch → finalize;
-    abandon on failure."""
+def restore_plan(elements: tuple[str, ...], *, rewrite: bool = False) -> Plan:
+    """resolve → fetch → verify → wipe → imports (parallel) [→ rewrite_urls after
+    import_db] → switch → finalize; abandon on failure."""
     imports_ = tuple(IMPORT_STEP[e] for e in ("database", "files", "code") if e in elements)
+    rewrite = rewrite and "database" in elements
+    before_switch = (*imports_, "rewrite_urls") if rewrite else imports_
     return Plan(
         (
             StepSpec("resolve"),
@@ -28,7 +36,8 @@ def restore_plan(elements: tuple[str, ...]) -> Plan:
             StepSpec("verify", depends_on=("fetch",)),
             StepSpec("wipe", depends_on=("verify",)),
             *(StepSpec(step, depends_on=("wipe",)) for step in imports_),
-            StepSpec("switch", depends_on=imports_),
+            *((StepSpec("rewrite_urls", depends_on=("import_db",)),) if rewrite else ()),
+            StepSpec("switch", depends_on=before_switch),
             StepSpec("finalize", depends_on=("switch",)),
             StepSpec("abandon_restore", on_failure=True),
         )
@@ -43,27 +52,32 @@ CONTENT_STEPS: dict[str, StepFn] = {
     "import_db": imports.import_db,
     "import_files": imports.import_files,
     "apply_code": code.apply_code,
+    "rewrite_urls": urls.rewrite_urls,
     "switch": switching.switch,
     "finalize": switching.finalize,
     "abandon_restore": switching.abandon_restore,
 }
 
 
+def _plan_of(request: ContentRequest) -> Plan:
+    return restore_plan(request.elements, rewrite=urls.moves_database(request))
+
+
 def _restore_plan(params: Mapping[str, Any]) -> Plan:
-    return restore_plan(RestoreRequest.from_params(params).elements)
+    return _plan_of(RestoreRequest.from_params(params))
 
 
 def _import_plan(params: Mapping[str, Any]) -> Plan:
-    return restore_plan(ImportRequest.from_params(params).elements)
+    return _plan_of(ImportRequest.from_params(params))
 
 
 def _clone_plan(params: Mapping[str, Any]) -> Plan:
-    return restore_plan(CloneRequest.from_params(params).elements)
+    return _plan_of(CloneRequest.from_params(params))
 
 
 RESTORE = JobKind(
     name=RestoreRequest.kind,
-    plan=restore_plan(ELEMENTS),
+    plan=restore_plan(ELEMENTS, rewrite=True),
     steps=CONTENT_STEPS,
     irreversible_from="switch",
     planner=_restore_plan,
@@ -71,7 +85,7 @@ RESTORE = JobKind(
 
 IMPORT = JobKind(
     name=ImportRequest.kind,
-    plan=restore_plan(ELEMENTS),
+    plan=restore_plan(ELEMENTS, rewrite=True),
     steps=CONTENT_STEPS,
     irreversible_from="switch",
     planner=_import_plan,
@@ -79,7 +93,7 @@ IMPORT = JobKind(
 
 CLONE = JobKind(
     name=CloneRequest.kind,
-    plan=restore_plan(ELEMENTS),
+    plan=restore_plan(ELEMENTS, rewrite=True),
     steps=CONTENT_STEPS,
     irreversible_from="switch",
     planner=_clone_plan,

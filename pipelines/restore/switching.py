@@ -130,6 +130,15 @@ async def finalize(ctx: StepContext) -> dict[str, Any]:
                 outputs["files"] = done["members"]
             else:
                 outputs["git_head"] = done["head"]
+    try:
+        rewritten = await ctx.outputs_of("rewrite_urls")
+    except LookupError:
+        rewritten = {}
+    if rewritten.get("rewritten"):
+        outputs["urls"] = {
+            key: rewritten.get(key)
+            for key in ("old_url", "new_url", "rows_changed", "values_changed", "values_skipped")
+        }
     await _release_staging(ctx)
     outputs.update(await keep_snapshot(ctx, request_of(ctx)))
     await ctx.runtime.pool.execute(sql("merge_job_outputs"), ctx.job.id, outputs)
