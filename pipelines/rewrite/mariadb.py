@@ -113,6 +113,7 @@ class MariaDbRewriter:
         self.dsn = dsn
         self.settings = settings
         self.engine = MariaDbEngine(bin_dir=settings.mariadb_bin_dir)
+        self.statement_limit = 8 << 20  # set from the server's max_allowed_packet by run()
 
     async def client(self, script: str) -> list[list[str]]:
         """Run a script in one session; the rows it prints, all kept (bounded by the batch)."""
@@ -157,6 +158,7 @@ class MariaDbRewriter:
         # A value travels as hex (twice its size) in one row or statement under the
         # server's max_allowed_packet; larger ones are reported, not fetched.
         value_limit = min(self.settings.limits.max_bytes, max(0, packet - (1 << 20)) // 2)
+        self.statement_limit = max(0, packet - (64 << 10)) // 2
         for table in tables:
             table_report = TableReport(
                 table=table.name,
@@ -255,7 +257,7 @@ class MariaDbRewriter:
     ) -> None:
         assert table.key is not None
         olds = list(replacer.table)
-        inline = max(1 << 16, value_limit // max(1, len(table.columns)))
+        inline = self.settings.inline_bytes(len(table.columns), value_limit)
         cells, matches = [], []
         for column in table.columns:
             col = _q(column.name)
@@ -285,21 +287,33 @@ class MariaDbRewriter:
                 where = f"({self._after(table.key, after)}) AND ({where})"
             rows = await self.client(head + where + tail)
             statements: list[str] = []
+            size = 0
             for row in rows:
                 raw_key, values = row[: len(keys)], row[len(keys) :]
                 found = await self._values(table, raw_key, values, report, value_limit)
-                changes = rewrite_row(report, found, replacer, self.settings.limits)
-                statements += [self._update(table, raw_key, c, v) for c, v in changes]
-                after = raw_key
-            if statements:
-                await self.client(
-                    "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION';\n"
-                    "START TRANSACTION;\n" + "".join(statements) + "COMMIT;\n"
+                changes = rewrite_row(
+                    report, found, replacer, self.settings.limits, self.statement_limit
                 )
+                for column, value in changes:
+                    statements.append(self._update(table, raw_key, column, value))
+                    size += len(statements[-1])
+                after = raw_key
+                if size > self.settings.batch_bytes:  # keep the script's memory bounded
+                    await self._write(statements)
+                    statements, size = [], 0
+            await self._write(statements)
             if on_progress is not None:
                 on_progress(whole.rows_scanned)
             if len(rows) < self.settings.batch_size:
                 return
+
+    async def _write(self, statements: list[str]) -> None:
+        """One transaction: a batch's updates, unless they exceeded `batch_bytes`."""
+        if statements:
+            await self.client(
+                "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION';\n"
+                "START TRANSACTION;\n" + "".join(statements) + "COMMIT;\n"
+            )
 
     async def _values(
         self,

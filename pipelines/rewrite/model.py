@@ -24,6 +24,9 @@ class RewriteSettings:
 
     #: rows fetched and updated per batch (one transaction each)
     batch_size: int = 500
+    #: about the most value bytes a batch holds in memory: values larger than their
+    #: share (batch_bytes / batch_size / columns) are fetched one at a time
+    batch_bytes: int = 32 * 1024 * 1024
     limits: Limits = DEFAULT_LIMITS
     #: UPDATE fires a table's triggers (and PostgreSQL rules): code from the dump, run
     #: as the DSN's user. Such tables are skipped and reported unless this is set.
@@ -32,8 +35,13 @@ class RewriteSettings:
     pg_bin_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if self.batch_size < 1 or self.batch_bytes < 1:
+            raise ValueError("batch_size and batch_bytes must be at least 1")
+
+    def inline_bytes(self, columns: int, ceiling: int) -> int:
+        """The largest value read with its batch; larger ones (up to `ceiling`) alone."""
+        share = self.batch_bytes // (self.batch_size * max(1, columns))
+        return min(ceiling, max(4096, share))
 
     @classmethod
     def from_settings(cls, settings: Settings, **changes: Any) -> RewriteSettings:
@@ -154,8 +162,10 @@ def rewrite_row(
     cells: Sequence[tuple[Column, bytes]],
     replacer: Replacer,
     limits: Limits,
+    max_new_bytes: int | None = None,
 ) -> list[tuple[Column, bytes]]:
-    """The (column, new value) changes of one row; counts go into `report`."""
+    """The (column, new value) changes of one row; counts go into `report`.
+    A new value over `max_new_bytes` (what one statement can carry) counts as too large."""
     report.rows_scanned += 1
     changes: list[tuple[Column, bytes]] = []
     for column, value in cells:
@@ -165,6 +175,9 @@ def rewrite_row(
         if stats.skipped_unserializable or stats.skipped_custom:
             report.values_skipped_unserializable += 1
         if not changed:
+            continue
+        if max_new_bytes is not None and len(new) > max_new_bytes:
+            report.values_skipped_too_large += 1
             continue
         if not column.fits(new):
             report.values_skipped_too_long += 1

@@ -210,7 +210,8 @@ class PostgresRewriter:
                 if any(c.binary for c in table.columns)
                 else []
             )
-            limit = params.add(self.settings.limits.max_bytes, "::bigint")
+            inline = self.settings.inline_bytes(len(table.columns), self.settings.limits.max_bytes)
+            limit = params.add(inline, "::bigint")
             selects, matches = [], []
             for column in table.columns:
                 col = _q(column.name)
@@ -240,7 +241,7 @@ class PostgresRewriter:
                 for row in rows:
                     values = list(row)
                     after = values[: len(table.key)]
-                    cells = self._cells(table, values[len(table.key) :], report)
+                    cells = await self._cells(conn, table, after, values[len(table.key) :], report)
                     for column, new in rewrite_row(report, cells, replacer, self.settings.limits):
                         await self._update(conn, table, after, column, new)
             if on_progress is not None:
@@ -248,19 +249,41 @@ class PostgresRewriter:
             if len(rows) < self.settings.batch_size:
                 return
 
-    def _cells(
-        self, table: _Table, values: list[Any], report: TableReport
+    async def _cells(
+        self,
+        conn: asyncpg.Connection,
+        table: _Table,
+        key_values: Sequence[Any],
+        values: list[Any],
+        report: TableReport,
     ) -> list[tuple[Column, bytes]]:
+        """The row's candidate values as bytes; big ones fetched alone, too big ones counted."""
         cells: list[tuple[Column, bytes]] = []
         for index, column in enumerate(table.columns):
             size, value = values[2 * index], values[2 * index + 1]
             if size is None:
                 continue
             if value is None:
-                report.values_skipped_too_large += 1
-                continue
+                if size > self.settings.limits.max_bytes:
+                    report.values_skipped_too_large += 1
+                    continue
+                params = _Params()
+                read = _q(column.name) if column.binary else f"{_q(column.name)}::text"
+                where = self._equal(table, key_values, params)
+                value = await conn.fetchval(
+                    f"SELECT {read} FROM {table.quoted} WHERE {where}", *params.values
+                )
+                if value is None:
+                    continue
             cells.append((column, bytes(value) if column.binary else value.encode("utf-8")))
         return cells
+
+    @staticmethod
+    def _equal(table: _Table, key_values: Sequence[Any], params: _Params) -> str:
+        assert table.key is not None
+        return " AND ".join(
+            f"{_q(k)} = {params.add(v)}" for k, v in zip(table.key, key_values, strict=True)
+        )
 
     async def _update(
         self,
@@ -274,9 +297,7 @@ class PostgresRewriter:
         params = _Params()
         cast = f"::{column.type_name}" if column.type_name in ("json", "jsonb") else ""
         new = params.add(value if column.binary else value.decode("utf-8"), cast)
-        where = " AND ".join(
-            f"{_q(k)} = {params.add(v)}" for k, v in zip(table.key, key_values, strict=True)
-        )
+        where = self._equal(table, key_values, params)
         await conn.execute(
             f"UPDATE {table.quoted} SET {_q(column.name)} = {new} WHERE {where}", *params.values
         )

@@ -60,7 +60,24 @@ def _ser(value: Any) -> str:
     return php_serialize(value).decode()
 
 
-def wordpress_specs() -> list[Spec]:
+def engine_specs(engine: str) -> list[Spec]:
+    """Column types only one engine has: a latin1 column (PHP sees it as UTF-8 through a
+    utf8mb4 connection, so `s:N:` counts UTF-8 bytes), json and jsonb."""
+    if engine == "mariadb":
+        rows = [{"id": i, "value": _ser({"caption": f"Café {i}", "u": f"{OLD}/é"})} for i in (1, 2)]
+        return [Spec("wp_legacy", ("id",), ("value",), rows)]
+    rows = [
+        {
+            "id": i,
+            "doc": f'{{"url": "{OLD}/a", "img": "//dev.example.com/i.png", "name": "Café {i}"}}',
+            "raw": f'{{"u":"https:\\/\\/dev.example.com\\/x","n":{i}}}',
+        }
+        for i in (1, 2, 3)
+    ]
+    return [Spec("wp_settings_json", ("id",), ("doc", "raw"), rows)]
+
+
+def wordpress_specs(engine: str) -> list[Spec]:
     options = [
         {"option_id": 1, "option_name": "siteurl", "option_value": OLD},
         {"option_id": 2, "option_name": "home", "option_value": OLD + "/"},
@@ -133,6 +150,7 @@ def wordpress_specs() -> list[Spec]:
         Spec("wp_by_slug", ("slug",), ("note", "url"), slugs),
         Spec(WEIRD, ("i`d",), ('va"l', "b`lob"), weird, binary=frozenset({"b`lob"})),
         Spec("wp_audited", (), (), [{"id": 1, "url": OLD}], skipped="has_triggers"),
+        *engine_specs(engine),
     ]
 
 
@@ -146,6 +164,7 @@ MARIADB_DDL = [
     f'CREATE TABLE {mq(WEIRD)} (`i``d` INT NOT NULL PRIMARY KEY, `va"l` TEXT, `b``lob` BLOB)',
     "CREATE TABLE wp_audited (id INT NOT NULL PRIMARY KEY, url TEXT)",
     "CREATE TRIGGER wp_audited_bu BEFORE UPDATE ON wp_audited FOR EACH ROW SET NEW.url = NEW.url",
+    "CREATE TABLE wp_legacy (id INT NOT NULL PRIMARY KEY, value TEXT CHARACTER SET latin1)",
 ]
 POSTGRES_DDL = [
     "CREATE TABLE wp_options (option_id bigserial PRIMARY KEY, option_name varchar(191) NOT NULL UNIQUE, option_value text NOT NULL)",
@@ -158,6 +177,7 @@ POSTGRES_DDL = [
     "CREATE TABLE wp_audited (id int PRIMARY KEY, url text)",
     "CREATE FUNCTION wp_audited_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
     "CREATE TRIGGER wp_audited_bu BEFORE UPDATE ON wp_audited FOR EACH ROW EXECUTE FUNCTION wp_audited_fn()",
+    "CREATE TABLE wp_settings_json (id int PRIMARY KEY, doc jsonb, raw json)",
 ]
 
 Row = dict[str, bytes | None]
@@ -339,7 +359,7 @@ async def test_a_wordpress_database_moves_from_dev_to_live(
     site_db: tuple[Dsn, Any, list[str]],
 ) -> None:
     dsn, db, ddl = site_db
-    specs = wordpress_specs()
+    specs = wordpress_specs(dsn.engine)
     await db.setup(ddl, specs)
     assert await wordpress_home(dsn) == OLD + "/"
     counts = {spec.name: await db.count(spec.name) for spec in specs}
@@ -433,7 +453,8 @@ async def test_large_values_on_both_sides_of_the_limit(site_db: tuple[Dsn, Any, 
         [f"CREATE TABLE wp_big (id INT NOT NULL PRIMARY KEY, a {blob}, b {blob}, c {blob})"], [spec]
     )
     before = await db.rows(spec, spec.searched)
-    settings = RewriteSettings(batch_size=1, limits=Limits(max_bytes=200_000))
+    # Values over 100_000 / 3 bytes are read alone, over 200_000 not at all.
+    settings = RewriteSettings(batch_size=1, batch_bytes=100_000, limits=Limits(max_bytes=200_000))
 
     report = await rewrite_database(dsn, PAIRS, settings=settings)
 
@@ -448,6 +469,6 @@ async def test_large_values_on_both_sides_of_the_limit(site_db: tuple[Dsn, Any, 
 
 async def test_nothing_to_do_without_pairs(site_db: tuple[Dsn, Any, list[str]]) -> None:
     dsn, db, ddl = site_db
-    await db.setup(ddl, wordpress_specs())
+    await db.setup(ddl, wordpress_specs(dsn.engine))
     report = await rewrite_database(dsn, [], settings=RewriteSettings())
     assert report.tables == []
