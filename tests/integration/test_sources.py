@@ -143,12 +143,29 @@ async def test_restore_from_another_sites_backup_by_id(runtime, make_env):
     before = await shop.snapshot()
     assert_all_differ(at_first, before)
 
-    job = await submit_restore(runtime, "shop.dev", source="blog.dev", backup=first.id)
+    # Another site's code needs a strategy: its history is not shop's.
+    with pytest.raises(BadInput, match="--code-strategy overwrite"):
+        await submit_restore(runtime, "shop.dev", source="blog.dev", backup=first.id)
+    job = await submit_restore(
+        runtime, "shop.dev", source="blog.dev", backup=first.id, code_strategy="overwrite"
+    )
     view = await drive(runtime, job.job_id)
 
     assert view["status"] == "succeeded", view
     assert view["outputs"]["backup_id"] == first.id
-    assert await shop.snapshot() == at_first
+    after = await shop.snapshot()
+    assert (after.tables, after.rows, after.files) == (
+        at_first.tables,
+        at_first.rows,
+        at_first.files,
+    )
+    # shop's code: one new commit on its own history whose tree is blog's at the backup.
+    assert git(shop.code, "rev-parse", "HEAD^") == before.head
+    assert git(shop.code, "rev-parse", "HEAD^{tree}") == git(
+        blog.code, "rev-parse", f"{at_first.head}^{{tree}}"
+    )
+    assert "blog.dev's backup" in git(shop.code, "log", "-1", "--format=%s")
+    assert (after.tags, after.status) == (before.tags, "")
 
 
 @pytest.mark.parametrize("engine", ["mariadb"], indirect=True)
