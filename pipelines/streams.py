@@ -17,7 +17,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +456,7 @@ async def run_producer(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     secrets: Sequence[str] = (),
+    ok_returncodes: Collection[int] = (0,),
 ) -> AsyncIterator[bytes]:
     """Run a command and stream its stdout in ~1 MiB chunks.
 
@@ -487,7 +488,7 @@ async def run_producer(
         returncode = await proc.wait()
         stderr = await stderr_task
         finished = True
-        if returncode != 0:
+        if returncode not in ok_returncodes:
             raise _failure(name, returncode, stderr, secrets)
         if buf:
             yield bytes(buf)

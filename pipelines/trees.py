@@ -111,7 +111,15 @@ async def hardlink_snapshot(live: Path, dest: Path) -> None:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    _out, err = await proc.communicate()
+    try:
+        _out, err = await proc.communicate()
+    except BaseException:
+        # Cancelled (a sibling part failed): cp must not go on filling `dest`.
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        discard(dest)
+        raise
     if proc.returncode != 0:
         discard(dest)
         raise PermanentError(

@@ -17,8 +17,14 @@ from pipelines.streams import run_producer
 _TOP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def tar_argv(directory: Path, top: str) -> list[str]:
-    """`tar` writing `directory`'s whole tree to stdout, each member under `top/`."""
+def tar_argv(directory: Path, top: str, *, snapshot: bool = False) -> list[str]:
+    """`tar` writing `directory`'s whole tree to stdout, each member under `top/`.
+
+    `snapshot`: the directory is a hard-linked snapshot, whose inodes the live
+    tree shares; a file replaced there by rename changes the old inode's ctime
+    (one link fewer), which tar reports as "file changed as we read it" (exit
+    1) although its content did not change. That warning is silenced then.
+    """
     if not _TOP_RE.match(top):
         raise BadInput(f"archive top folder {top!r} must be a plain name (letters, digits, ._-)")
     return [
@@ -29,6 +35,7 @@ def tar_argv(directory: Path, top: str) -> list[str]:
         # atime/ctime change on every read: leave them out of the archive.
         "--pax-option=delete=atime,delete=ctime",
         "--numeric-owner",
+        *(["--warning=no-file-changed"] if snapshot else []),
         "--sort=name",
         f"--directory={directory}",
         # "./x" → "top/x"; symlink targets (flag S) are left as they are.
@@ -38,8 +45,10 @@ def tar_argv(directory: Path, top: str) -> list[str]:
     ]
 
 
-def files_archive(files_dir: Path, top: str) -> AsyncIterator[bytes]:
-    """Stream `files_dir` as a tar whose members all sit under `top/` (e.g. `files_dev/`)."""
+def files_archive(files_dir: Path, top: str, *, snapshot: bool = False) -> AsyncIterator[bytes]:
+    """Stream `files_dir` as a tar whose members all sit under `top/` (e.g. `files_dev/`).
+
+    A `snapshot` (see `tar_argv`) accepts tar's exit code 1, "some files differ"."""
     if not files_dir.exists():
         raise BadInput(
             f"files directory {files_dir} does not exist; check the environment's files path",
@@ -47,4 +56,6 @@ def files_archive(files_dir: Path, top: str) -> AsyncIterator[bytes]:
         )
     if not files_dir.is_dir():
         raise BadInput(f"files path {files_dir} is not a directory", path=str(files_dir))
-    return run_producer(tar_argv(files_dir, top))
+    return run_producer(
+        tar_argv(files_dir, top, snapshot=snapshot), ok_returncodes=(0, 1) if snapshot else (0,)
+    )

@@ -281,9 +281,7 @@ async def _put_parts(
             in_flight.cancel()
             with contextlib.suppress(BaseException):
                 await in_flight
-    log.info(
-        "objectstore.file_uploaded", key=key, size=total, parts_sent=sent, parts_kept=skipped
-    )
+    log.info("objectstore.file_uploaded", key=key, size=total, parts_sent=sent, parts_kept=skipped)
     return PutResult(key=key, size=counter.size, sha256=counter.hexdigest())
 
 

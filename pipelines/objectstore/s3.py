@@ -508,9 +508,7 @@ class S3ObjectStore:
         if code == "InvalidRange":
             return BadInput(f"the byte range asked of {key!r} is outside the object", key=key)
         if code in {"PreconditionFailed", "412"}:
-            return TransientError(
-                f"object {key!r} changed while it was being read; retry", key=key
-            )
+            return TransientError(f"object {key!r} changed while it was being read; retry", key=key)
         if status >= 500 or code in {"SlowDown", "InternalError", "ServiceUnavailable"}:
             return Unavailable(
                 f"{where} failed with {code or status}; retry later",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from pipelines import trees
 from pipelines.archives.formats import check_archive
 from pipelines.archives.tarpolicy import ArchiveRules, limits_for
+from pipelines.concurrency import all_or_none
 from pipelines.engines.shadow import ShadowNames, prepare_shadow
 from pipelines.jobs.context import StepContext
 from pipelines.restore.dumps import checked_dump
@@ -74,7 +74,7 @@ async def fetch(ctx: StepContext) -> dict[str, Any]:
     """
     sources = sources_for(request_of(ctx))
     resolved = (await ctx.outputs_of("resolve"))["parts"]
-    refs = await asyncio.gather(*(sources[e].fetch(ctx, e, resolved[e]) for e in elements_of(ctx)))
+    refs = await all_or_none(*(sources[e].fetch(ctx, e, resolved[e]) for e in elements_of(ctx)))
     return {"parts": {ref.part: ref.outputs() for ref in refs}}
 
 
@@ -118,7 +118,7 @@ async def verify(ctx: StepContext) -> dict[str, Any]:
         return {"mode": "in-stream", "note": "sha256 and content checks run during the imports"}
     parts = await parts_of(ctx)
     ctx.progress.set(0, sum(p.size for p in parts.values()))
-    results = await asyncio.gather(*(_verify_part(ctx, ref) for ref in parts.values()))
+    results = await all_or_none(*(_verify_part(ctx, ref) for ref in parts.values()))
     return {"mode": "full", "parts": {r["part"]: r for r in results}}
 
 

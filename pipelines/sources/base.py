@@ -47,8 +47,6 @@ class PartRef:
         return asdict(self)
 
 
-
-
 class Source(Protocol):
     """Where one part of a content replacement comes from."""
 

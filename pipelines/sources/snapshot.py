@@ -99,9 +99,9 @@ class SnapshotSource:
             put = await ctx.store.put_stream(key, self._packed(ctx, engine.dump(dsn)))
         else:
             snapshot = trees.snapshot_path(source.files_dir, job_tag(ctx.job_id))
-            await trees.hardlink_snapshot(source.files_dir, snapshot)
             try:
-                tar = files_archive(snapshot, f"files_{source.env}")
+                await trees.hardlink_snapshot(source.files_dir, snapshot)
+                tar = files_archive(snapshot, f"files_{source.env}", snapshot=True)
                 put = await ctx.store.put_stream(key, self._packed(ctx, tar))
             finally:
                 trees.discard(snapshot)

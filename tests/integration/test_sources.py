@@ -227,12 +227,18 @@ async def test_a_database_of_the_other_engine_is_refused_but_files_and_code_rest
     assert await job_count(runtime) == jobs
     assert await test.snapshot() == before
 
-    job = await submit_restore(runtime, "shop.test", source="blog.dev", element="files,code")
+    job = await submit_restore(
+        runtime, "shop.test", source="blog.dev", element="files,code", code_strategy="overwrite"
+    )
     view = await drive(runtime, job.job_id)
     assert view["status"] == "succeeded", view
     after = await test.snapshot()
-    assert (after.files, after.head, after.tags) == (source.files, source.head, source.tags)
+    assert after.files == source.files
     assert (after.tables, after.rows) == (before.tables, before.rows)
+    # blog's tree as one commit on shop.test's history; shop's tags kept.
+    assert git(test.code, "rev-parse", "HEAD^") == before.head
+    assert git(test.code, "rev-parse", "HEAD^{tree}") == git(other.code, "rev-parse", "HEAD^{tree}")
+    assert (after.tags, after.status) == (before.tags, "")
 
 
 # -- 2. temporary links --------------------------------------------------------------------
