@@ -13,7 +13,9 @@ checks that the content is back as it was, and shows that restoring the
 protected `live` is refused. Then content from anywhere: `test` is restored
 from `dev`'s backup (`--from`), a temporary link to the database part is
 printed and read with curl, and `test`'s database is imported through that
-link. Safe to run again: what exists is reused, and
+link. Last, dev's content is cloned into the protected `live` with dev's
+address rewritten to live's (a serialized widget keeps valid lengths), and
+another site's code history is merged into dev. Safe to run again: what exists is reused, and
 each run compares dev's content with itself within that run.
 """
 
@@ -24,6 +26,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -132,6 +135,11 @@ def _posts(env: str) -> list[tuple[int, str, str, str, str]]:
     return rows
 
 
+def _url_of(env: str) -> str:
+    """The address visitors use for `env` (also the database's siteurl option)."""
+    return f"https://{env}-{SITE}.example"
+
+
 async def _seed_database(pg: postgres.PostgresHandle, env: str) -> str:
     """Create demo_<env> with content once; a later run keeps what is there."""
     name = f"{SITE}_{env}"
@@ -155,7 +163,7 @@ async def _seed_database(pg: postgres.PostgresHandle, env: str) -> str:
             await conn.executemany(
                 "INSERT INTO wp_options (option_name, option_value) VALUES ($1, $2)",
                 [
-                    ("siteurl", f"https://{env}-{SITE}.example"),
+                    ("siteurl", _url_of(env)),
                     ("blogname", f"Demo site ({env})"),
                     ("blogdescription", "Just another envrestore demo — ça marche"),
                 ],
@@ -620,6 +628,8 @@ def run(state_dir: Path) -> None:
                 str(item.files),
                 "--code",
                 str(item.code),
+                "--url",
+                _url_of(item.name),
             ],
             env,
             tolerate=(EXIT_CONFLICT,),
@@ -673,6 +683,9 @@ def run(state_dir: Path) -> None:
 
     test = next(item for item in envs if item.name == "test")
     content_from_anywhere(env, backup_id, before, test)
+    live = next(item for item in envs if item.name == "live")
+    clone_into_live(env, dev, live)
+    merge_another_sites_code(env, state_dir, pg, dev)
 
     env_file = _relative(stack.StackPaths(state_dir).env_file)
     logs = _relative(stack.StackPaths(state_dir).logs)
@@ -695,7 +708,9 @@ swap would have left dev untouched. The replaced content is the rollback point.
 The same pipeline restored test from dev's backup (`--from`), and imported dev's
 database into test through a temporary link that plain curl could also read; the
 link was checked against its record (signature, object, expiry) before a byte was
-read.
+read. dev's content was cloned into the protected live (no --force-live: this is
+how content reaches live), its address rewritten to live's in the shadow database;
+and another site's code was merged into dev's history.
 
 Look around:
   source {env_file}
@@ -737,9 +752,17 @@ def content_from_anywhere(
     _heading(f"Restoring demo.test from demo.dev's backup {backup_id}")
     _say(
         "Any environment's backup (of any site) can be the source; the files part's\n"
-        "files_dev/ folder is accepted because the source is named."
+        "files_dev/ folder is accepted because the source is named. Its URL would be\n"
+        "rewritten to test's (shown below with clone-content); here it is kept, so test\n"
+        "can be compared byte for byte with dev's backup."
     )
-    _cli(["restore", f"{SITE}.test", "--from", f"{SITE}.dev", "--backup", backup_id, "--wait"], env)
+    _cli(
+        [
+            "restore", f"{SITE}.test", "--from", f"{SITE}.dev", "--backup", backup_id,
+            "--no-search-replace", "--wait",
+        ],
+        env,
+    )  # fmt: skip
     _heading("demo.test's content now")
     check_content_back(backed_up, look_at_dev(test))
 
@@ -760,12 +783,182 @@ def content_from_anywhere(
 
     _heading("Changing demo.test's database, then importing dev's through the link")
     asyncio.run(_edit_database(test.dsn))
-    _cli(["import", "db", f"{SITE}.test", "--url", url, "--wait"], env)
+    _cli(["import", "db", f"{SITE}.test", "--url", url, "--no-search-replace", "--wait"], env)
     _heading("demo.test's content after the import")
     check_content_back(backed_up, look_at_dev(test))
     _say(
         "A link that expired, or whose signature was changed, fails the import in its\n"
         "fetch step with the reason, before anything of the environment changes."
+    )
+
+
+WIDGET = "widget_text"
+
+
+def _serialized_widget(url: str) -> str:
+    """A PHP-serialized text widget, as WordPress stores it (byte lengths in `s:N:`)."""
+    text = f'<a href="{url}/2026/11/photos/header.svg">Our header — « voilà »</a>'
+    title = "Café"
+    return (
+        f'a:1:{{i:2;a:2:{{s:5:"title";s:{len(title.encode())}:"{title}";'
+        f's:4:"text";s:{len(text.encode())}:"{text}";}}}}'
+    )
+
+
+def _lengths_hold(serialized: str) -> bool:
+    """Every `s:N:"…";` of the widget has N = the string's length in bytes."""
+    found = re.findall(r's:(\d+):"(.*?)";(?=s:|}|$)', serialized)
+    return bool(found) and all(int(n) == len(text.encode()) for n, text in found)
+
+
+async def _put_dev_links(dsn: str) -> None:
+    """Give dev content that names its own address: a post link and a serialized widget."""
+    url = _url_of("dev")
+    conn = await asyncpg.connect(dsn)
+    try:
+        statements = [
+            (
+                "UPDATE wp_posts SET post_content = post_content || $1 WHERE id = "
+                "(SELECT min(id) FROM wp_posts)",
+                f'<p><a href="{url}/about/">About us</a> <!-- wp:image '
+                f'{{"url":"{url.replace("/", chr(92) + "/")}\\/header.svg"}} --></p>',
+            ),
+            (
+                "INSERT INTO wp_options (option_name, option_value) VALUES ($1, $2) "
+                "ON CONFLICT (option_name) DO UPDATE SET option_value = EXCLUDED.option_value",
+                WIDGET,
+                _serialized_widget(url),
+            ),
+        ]
+        for sql, *args in statements:
+            _say(f"demo_dev=# {sql.split(' WHERE')[0].split(' VALUES')[0]} …")
+            await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def _urls_in(dsn: str) -> tuple[int, str, str]:
+    """(values still naming dev's host, the siteurl option, the widget option) of a database."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        host = _url_of("dev").split("//", 1)[1]
+        left = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM wp_posts WHERE post_content LIKE '%' || $1 || '%')"
+            " + (SELECT count(*) FROM wp_options WHERE option_value LIKE '%' || $1 || '%')",
+            host,
+        )
+        siteurl = await conn.fetchval(
+            "SELECT option_value FROM wp_options WHERE option_name = 'siteurl'"
+        )
+        widget = await conn.fetchval(
+            "SELECT option_value FROM wp_options WHERE option_name = $1", WIDGET
+        )
+    finally:
+        await conn.close()
+    return int(left), str(siteurl), str(widget or "")
+
+
+def clone_into_live(env: dict[str, str], dev: DemoEnv, live: DemoEnv) -> None:
+    """Clone dev's content into the protected live, its URL rewritten to live's."""
+    _heading("Cloning demo.dev's content into demo.live, its address rewritten to live's")
+    _say(
+        f"dev's content names its own address, {_url_of('dev')}: a link in a post, and a\n"
+        "PHP-serialized widget (whose string lengths must stay right):"
+    )
+    asyncio.run(_put_dev_links(dev.dsn))
+    _say(
+        "live is protected: a direct restore is refused, but clone-content is how checked\n"
+        "content reaches it (with a rollback point)."
+    )
+    _cli(["env", "clone-content", f"{SITE}.dev", f"{SITE}.live", "--wait"], env)
+    left, siteurl, widget = asyncio.run(_urls_in(live.dsn))
+    _say(f"live's siteurl: {siteurl}")
+    _say(f"live's widget:  {widget}")
+    _say(f"values in live still naming {_url_of('dev')}: {left}")
+    if left or siteurl != _url_of("live") or not _lengths_hold(widget):
+        raise SystemExit(
+            "the clone did not rewrite dev's address to live's cleanly: "
+            f"{left} values left, siteurl {siteurl!r}, widget lengths ok: {_lengths_hold(widget)}"
+        )
+    _say("rewritten in the shadow database before the switch; the serialized lengths hold.")
+
+
+async def _seed_blog(pg: postgres.PostgresHandle) -> str:
+    name = "blog_dev"
+    admin = await asyncpg.connect(pg.dsn("postgres"))
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(pg.dsn(name))
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text)")
+    finally:
+        await conn.close()
+    return pg.dsn(name)
+
+
+def _make_blog_repo(repo: Path) -> None:
+    """Another site's code: its own history, files the demo site does not have."""
+    if (repo / ".git").exists():
+        return
+    repo.mkdir(parents=True, exist_ok=True)
+    _git(repo, "init", "-q")
+    _git(repo, "symbolic-ref", "HEAD", "refs/heads/main")
+    _git(repo, "config", "user.name", "blog developer")
+    _git(repo, "config", "user.email", "blog@envrestore.invalid")
+    _git(repo, "config", "commit.gpgsign", "false")
+    for rel, text, message in (
+        ("plugins/blog-widgets/plugin.php", "<?php\n// Blog widgets.\n", "Blog widgets plugin"),
+        ("plugins/blog-widgets/README.md", "# Blog widgets\n", "Document the widgets"),
+    ):
+        path = repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        _git(repo, "add", rel)
+        _git(repo, "commit", "-q", "--no-verify", "-m", message)
+
+
+def merge_another_sites_code(
+    env: dict[str, str], state_dir: Path, pg: postgres.PostgresHandle, dev: DemoEnv
+) -> None:
+    """Back up another site and merge its code history into demo.dev."""
+    _heading("Merging another site's code into demo.dev")
+    base = state_dir / "demo" / "blog-dev"
+    (base / "files").mkdir(parents=True, exist_ok=True)
+    _make_blog_repo(base / "code")
+    dsn = asyncio.run(_seed_blog(pg))
+    _cli(["site", "add", "blog"], env, tolerate=(EXIT_CONFLICT,))
+    _cli(
+        [
+            "env", "add", "blog.dev", "--db", dsn, "--files", str(base / "files"),
+            "--code", str(base / "code"),
+        ],
+        env,
+        tolerate=(EXIT_CONFLICT,),
+    )  # fmt: skip
+    _cli(["backup", "create", "blog.dev", "--wait"], env)
+    _say("Another site's history is not demo's: the restore asks how to bring it in.")
+    _cli(
+        [
+            "restore", f"{SITE}.dev", "--from", "blog.dev", "--element", "code",
+            "--code-strategy", "merge", "--wait",
+        ],
+        env,
+    )  # fmt: skip
+    _show_command(["git", "-C", _relative(dev.code), "log", "--graph", "--oneline", "-7"])
+    _say(_git_out(dev.code, "log", "--graph", "--oneline", "-7"))
+    blog_root = _git_out(base / "code", "rev-list", "--max-parents=0", "HEAD").strip()
+    merged = subprocess.run(
+        ["git", "-C", str(dev.code), "merge-base", "--is-ancestor", blog_root, "HEAD"],
+        check=False,
+    )
+    if merged.returncode != 0 or not (dev.code / "plugins/blog-widgets/plugin.php").exists():
+        raise SystemExit("blog's code history was not merged into demo.dev")
+    _say(
+        "Both histories are in dev's branch; a conflict would have failed the job and\n"
+        "named the paths, leaving dev's code as it was."
     )
 
 
