@@ -1,10 +1,16 @@
-"""A backup's files part through a real restore: modes, emptiness, top folder, format.
+"""A files part through a real restore and a real import: modes, emptiness, top folder, format.
 
 The files part is untrusted (anyone with write access to the bucket can forge
-one, ledger and manifest included: `_forge_part`). What a user would check:
-the restored files' modes and owner, and — for a refused part — that the job
-failed on its first attempt with an error naming what was wrong, and that the
-environment is exactly as it was.
+one, ledger and manifest included: `forge_part`; anyone can upload one to an
+import). What a user would check: the restored files' modes and owner, and —
+for a refused part — that the job failed on its first attempt with an error
+naming what was wrong, and that the environment is exactly as it was.
+
+An import differs by design where a backup's strict rules come from our own
+naming: an imported archive's format is found from its bytes (a plain tar or a
+zip is fine) and it may have any layout (a sole `files/` or `files_<env>/`
+folder is unwrapped, members at the root are taken as they are). Its errors
+name "the imported files part".
 """
 
 # ruff: noqa: F811 - `backed_up` is a fixture imported from test_restore_job
@@ -19,7 +25,6 @@ from typing import Any
 import pytest
 
 from tests.integration.test_restore_job import (  # noqa: F401 - backed_up is a fixture
-    _forge_part,
     backed_up,
     change_everything,
 )
@@ -27,6 +32,7 @@ from tests.support import evil_archives as evil
 from tests.support.content import snapshot
 from tests.support.driver import drive
 from tests.support.producing import submit_restore
+from tests.support.routes import ROUTES, forge_part, run_hostile
 from tests.support.sites import git
 
 pytestmark = pytest.mark.integration
@@ -50,12 +56,13 @@ async def _restore(runtime, **options: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("route", ROUTES)
 async def test_setuid_and_world_writable_files_are_restored_0644_0755_owned_by_the_worker(
-    runtime, backed_up
+    runtime, backed_up, route
 ):
     site = backed_up
-    await _forge_part(runtime, site["backup"], "files", evil.gzipped(evil.odd_modes("files_dev")))
-    view = await _restore(runtime)
+    data = evil.gzipped(evil.odd_modes("files_dev"))
+    view = await run_hostile(runtime, site, "files", data, route=route, elements="all")
     assert view["status"] == "succeeded", view["error"]
     assert (site["files"] / "run.sh").read_bytes() == b"#!\n"  # the canary: it is the forged part
     assert modes(site["files"]) == {
@@ -80,12 +87,13 @@ async def test_setuid_and_world_writable_files_are_restored_0644_0755_owned_by_t
 
 
 @pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
-async def test_keep_policy_keeps_0750_but_never_setuid(runtime, backed_up):
+@pytest.mark.parametrize("route", ROUTES)
+async def test_keep_policy_keeps_0750_but_never_setuid(runtime, backed_up, route):
     site = backed_up
     settings = runtime.settings.model_copy(update={"files_mode_policy": "keep"})
     rt = dataclasses.replace(runtime, settings=settings)
-    await _forge_part(rt, site["backup"], "files", evil.gzipped(evil.odd_modes("files_dev")))
-    view = await _restore(rt)
+    data = evil.gzipped(evil.odd_modes("files_dev"))
+    view = await run_hostile(rt, site, "files", data, route=route, elements="all")
     assert view["status"] == "succeeded", view["error"]
     found = modes(site["files"])
     assert found["private.sh"] == 0o750
@@ -143,21 +151,49 @@ REFUSED = {
 }
 
 
+#: Refused in a backup, imported as they are: the files the imported tree holds.
+#: A backup's files part is a gzip of a tar under `files_<env>/` because that is
+#: how we make it, so anything else is not ours. An import's format is found from
+#: its bytes (a plain tar, a zip) and it may have any layout: a sole `files_<x>/`
+#: folder is unwrapped whatever the environment (`files_live/` into dev is how a
+#: user copies live's uploads), members at the root are taken as they are.
+IMPORTED_AS_IS = {
+    "another_environments_files": {"a.txt"},
+    "no_top_folder": {"a.txt", "2026/b.jpg"},
+    "zip_not_gzipped": {"a.txt"},
+    "uncompressed_tar": {"a.txt"},
+}
+#: How each route's errors name the part (the reason after it is the same).
+LABEL = {"restore": "the files part", "import": "the imported files part"}
+
+
+def _files_of(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
 @pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("case", sorted(REFUSED))
 async def test_wrong_files_part_fails_on_the_first_attempt_and_leaves_the_environment(
-    runtime, backed_up, case
+    runtime, backed_up, case, route
 ):
     site = backed_up
     build, starts, contains = REFUSED[case]
     await change_everything(site)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    await _forge_part(runtime, site["backup"], "files", build())
-    view = await _restore(runtime)
+    view = await run_hostile(runtime, site, "files", build(), route=route, elements="all")
+    if route == "import" and case in IMPORTED_AS_IS:
+        assert view["status"] == "succeeded", view["error"]
+        assert _files_of(site["files"]) == IMPORTED_AS_IS[case]
+        after = await snapshot(site["dsn"], site["files"], site["code"])
+        assert (after.rows, after.head) == (site["before"].rows, site["before"].head)
+        assert all(m & 0o7000 == 0 for m in modes(site["files"]).values())
+        return
     assert view["status"] == "failed"
     assert view["error_step"] == "import_files"
     error = step(view, "import_files")["error"]
-    assert error.startswith(starts), error
+    reason = starts.removeprefix(LABEL["restore"])
+    assert error.startswith(LABEL[route] + reason), error
     assert contains in error
     assert str(site["files"].parent) not in error and "envrestore" not in error  # no paths
     assert step(view, "import_files")["attempts"] == 1  # permanent: not retried
@@ -167,6 +203,8 @@ async def test_wrong_files_part_fails_on_the_first_attempt_and_leaves_the_enviro
     assert leftovers == []
 
 
+# Restore only: an import always builds beside the live content (no in-place mode),
+# so there is no wipe for its checks to come before.
 @pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
 @pytest.mark.parametrize("case", ["another_environments_files", "top_folder_only", "zip_gzipped"])
 async def test_in_place_restore_refuses_a_wrong_files_part_before_wiping(runtime, backed_up, case):
@@ -174,7 +212,7 @@ async def test_in_place_restore_refuses_a_wrong_files_part_before_wiping(runtime
     build, starts, _contains = REFUSED[case]
     await change_everything(site)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    await _forge_part(runtime, site["backup"], "files", build())
+    await forge_part(runtime, site["backup"], "files", build())
     view = await _restore(runtime, in_place=True)
     assert view["status"] == "failed"
     assert view["error_step"] == "verify"

@@ -1,10 +1,10 @@
-"""A restore disarms the code part's repository before it goes live.
+"""A restore or an import disarms the code part's repository before it goes live.
 
-The code part is forged into a real backup as an armed repository (hooks,
-fsmonitor, filters, includes… that write canary files); after the restore a
-developer's plain git commands in the live code directory fire none of them,
-and the `apply_code` step reports what was dropped. An ext:: submodule fails
-the job and leaves the environment exactly as it was.
+The code part is an armed repository (hooks, fsmonitor, filters, includes…
+that write canary files), forged into a real backup or uploaded to an import;
+after the job a developer's plain git commands in the live code directory fire
+none of them, and the `apply_code` step reports what was dropped. An ext::
+submodule fails the job and leaves the environment exactly as it was.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_restore_job import _forge_part, backed_up, change_everything
+from tests.integration.test_restore_job import backed_up, change_everything
 from tests.support.content import snapshot
-from tests.support.driver import drive
-from tests.support.producing import submit_restore
+from tests.support.routes import ROUTES, run_hostile
 from tests.unit.test_git_hardening import act_like_a_developer, arm, canaries, dev_git
 
 pytestmark = pytest.mark.integration
@@ -46,14 +45,13 @@ def _armed_copy(site: dict, tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
-async def test_restored_repository_runs_nothing_on_plain_git(runtime, backed_up, tmp_path):
+@pytest.mark.parametrize("route", ROUTES)
+async def test_restored_repository_runs_nothing_on_plain_git(runtime, backed_up, tmp_path, route):
     site = backed_up
     armed, fired = _armed_copy(site, tmp_path)
-    await _forge_part(runtime, site["backup"], "code", _code_part(armed))
     await change_everything(site)
 
-    job = await submit_restore(runtime, "shop.dev", backup=site["backup"].id)
-    view = await drive(runtime, job.job_id)
+    view = await run_hostile(runtime, site, "code", _code_part(armed), route=route, elements="all")
     assert view["status"] == "succeeded", view
     assert canaries(fired) == []  # envrestore's own git calls ran nothing
     code = site["code"]
@@ -75,18 +73,19 @@ async def test_restored_repository_runs_nothing_on_plain_git(runtime, backed_up,
 
 
 @pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
-async def test_ext_submodule_fails_the_restore_and_changes_nothing(runtime, backed_up, tmp_path):
+@pytest.mark.parametrize("route", ROUTES)
+async def test_ext_submodule_fails_the_restore_and_changes_nothing(
+    runtime, backed_up, tmp_path, route
+):
     site = backed_up
     armed, fired = _armed_copy(site, tmp_path)
     (armed / ".gitmodules").write_text(
         f'[submodule "evil"]\n\tpath = evil\n\turl = ext::sh -c touch% {fired / "ext"}\n'
     )
-    await _forge_part(runtime, site["backup"], "code", _code_part(armed))
     await change_everything(site)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
 
-    job = await submit_restore(runtime, "shop.dev", backup=site["backup"].id)
-    view = await drive(runtime, job.job_id)
+    view = await run_hostile(runtime, site, "code", _code_part(armed), route=route, elements="all")
     assert view["status"] == "failed"
     assert view["error_step"] == "apply_code"
     assert "submodule 'evil'" in view["error"] and "'ext'::" in view["error"]

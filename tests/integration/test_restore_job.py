@@ -2,7 +2,9 @@
 
 Content is compared as a user would: tables and rows, every file's sha256,
 git HEAD and tags. A restore that fails leaves the environment exactly as it
-was; a rollback brings back exactly what the restore replaced.
+was; a rollback brings back exactly what the restore replaced. Hostile and
+damaged parts go both ways in (`tests/support/routes.py`): forged into the
+backup and restored, and uploaded and imported.
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ from tests.support import evil_archives
 from tests.support.content import snapshot
 from tests.support.driver import drive
 from tests.support.producing import submit_backup, submit_expiries, submit_restore, submit_rollback
+from tests.support.routes import ROUTES, forge_part, part_bytes, rewrite_part, run_hostile
 from tests.support.sites import git, make_files, make_repo
 
 pytestmark = pytest.mark.integration
+
+# These helpers moved to tests/support/routes.py; the old names still work for
+# modules that import them from here.
+_forge_part, _part_bytes, _rewrite_part = forge_part, part_bytes, rewrite_part
 
 
 @pytest.fixture(params=["mariadb", "postgresql"])
@@ -120,21 +127,8 @@ async def test_one_element_only(runtime, backed_up):
     assert (after.rows, after.head) == (changed.rows, changed.head)
 
 
-async def _rewrite_part(runtime, backup, part: str, data: bytes) -> None:
-    record = {p["part"]: p for p in backup.parts}[part]
-
-    async def chunks():
-        yield data
-
-    await runtime.store.put_stream(record["key"], chunks())
-
-
-async def _part_bytes(runtime, backup, part: str) -> bytes:
-    record = {p["part"]: p for p in backup.parts}[part]
-    return await runtime.store.get_bytes(record["key"], max_size=1 << 30)
-
-
 @pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(
     ("part", "damage", "expected"),
     [
@@ -145,19 +139,23 @@ async def _part_bytes(runtime, backup, part: str) -> bytes:
     ],
 )
 async def test_damaged_part_fails_and_leaves_the_environment_untouched(
-    runtime, backed_up, part, damage, expected
+    runtime, backed_up, part, damage, expected, route
 ):
+    """Restore: the object is damaged in the bucket, the manifest still says the old sha256.
+    Import: the damaged bytes are uploaded with their own size and sha256 (so that check
+    passes), and the content checks (gzip's CRC and length, the tar, the dump's end) must
+    refuse them."""
     site = backed_up
     await change_everything(site)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    data = bytearray(await _part_bytes(runtime, site["backup"], part))
+    data = bytearray(await part_bytes(runtime, site["backup"], part))
     if damage == "flip":
         data[len(data) // 2] ^= 0x01
     else:
         data = data[: len(data) // 2]
-    await _rewrite_part(runtime, site["backup"], part, bytes(data))
-    job = await submit_restore(runtime, "shop.dev")
-    view = await drive(runtime, job.job_id)
+    view = await run_hostile(
+        runtime, site, part, bytes(data), route=route, elements="all", forge=False
+    )
     assert view["status"] == "failed"
     assert expected in view["error"]
     steps = {s["name"]: s["status"] for s in view["steps"]}
@@ -188,19 +186,39 @@ UNSAFE_DUMPS = {
 LIMIT_CASES = {"too_big", "many_members"}
 
 
+#: Refused by a restore, whose files part must hold exactly one top folder, but
+#: taken as they are by an import, whose archive may have any layout (a sole
+#: `files/` or `files_<env>/` folder is unwrapped, nothing else is): the files
+#: the imported tree then holds.
+IMPORT_TAKES_AS_IS = {
+    "two_top_folders": {"files_dev/a.txt", "other/b.txt"},
+    "top_is_file": {"just-a-file.txt"},
+}
+
+
+def _files_of(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
 @pytest.mark.parametrize("backed_up", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("kind", [*sorted(set(evil_archives.UNSAFE) - LIMIT_CASES), "bomb"])
-async def test_unsafe_files_archive_is_refused(runtime, backed_up, kind, tmp_path):
+async def test_unsafe_files_archive_is_refused(runtime, backed_up, kind, route, tmp_path):
     site = backed_up
     if kind == "bomb":
         data = evil_archives.bomb_tar_gz(200 << 20)  # 200 MB of zeros in ~200 KB
     else:
         build, _problem = evil_archives.UNSAFE[kind]
         data = evil_archives.gzipped(build())
-    await _forge_part(runtime, site["backup"], "files", data)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    job = await submit_restore(runtime, "shop.dev")
-    view = await drive(runtime, job.job_id)
+    view = await run_hostile(runtime, site, "files", data, route=route, elements="all")
+    if route == "import" and kind in IMPORT_TAKES_AS_IS:
+        # Nothing unsafe in it, only a layout a backup never has: imported as it is.
+        assert view["status"] == "succeeded", view["error"]
+        assert _files_of(site["files"]) == IMPORT_TAKES_AS_IS[kind]
+        after = await snapshot(site["dsn"], site["files"], site["code"])
+        assert (after.rows, after.head) == (site["before"].rows, site["before"].head)
+        return
     assert view["status"] == "failed"
     assert "files part" in view["error"]
     assert view["error_step"] == "import_files"
@@ -209,36 +227,18 @@ async def test_unsafe_files_archive_is_refused(runtime, backed_up, kind, tmp_pat
     assert leftovers == []
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dump", range(4))
-async def test_unsafe_dump_is_refused_with_the_line(runtime, backed_up, dump):
+async def test_unsafe_dump_is_refused_with_the_line(runtime, backed_up, dump, route):
     site = backed_up
     unsafe = UNSAFE_DUMPS[site["dsn"].engine][dump]
-    await _forge_part(runtime, site["backup"], "database", gzip.compress(unsafe))
     changed = await snapshot(site["dsn"], site["files"], site["code"])
-    job = await submit_restore(runtime, "shop.dev")
-    view = await drive(runtime, job.job_id)
+    view = await run_hostile(
+        runtime, site, "database", gzip.compress(unsafe), route=route, elements="all"
+    )
     assert view["status"] == "failed"
     assert "database part" in view["error"] and "line" in view["error"]
     assert await snapshot(site["dsn"], site["files"], site["code"]) == changed
-
-
-async def _forge_part(runtime, backup, part: str, data: bytes) -> None:
-    """Replace a part and make the ledger and manifest agree (an attacker with write access)."""
-    import hashlib
-    import json
-
-    await _rewrite_part(runtime, backup, part, data)
-    digest = hashlib.sha256(data).hexdigest()
-    await runtime.pool.execute(
-        "UPDATE backup_parts SET size = $3, sha256 = $4 WHERE backup_id = $1 AND part = $2",
-        backup.id,
-        part,
-        len(data),
-        digest,
-    )
-    manifest = json.loads(await runtime.store.get_bytes(backup.manifest_key, max_size=1 << 20))
-    manifest["parts"][part].update(size=len(data), sha256=digest)
-    await runtime.store.put_bytes(backup.manifest_key, json.dumps(manifest).encode())
 
 
 @pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
@@ -291,14 +291,16 @@ async def test_missing_backup_and_env_are_clear_errors(runtime, backed_up):
     assert job["kind"] == "restore"
 
 
+# Restore only: an import always builds beside the live content (ImportRequest has
+# no in-place mode), so there is no wipe for its checks to come before.
 @pytest.mark.parametrize("backed_up", ["mariadb", "postgresql"], indirect=True)
 async def test_in_place_restore_verifies_everything_before_wiping(runtime, backed_up):
     site = backed_up
     await change_everything(site)
     changed = await snapshot(site["dsn"], site["files"], site["code"])
     unsafe = UNSAFE_DUMPS[site["dsn"].engine][0]
-    good = await _part_bytes(runtime, site["backup"], "database")
-    await _forge_part(runtime, site["backup"], "database", gzip.compress(unsafe))
+    good = await part_bytes(runtime, site["backup"], "database")
+    await forge_part(runtime, site["backup"], "database", gzip.compress(unsafe))
     job = await submit_restore(runtime, "shop.dev", in_place=True)
     view = await drive(runtime, job.job_id)
     assert view["status"] == "failed"
@@ -307,7 +309,7 @@ async def test_in_place_restore_verifies_everything_before_wiping(runtime, backe
     assert {s["name"]: s["status"] for s in view["steps"]}["wipe"] == "skipped"
     assert await snapshot(site["dsn"], site["files"], site["code"]) == changed
 
-    await _forge_part(runtime, site["backup"], "database", good)
+    await forge_part(runtime, site["backup"], "database", good)
     job = await submit_restore(runtime, "shop.dev", in_place=True)
     view = await drive(runtime, job.job_id)
     assert view["status"] == "succeeded", view
