@@ -204,7 +204,13 @@ class PostgresRewriter:
         after: Sequence[Any] | None = None
         while True:
             params = _Params()
-            text_forms = [params.add(o.decode(), "::text") for o in replacer.table]
+            # Only parameters the query uses: PostgreSQL cannot type an unused one
+            # (a table whose only searched column is bytea, like Drupal's `variable`).
+            text_forms = (
+                [params.add(o.decode(), "::text") for o in replacer.table]
+                if any(not c.binary for c in table.columns)
+                else []
+            )
             byte_forms = (
                 [params.add(o, "::bytea") for o in replacer.table]
                 if any(c.binary for c in table.columns)
