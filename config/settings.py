@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     # write and setuid/setgid/sticky cleared); "keep" keeps the archive's
     # permission bits except setuid/setgid/sticky, which are never kept.
     files_mode_policy: Literal["normalise", "keep"] = "normalise"
+    # Archive bomb caps (pipelines/archives/tarpolicy.py): what a files or code
+    # part may expand to, as a multiple of its compressed size (never below
+    # 64 MiB) up to a ceiling, and its most members.
+    archive_bomb_ratio: int = Field(default=20, ge=1)
+    archive_bomb_ceiling_bytes: int = Field(default=512 * 1024**3, ge=1 << 20)
+    archive_max_members: int = Field(default=2_000_000, ge=1)
 
     # Backups and restores
     backup_keep_days: int = Field(default=30, ge=1)

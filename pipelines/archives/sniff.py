@@ -86,7 +86,8 @@ def not_a_tar(label: str, head: bytes) -> BadInput:
     """The error for `label` (e.g. "the files part") whose decompressed data is not a tar."""
     what = describe(head)
     return BadInput(
-        f"{label} is not a tar archive: found {what}; make it with `tar -czf`",
+        f"{label} is not a tar archive: found {what}; make it with `tar -czf` (an import "
+        "also takes .tar, .tar.zst, .tar.bz2 or .zip)",
         problem="not_tar",
         found=what,
     )

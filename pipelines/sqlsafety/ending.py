@@ -63,7 +63,7 @@ class DumpEnding:
             return
         raise UnsafeInput(
             f"the dump is truncated: it does not end with '{trailer}' as its dump tool ends "
-            "it (an interrupted upload or dump); nothing was changed — restore another "
-            "backup, or pass --allow-incomplete-dump to import what there is",
+            "it (an interrupted upload or dump); nothing was changed — give a complete dump "
+            "(another backup), or pass --allow-incomplete-dump to import what there is",
             problem="truncated",
         )

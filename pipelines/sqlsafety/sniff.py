@@ -76,7 +76,12 @@ def check_dump_head(head: bytes, engine: str) -> None:
     if not what.startswith(("what looks like", "plain text", "unknown binary")) or (
         b"\x00" in head
     ):
-        raise _refuse(what, "the database part must be a gzipped plain SQL dump", "not_sql")
+        raise _refuse(
+            what,
+            "the database part must be a plain SQL dump (a backup's is gzipped; an import may "
+            "also be zstd, bzip2 or a zip of one .sql)",
+            "not_sql",
+        )
     mine, other = ("mariadb", "postgresql") if engine != "postgresql" else ("postgresql", "mariadb")
     theirs = _POSTGRES_MARKS if other == "postgresql" else _MARIADB_MARKS
     ours = _MARIADB_MARKS if mine == "mariadb" else _POSTGRES_MARKS
