@@ -289,6 +289,18 @@ async def test_missing_backup_and_env_are_clear_errors(runtime, backed_up):
         (await submit_restore(runtime, "shop.dev", idempotency_key="r1")).job_id,
     )
     assert job["kind"] == "restore"
+    assert job["requested_by"] == "operator:tests"
+    pinned = job["params"]["backup"]
+    assert pinned == backed_up["backup"].id  # "latest" is fixed when the job is queued
+
+    # A second click with the same key after a newer backup: the same job, the same backup.
+    newer = await submit_backup(runtime, "shop.dev")
+    assert (await drive(runtime, newer.job_id))["status"] == "succeeded"
+    again = await submit_restore(runtime, "shop.dev", idempotency_key="r1")
+    assert (again.created, str(again.job_id)) == (False, job["id"])
+    # The same key for another request is a conflict, not a silent other job.
+    with pytest.raises(Conflict, match="r1"):
+        await submit_restore(runtime, "shop.dev", idempotency_key="r1", element="files")
 
 
 # Restore only: an import always builds beside the live content (ImportRequest has
