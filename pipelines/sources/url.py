@@ -19,6 +19,7 @@ from pipelines.archives.tarpolicy import ArchiveRules
 from pipelines.backup.service import get_backup
 from pipelines.errors import IntegrityError, NotFound
 from pipelines.jobs.context import StepContext
+from pipelines.ledger.queries import sql
 from pipelines.sources.base import AUTO, PartRef
 from pipelines.sources.download import download
 from pipelines.sources.links import check_link, own_store_key
@@ -141,10 +142,15 @@ async def _counted(ctx: StepContext, chunks: AsyncIterator[bytes]) -> AsyncItera
 async def release_fetched(ctx: StepContext, upload_keys: tuple[str, ...]) -> int:
     """Delete what the job brought into staging (downloads, and the uploads it imported).
 
-    Called when the job ends either way: staging holds nothing a later job reads.
+    Called when the job ends either way. An upload's key is the same for the
+    same file (that is how an interrupted upload resumes), so the same dump
+    imported into two environments is one object: it stays while another
+    unfinished job still names it.
     """
     removed = await ctx.store.delete_prefix(staging_prefix(ctx))
     for key in upload_keys:
+        if await ctx.runtime.pool.fetchval(sql("upload_in_use"), ctx.job_id, key):
+            continue
         await ctx.store.delete(key)
         removed += 1
     return removed

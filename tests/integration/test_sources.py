@@ -550,17 +550,21 @@ async def test_an_uploaded_dump_imports_and_the_upload_is_released(runtime, make
     assert put.key.startswith("staging/uploads/")
     assert (put.size, put.sha256) == (path.stat().st_size, sha256_file(path))
 
-    request = ImportRequest(
-        "shop.test",
-        (PartInput("database", upload_key=put.key, size=put.size, sha256=put.sha256),),
-    )
-    job = await producer(runtime).submit(request)
+    part = PartInput("database", upload_key=put.key, size=put.size, sha256=put.sha256)
+    job = await producer(runtime).submit(ImportRequest("shop.test", (part,)))
+    # The same file imported again (a second click without a key, or into another
+    # environment) is the same upload object: the first job to end must not delete
+    # it from under a job that has yet to read it. This one waits behind the lease.
+    second = await producer(runtime).submit(ImportRequest("shop.test", (part,)))
     view = await drive(runtime, job.job_id)
 
     assert view["status"] == "succeeded", view
     after = await test.snapshot()
     assert (after.tables, after.rows) == (source.tables, source.rows)
     assert (after.files, after.head) == (before.files, before.head)
+    assert await runtime.store.head(put.key) is not None  # shop.qa's job still needs it
+    assert (await drive(runtime, second.job_id))["status"] == "succeeded"
+    assert (await test.snapshot()).rows == source.rows
     assert await runtime.store.head(put.key) is None
     assert await staging_keys(runtime) == []
 

@@ -333,3 +333,17 @@ FROM links WHERE signature = $1;
 -- name: environment_id_of
 SELECT e.id FROM environments e JOIN sites s ON s.id = e.site_id
 WHERE s.name = $1 AND e.name = $2;
+
+-- name: upload_in_use
+-- Another unfinished job still has to read the same uploaded object (one of
+-- its reading steps is not done yet; two jobs ending together both release).
+SELECT EXISTS (
+    SELECT 1 FROM jobs j
+    WHERE j.id <> $1 AND j.status IN ('queued', 'running') AND j.kind = 'import'
+      AND j.params -> 'parts' @> jsonb_build_array(jsonb_build_object('upload_key', $2::text))
+      AND EXISTS (
+          SELECT 1 FROM job_steps s
+          WHERE s.job_id = j.id AND s.status IN ('pending', 'running')
+            AND s.name IN ('resolve', 'fetch', 'verify', 'import_db', 'import_files', 'apply_code')
+      )
+);
