@@ -34,7 +34,9 @@ def events(env: dict[str, str], job_id: str) -> list[dict[str, Any]]:
 
 
 def ready(worker_pool, proc) -> bool:
-    return proc.poll() is None and "Worker process is ready" in worker_pool.log_text()
+    """This worker (its own log, not the pool's) has booted."""
+    log = worker_pool.logs / f"worker-{worker_pool.procs.index(proc)}.log"
+    return proc.poll() is None and "Worker process is ready" in log.read_text(errors="replace")
 
 
 @pytest.mark.parametrize("group", [False, True], ids=["main-process", "process-group"])
