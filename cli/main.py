@@ -51,6 +51,7 @@ from pipelines.requests import (
     parse_elements,
     parse_pairs,
 )
+from workers.shutdown import THREADS_SHARE
 
 app = typer.Typer(
     name="envrestore",
@@ -520,6 +521,10 @@ def worker(
         str(processes),
         "--threads",
         str(threads),
+        # Dramatiq waits this long for its threads (10 minutes by default); the
+        # worker process ends itself when the whole grace is over (workers/shutdown.py).
+        "--worker-shutdown-timeout",
+        str(int(settings.shutdown_grace_seconds * THREADS_SHARE * 1000)),
         "--queues",
         *(queues or [settings.queue_name]),
     ]

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     stale_after_seconds: float = Field(default=10.0, gt=0)
     reconcile_seconds: float = Field(default=2.0, gt=0)
+    # How long a worker may take to stop after SIGTERM: running steps are handed
+    # back within it, and the process exits at the latest when it is over.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=2)
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_seconds: float = Field(default=2.0, ge=0)
     idempotency_scope: str = "default"

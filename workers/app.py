@@ -10,6 +10,7 @@ from config.logging import configure_logging
 from config.settings import load_settings
 from workers.actors import declare_actors
 from workers.broker import build_broker
+from workers.shutdown import install_term_guard
 
 
 def setup() -> None:
@@ -18,3 +19,4 @@ def setup() -> None:
     configure_logging()
     broker = build_broker(settings)
     declare_actors(broker, settings.queue_name)
+    install_term_guard(settings.shutdown_grace_seconds)

@@ -25,6 +25,7 @@ from pipelines.ledger.connection import connect
 from pipelines.producer import Producer
 from pipelines.restore.expiry import schedule_expiries
 from workers import process_runtime
+from workers.shutdown import CLOSE_SHARE, HAND_BACK_SHARE
 
 log = structlog.get_logger(__name__)
 
@@ -47,14 +48,38 @@ class LedgerLoops(Middleware):
         ]
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Stop the loops and hand running steps back before Dramatiq waits for its threads,
+        so those threads finish at once and another worker resumes the steps now."""
         for task in self._tasks:
             task.cancel()
         thread = get_event_loop_thread()
-        if thread is not None and thread.loop.is_running():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(
-                    process_runtime.close_runtime(), thread.loop
-                ).result(timeout=10)
+        if thread is None or not thread.loop.is_running():
+            return
+        budget = self.settings.shutdown_grace_seconds * HAND_BACK_SHARE
+        handing = asyncio.run_coroutine_threadsafe(
+            process_runtime.hand_back_steps(budget), thread.loop
+        )
+        try:
+            count = handing.result(timeout=budget + 1.0)
+        except Exception as exc:  # noqa: BLE001 - shutdown goes on; stale heartbeats cover the rest
+            log.warning("worker.hand_back_failed", error=str(exc) or type(exc).__name__)
+        else:
+            if count:
+                log.info("worker.steps_handed_back", steps=count)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Close the ledger pool once the worker threads are done with it (this runs before
+        the AsyncIO middleware stops the loop: after-hooks run in reverse order)."""
+        thread = get_event_loop_thread()
+        if thread is None or not thread.loop.is_running():
+            return
+        closing = asyncio.run_coroutine_threadsafe(process_runtime.close_runtime(), thread.loop)
+        timeout = self.settings.shutdown_grace_seconds * CLOSE_SHARE
+        try:
+            closing.result(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - the process is ending anyway
+            closing.cancel()
+            log.warning("worker.close_failed", error=str(exc) or type(exc).__name__)
 
     async def _relay(self, broker: dramatiq.Broker) -> None:
         wake = asyncio.Event()

@@ -37,6 +37,13 @@ async def get_runtime() -> Runtime:
     return _runtime
 
 
+async def hand_back_steps(timeout: float) -> int:
+    """Stop this process's running steps and hand their attempts back (see RunningSteps)."""
+    if _runtime is None:
+        return 0
+    return await _runtime.running.hand_back(timeout)
+
+
 async def close_runtime() -> None:
     global _runtime, _stack
     if _stack is not None:

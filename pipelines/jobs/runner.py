@@ -50,6 +50,7 @@ class _Interrupt(enum.Enum):
 
     CLAIM_LOST = "claim_lost"  # another attempt took the step over
     JOB_STOPPED = "job_stopped"  # the job failed or was cancelled meanwhile
+    SHUTDOWN = "shutdown"  # this worker is stopping: hand the attempt back
 
 
 async def run_step(runtime: Runtime, job_id: uuid.UUID | str, step: str) -> None:
@@ -90,6 +91,11 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
             return
         job = dataclasses.replace(job, lease_token=token)
 
+    if runtime.running.stopping:
+        # This worker is stopping: leave the step unclaimed and send it again now.
+        await _send_again(pool, job_id, step)
+        log.info("step.not_claimed", reason="worker shutting down")
+        return
     claim = await pool.fetchrow(
         sql("claim_step"), job_id, step, runtime.worker_id, runtime.settings.stale_after_seconds
     )
@@ -140,6 +146,13 @@ async def _unsent(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
         await advance_job(conn, job_id)
 
 
+async def _send_again(pool: asyncpg.Pool, job_id: uuid.UUID, step: str) -> None:
+    """Queue the step's message at once (the relay of a live worker wakes on NOTIFY)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("insert_outbox"), job_id, step, 0.0)
+        await conn.execute(sql("notify_outbox"), "handed-back")
+
+
 async def _is_ready(runtime: Runtime, job: JobRecord, record: StepRecord) -> bool:
     rows = await runtime.pool.fetch(sql("get_steps"), job.id)
     states = [StepRecord.from_row(r).state() for r in rows]
@@ -180,11 +193,20 @@ async def _execute(runtime: Runtime, ctx: StepContext) -> None:
     work = asyncio.create_task(function(ctx))
     interrupt: list[_Interrupt] = []
     beat = asyncio.create_task(_heartbeat(runtime, ctx, work, interrupt))
+    attempt_task = asyncio.current_task()
+
+    def stop_for_shutdown() -> None:
+        if not work.done():
+            interrupt.append(_Interrupt.SHUTDOWN)
+            work.cancel()
+
+    if attempt_task is not None:
+        runtime.running.add(attempt_task, stop_for_shutdown)
     try:
         outputs = await work
     except asyncio.CancelledError:
         if not interrupt:
-            raise  # the worker is shutting down: the reconciler resumes the step
+            raise  # cancelled from outside: the reconciler resumes the step once it is stale
         await _interrupted(runtime, ctx, interrupt[0])
         return
     except PermanentError as exc:
@@ -194,6 +216,8 @@ async def _execute(runtime: Runtime, ctx: StepContext) -> None:
         await _retry_or_fail(runtime, ctx, exc)
         return
     finally:
+        if attempt_task is not None:
+            runtime.running.discard(attempt_task)
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beat
@@ -236,10 +260,30 @@ async def _heartbeat(
 async def _interrupted(runtime: Runtime, ctx: StepContext, why: _Interrupt) -> None:
     if why == _Interrupt.CLAIM_LOST:
         return  # the other attempt owns the step now
+    if why == _Interrupt.SHUTDOWN:
+        await _release(runtime, ctx)
+        return
     async with runtime.pool.acquire() as conn, conn.transaction():
         await conn.execute(sql("lock_job"), ctx.job.id)
         await conn.execute(sql("skip_step"), ctx.job.id, ctx.step)
         await advance_job(conn, ctx.job.id)
+
+
+async def _release(runtime: Runtime, ctx: StepContext) -> None:
+    """Hand a stopped attempt back: the step is pending and its message queued in one
+    transaction, so another worker resumes it now, not after its heartbeat goes stale.
+    Only this attempt is released (`attempts = $3`); its work has already stopped."""
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("lock_job"), ctx.job.id)
+        released = await conn.fetchrow(sql("release_step"), ctx.job.id, ctx.step, ctx.attempt)
+        if released is None:
+            return  # settled or taken over meanwhile
+        await conn.execute(sql("insert_outbox"), ctx.job.id, ctx.step, 0.0)
+        await conn.execute(
+            sql("insert_event"), ctx.job.id, ctx.step, "step.released", {"attempt": ctx.attempt}
+        )
+        await conn.execute(sql("notify_outbox"), "released")
+    log.info("step.released", reason="worker shutting down")
 
 
 async def _done(

@@ -6,11 +6,12 @@ life; tests open one per test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -18,6 +19,35 @@ from config.settings import Settings
 from pipelines.jobs.kinds import JobKind
 from pipelines.ledger.connection import create_pool
 from pipelines.objectstore import ObjectStore, open_object_store
+
+
+class RunningSteps:
+    """The step attempts this process is running, so a worker that shuts down can
+    hand them back at once instead of leaving them to go stale."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._stops: dict[asyncio.Task[object], Callable[[], None]] = {}
+
+    def add(self, task: asyncio.Task[object], stop: Callable[[], None]) -> None:
+        """Track `task` (the attempt); `stop()` makes it stop and hand itself back."""
+        self._stops[task] = stop
+        if self.stopping:
+            stop()
+
+    def discard(self, task: asyncio.Task[object]) -> None:
+        self._stops.pop(task, None)
+
+    async def hand_back(self, timeout: float) -> int:
+        """Stop every running attempt and wait (at most `timeout`) until each has handed
+        itself back; from now on attempts stop as soon as they start. Returns how many ran."""
+        self.stopping = True
+        tasks = list(self._stops.items())
+        for _task, stop in tasks:
+            stop()
+        if tasks:
+            await asyncio.wait([task for task, _ in tasks], timeout=timeout)
+        return len(tasks)
 
 
 @dataclass(frozen=True)
@@ -29,6 +59,7 @@ class Runtime:
     store: ObjectStore
     kinds: Mapping[str, JobKind]
     worker_id: str
+    running: RunningSteps = field(default_factory=RunningSteps, compare=False, repr=False)
 
     def kind(self, name: str) -> JobKind:
         try:

@@ -23,6 +23,8 @@ from config.settings import Settings
 __all__ = ["cli_env", "redis_url", "worker_pool"]
 
 ENVRESTORE = str(Path(sys.executable).parent / "envrestore")
+#: Workers of e2e tests must stop within this after SIGTERM.
+SHUTDOWN_GRACE_SECONDS = 10
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +62,7 @@ def cli_env(settings: Settings, redis_url: str) -> dict[str, str]:
             "ENVRESTORE_STALE_AFTER_SECONDS": "3",
             "ENVRESTORE_RECONCILE_SECONDS": "0.5",
             "ENVRESTORE_RETRY_BACKOFF_SECONDS": "0.2",
+            "ENVRESTORE_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_SECONDS),
         }
     )
     return env
@@ -104,15 +107,29 @@ class WorkerPool:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
+    def terminate(self, proc: subprocess.Popen[bytes], *, group: bool = True) -> float:
+        """SIGTERM the worker (its process group, or its main process only), as an
+        operator or a service manager would; seconds until it exited."""
+        started = time.monotonic()
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=SHUTDOWN_GRACE_SECONDS + 5)
+        return time.monotonic() - started
+
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=15)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+        """SIGTERM every worker at once, then wait: each stops within the grace."""
+        running = [proc for proc in self.procs if proc.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(timeout=SHUTDOWN_GRACE_SECONDS + 5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
         # No child of any worker may outlive the test.
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):

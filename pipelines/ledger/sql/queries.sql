@@ -153,6 +153,13 @@ SET status = 'pending', error = $4, heartbeat_at = NULL, claimed_by = NULL,
 WHERE job_id = $1 AND name = $2 AND status = 'running' AND attempts = $3
 RETURNING name;
 
+-- name: release_step
+-- A worker shutting down hands its attempt back: pending and due now (the attempt still counts).
+UPDATE job_steps
+SET status = 'pending', heartbeat_at = NULL, claimed_by = NULL, not_before = now()
+WHERE job_id = $1 AND name = $2 AND status = 'running' AND attempts = $3
+RETURNING name;
+
 -- name: skip_step
 UPDATE job_steps SET status = 'skipped', finished_at = now(), heartbeat_at = NULL
 WHERE job_id = $1 AND name = $2 AND status IN ('pending', 'running');
