@@ -193,7 +193,10 @@ async def _execute(runtime: Runtime, ctx: StepContext) -> None:
     work = asyncio.create_task(function(ctx))
     interrupt: list[_Interrupt] = []
     beat = asyncio.create_task(_heartbeat(runtime, ctx, work, interrupt))
-    attempt_task = asyncio.current_task()
+    # The irreversible step (a switch, a swap back) is short and swaps in threads a
+    # cancel cannot stop: it is left to finish within the shutdown grace rather than
+    # handed back while its thread may still be renaming.
+    attempt_task = asyncio.current_task() if ctx.step != kind.irreversible_from else None
 
     def stop_for_shutdown() -> None:
         if not work.done():
