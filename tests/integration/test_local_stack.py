@@ -53,12 +53,18 @@ def _processes_under(state_dir: Path) -> list[psutil.Process]:
 def _listening_addresses(pid: int) -> set[tuple[str, int]]:
     proc = psutil.Process(pid)
     family = [proc, *proc.children(recursive=True)]
-    return {
-        (conn.laddr.ip, conn.laddr.port)
-        for member in family
-        for conn in member.net_connections(kind="inet")
-        if conn.status == psutil.CONN_LISTEN
-    }
+    found: set[tuple[str, int]] = set()
+    for member in family:
+        try:
+            connections = member.net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue  # a PostgreSQL backend that ended between listing and asking
+        found |= {
+            (conn.laddr.ip, conn.laddr.port)
+            for conn in connections
+            if conn.status == psutil.CONN_LISTEN
+        }
+    return found
 
 
 @pytest.fixture
