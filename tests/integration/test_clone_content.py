@@ -38,7 +38,6 @@ from pipelines.requests import CloneRequest, RestoreRequest
 from tests.support.driver import drive
 from tests.support.environments import (
     SiteEnv,
-    add_env,
     assert_all_differ,
     assert_failed,
     run_sql,
@@ -50,34 +49,6 @@ from tests.support.producing import producer, submit_rollback
 from tests.support.sites import tree_digest
 
 pytestmark = pytest.mark.integration
-
-ENGINES = ["mariadb", "postgresql"]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def new_db(engine, make_mariadb_db, make_postgres_db):
-    return make_mariadb_db if engine == "mariadb" else make_postgres_db
-
-
-@pytest.fixture
-def other_db(engine, make_mariadb_db, make_postgres_db):
-    """Databases of the engine the test is not about."""
-    return make_postgres_db if engine == "mariadb" else make_mariadb_db
-
-
-@pytest.fixture
-def make_env(runtime, tmp_path, new_db):
-    """`await make_env("shop.dev")`: a registered environment on the test's engine."""
-
-    async def make(target: str, make_db=None) -> SiteEnv:
-        return await add_env(runtime, tmp_path / "envs", target, make_db or new_db)
-
-    return make
 
 
 async def clone(rt: Runtime, source: str, target: str, **fields: Any) -> tuple[uuid.UUID, dict]:

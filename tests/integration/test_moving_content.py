@@ -57,23 +57,11 @@ from tests.unit.test_rewrite_values import MULTI, PhpObject, php_serialize, php_
 
 pytestmark = pytest.mark.integration
 
-ENGINES = ["mariadb", "postgresql"]
-
 DEV_URL = "https://dev.shop.example"
 TEST_URL = "https://test.shop.example"
 LIVE_URL = "https://www.shop.example"
 OLD_HOST = "dev.shop.example"
 COMPANY = "Old Company"
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def new_db(engine, make_mariadb_db, make_postgres_db):
-    return make_mariadb_db if engine == "mariadb" else make_postgres_db
 
 
 @pytest.fixture
