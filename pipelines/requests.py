@@ -329,3 +329,7 @@ class LinkRequest:
 
 #: The requests that are content replacements: one pipeline, fed by a source.
 ContentRequest = RestoreRequest | ImportRequest | CloneRequest
+#: job kind → its request type, for the steps the three share.
+CONTENT_REQUESTS: dict[str, type[ContentRequest]] = {
+    cls.kind: cls for cls in (RestoreRequest, ImportRequest, CloneRequest)
+}

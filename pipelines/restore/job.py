@@ -59,45 +59,25 @@ CONTENT_STEPS: dict[str, StepFn] = {
 }
 
 
-def _plan_of(request: ContentRequest) -> Plan:
-    return restore_plan(request.elements, rewrite=urls.moves_database(request))
+def _content_kind(request_type: type[ContentRequest]) -> JobKind:
+    """Restore, import and clone: the same steps, planned from their own request."""
+
+    def planner(params: Mapping[str, Any]) -> Plan:
+        request = request_type.from_params(params)
+        return restore_plan(request.elements, rewrite=urls.moves_database(request))
+
+    return JobKind(
+        name=request_type.kind,
+        plan=restore_plan(ELEMENTS, rewrite=True),
+        steps=CONTENT_STEPS,
+        irreversible_from="switch",
+        planner=planner,
+    )
 
 
-def _restore_plan(params: Mapping[str, Any]) -> Plan:
-    return _plan_of(RestoreRequest.from_params(params))
-
-
-def _import_plan(params: Mapping[str, Any]) -> Plan:
-    return _plan_of(ImportRequest.from_params(params))
-
-
-def _clone_plan(params: Mapping[str, Any]) -> Plan:
-    return _plan_of(CloneRequest.from_params(params))
-
-
-RESTORE = JobKind(
-    name=RestoreRequest.kind,
-    plan=restore_plan(ELEMENTS, rewrite=True),
-    steps=CONTENT_STEPS,
-    irreversible_from="switch",
-    planner=_restore_plan,
-)
-
-IMPORT = JobKind(
-    name=ImportRequest.kind,
-    plan=restore_plan(ELEMENTS, rewrite=True),
-    steps=CONTENT_STEPS,
-    irreversible_from="switch",
-    planner=_import_plan,
-)
-
-CLONE = JobKind(
-    name=CloneRequest.kind,
-    plan=restore_plan(ELEMENTS, rewrite=True),
-    steps=CONTENT_STEPS,
-    irreversible_from="switch",
-    planner=_clone_plan,
-)
+RESTORE = _content_kind(RestoreRequest)
+IMPORT = _content_kind(ImportRequest)
+CLONE = _content_kind(CloneRequest)
 
 ROLLBACK = JobKind(
     name="rollback",

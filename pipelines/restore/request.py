@@ -5,16 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pipelines.jobs.context import StepContext
-from pipelines.requests import CloneRequest, ContentRequest, ImportRequest, RestoreRequest
+from pipelines.requests import CONTENT_REQUESTS, ContentRequest, RestoreRequest
 
 
 def request_of(ctx: StepContext) -> ContentRequest:
-    """The job's request, typed: a restore from a backup or an import."""
-    if ctx.job.kind == ImportRequest.kind:
-        return ImportRequest.from_params(ctx.job.params)
-    if ctx.job.kind == CloneRequest.kind:
-        return CloneRequest.from_params(ctx.job.params)
-    request = RestoreRequest.from_params(ctx.job.params)
+    """The job's request, typed: a restore, an import or a clone."""
+    request = CONTENT_REQUESTS.get(ctx.job.kind, RestoreRequest).from_params(ctx.job.params)
     if not request.target and ctx.job.target:  # queued before requests were stored
         request = replace(request, target=ctx.job.target)
     return request

@@ -9,6 +9,7 @@ and returns a `PartRef`. Every later step reads only the `PartRef`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,3 +67,12 @@ class Source(Protocol):
     def archive_rules(self, element: str) -> ArchiveRules:
         """What the files or code archive must look like (its top folder)."""
         ...
+
+
+async def counted(ctx: StepContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The step's progress for a stream of unknown length (the upload hashes it)."""
+    done = 0
+    async for chunk in chunks:
+        done += len(chunk)
+        ctx.progress.set(done)
+        yield chunk

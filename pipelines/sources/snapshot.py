@@ -25,7 +25,7 @@ from pipelines.jobs.context import StepContext
 from pipelines.registry import Environment, get_environment, parse_target
 from pipelines.requests import CloneRequest
 from pipelines.restore.targets import job_tag
-from pipelines.sources.base import PartRef
+from pipelines.sources.base import PartRef, counted
 from pipelines.streams import gzip_compress, rate_limited
 
 SNAPSHOT_NAMES = {"database": "database.sql.gz", "files": "files.tar.gz"}
@@ -110,14 +110,6 @@ class SnapshotSource:
 
     def _packed(self, ctx: StepContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         return rate_limited(
-            gzip_compress(_counted(ctx, chunks), ctx.settings.gzip_level),
+            gzip_compress(counted(ctx, chunks), ctx.settings.gzip_level),
             ctx.settings.stream_rate_limit,
         )
-
-
-async def _counted(ctx: StepContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    done = 0
-    async for chunk in chunks:
-        done += len(chunk)
-        ctx.progress.set(done)
-        yield chunk

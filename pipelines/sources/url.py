@@ -10,7 +10,6 @@ it reads, into `staging/<job>/<element>` in the object store; the steps after
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from pipelines.backup.service import get_backup
 from pipelines.errors import IntegrityError, NotFound
 from pipelines.jobs.context import StepContext
 from pipelines.ledger.queries import sql
-from pipelines.sources.base import AUTO, PartRef
+from pipelines.sources.base import AUTO, PartRef, counted
 from pipelines.sources.download import download
 from pipelines.sources.links import check_link, own_store_key
 from pipelines.sources.urlsafety import check_url
@@ -80,7 +79,7 @@ class UrlSource:
             read_timeout=settings.import_read_timeout,
             max_redirects=settings.import_max_redirects,
         )
-        put = await ctx.store.put_stream(staging_key(ctx, element), _counted(ctx, chunks))
+        put = await ctx.store.put_stream(staging_key(ctx, element), counted(ctx, chunks))
         await ctx.event("import.fetched", part=element, url=self.shown, bytes=put.size)
         return PartRef(element, put.key, put.size, put.sha256, AUTO)
 
@@ -128,15 +127,6 @@ class UploadSource:
 
     async def fetch(self, ctx: StepContext, element: str, resolved: dict[str, Any]) -> PartRef:
         return PartRef(element, self.key, self.size, self.sha256, AUTO)
-
-
-async def _counted(ctx: StepContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Progress of a download of unknown length (put_stream hashes it)."""
-    done = 0
-    async for chunk in chunks:
-        done += len(chunk)
-        ctx.progress.set(done)
-        yield chunk
 
 
 async def release_fetched(ctx: StepContext, upload_keys: tuple[str, ...]) -> int:
