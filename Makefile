@@ -24,7 +24,7 @@ test-unit: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy pipelines cli workers config
+	$(BIN)/mypy envrestore
 
 ## The main job on the embedded stack: PostgreSQL, Redis and SeaweedFS from wheels, one worker.
 demo: install

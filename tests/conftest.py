@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from config.settings import Settings
-from pipelines.catalog import job_kinds
-from pipelines.jobs.runtime import Runtime, open_runtime
+from envrestore.config.settings import Settings
+from envrestore.pipelines.catalog import job_kinds
+from envrestore.pipelines.jobs.runtime import Runtime, open_runtime
 from tests.support.databases import *  # noqa: F403 - fixtures
 from tests.support.ledger import *  # noqa: F403 - fixtures
 from tests.support.seaweed import *  # noqa: F403 - fixtures

@@ -188,8 +188,16 @@ def start(
     attempts = 1 if ports is not None else 2
     for attempt in range(1, attempts + 1):
         chosen = ports or SeaweedPorts.free(host)
-        handle = _launch(binary, data_dir, host, chosen, config, access_key, secret_key,
-                         die_with_parent=die_with_parent)
+        handle = _launch(
+            binary,
+            data_dir,
+            host,
+            chosen,
+            config,
+            access_key,
+            secret_key,
+            die_with_parent=die_with_parent,
+        )
         try:
             _wait_ready(handle, timeout)
             if bucket:
@@ -302,8 +310,7 @@ def _wait_ready(handle: SeaweedHandle, timeout: float) -> None:
         s3_up = s3_up or _answers(handle.endpoint_url)
         volumes_up = volumes_up or _has_data_node(master)
         if s3_up and volumes_up:
-            log.info("seaweed.ready", pid=handle.pid,
-                     seconds=round(time.monotonic() - started, 2))
+            log.info("seaweed.ready", pid=handle.pid, seconds=round(time.monotonic() - started, 2))
             return
         time.sleep(0.1)
     raise SeaweedError(

@@ -245,7 +245,7 @@ def envrestore_command() -> list[str]:
     found = shutil.which("envrestore")
     if found:
         return [found]
-    return [sys.executable, "-m", "cli.main"]
+    return [sys.executable, "-m", "envrestore.cli.main"]
 
 
 def _ensure_ledger_database(pg: postgres.PostgresHandle) -> None:

@@ -22,14 +22,14 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from pipelines.dsn import Dsn, parse_dsn
-from pipelines.engines import shadow
-from pipelines.engines.mariadb import MariaDbEngine
-from pipelines.engines.mariadb_shadow import MariaDbShadow
-from pipelines.engines.postgres import PostgresEngine
-from pipelines.engines.postgres_shadow import PostgresShadow
-from pipelines.engines.shadow import ShadowEngine, shadow_names
-from pipelines.streams import CHUNK_SIZE
+from envrestore.pipelines.dsn import Dsn, parse_dsn
+from envrestore.pipelines.engines import shadow
+from envrestore.pipelines.engines.mariadb import MariaDbEngine
+from envrestore.pipelines.engines.mariadb_shadow import MariaDbShadow
+from envrestore.pipelines.engines.postgres import PostgresEngine
+from envrestore.pipelines.engines.postgres_shadow import PostgresShadow
+from envrestore.pipelines.engines.shadow import ShadowEngine, shadow_names
+from envrestore.pipelines.streams import CHUNK_SIZE
 
 MARIADB_URL = "mariadb://root@127.0.0.1:3306/"
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/"

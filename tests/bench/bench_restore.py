@@ -42,8 +42,8 @@ from typing import Any
 import psutil
 import pytest
 
-from config.settings import Settings
-from pipelines.objectstore.s3 import open_object_store
+from envrestore.config.settings import Settings
+from envrestore.pipelines.objectstore.s3 import open_object_store
 from tests.bench import datasets
 from tests.support.sites import git
 from tests.support.workers import ENVRESTORE, run_cli
@@ -203,8 +203,9 @@ class Site:
             elif path.name.startswith("."):
                 path.unlink()
         extra = datasets.mariadb(None, f"SHOW DATABASES LIKE '{self.database}%'").split()
-        drops = "".join(f"DROP DATABASE IF EXISTS `{name}`;" for name in extra
-                        if name != self.database)
+        drops = "".join(
+            f"DROP DATABASE IF EXISTS `{name}`;" for name in extra if name != self.database
+        )
         if drops:
             datasets.mariadb(None, drops)
 
@@ -219,8 +220,14 @@ def settle() -> None:
 
 def shell_env(site: Site, dl: Path, run: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DL=str(dl), DB=site.database, FILES=str(site.files), CODE=str(site.code),
-               MARIADB=MARIADB_CLIENT, RUN=run)
+    env.update(
+        DL=str(dl),
+        DB=site.database,
+        FILES=str(site.files),
+        CODE=str(site.code),
+        MARIADB=MARIADB_CLIENT,
+        RUN=run,
+    )
     for part, url in site.urls.items():
         env[f"URL_{part.upper()}"] = url
     return env
@@ -230,11 +237,17 @@ def run_shell(name: str, script: str, site: Site, run: str) -> dict[str, Any]:
     dl = site.work / f"dl-{run}"
     dl.mkdir()
     ext = {"database": "sql.gz", "files": "tar.gz", "code": "tar.gz"}
-    (dl / "sums.txt").write_text("".join(
-        f"{p['sha256']}  {part}.{ext[part]}\n" for part, p in site.parts.items()))
+    (dl / "sums.txt").write_text(
+        "".join(f"{p['sha256']}  {part}.{ext[part]}\n" for part, p in site.parts.items())
+    )
     started = time.monotonic()
-    done = subprocess.run(["bash", "-c", script], env=shell_env(site, dl, run),
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["bash", "-c", script],
+        env=shell_env(site, dl, run),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.monotonic() - started
     assert done.returncode == 0, f"{name} failed: {done.stderr[-2000:]}"
     streams = {}
@@ -254,8 +267,11 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [ENVRESTORE, "worker", "--processes", "1", "--threads", "4"],
-            env={**env, "ENVRESTORE_LOG_LEVEL": "INFO"}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            env={**env, "ENVRESTORE_LOG_LEVEL": "INFO"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 60
     while "ready for action" not in log.read_text(errors="replace"):
         assert proc.poll() is None, f"the worker exited: {log.read_text()[-2000:]}"
@@ -296,12 +312,15 @@ def run_envrestore(site: Site, env: dict[str, str], run: str) -> dict[str, Any]:
     site.check_restored("envrestore")
     steps = {
         s["name"]: round((_iso(s["finished_at"]) - _iso(s["started_at"])).total_seconds(), 3)
-        for s in job["steps"] if s.get("started_at") and s.get("finished_at")
+        for s in job["steps"]
+        if s.get("started_at") and s.get("finished_at")
     }
     peaks = sampler.peaks
     return {
         "wall_seconds": round(wall, 3),
-        "job_seconds": round((_iso(job["finished_at"]) - _iso(job["created_at"])).total_seconds(), 3),
+        "job_seconds": round(
+            (_iso(job["finished_at"]) - _iso(job["created_at"])).total_seconds(), 3
+        ),
         "switch_window_seconds": job["outputs"]["switch_window_seconds"],
         "switch_windows": job["outputs"].get("switch_windows", {}),
         "steps_seconds": steps,
@@ -322,9 +341,24 @@ def _start_profiler(pid: int, run: str) -> subprocess.Popen[bytes] | None:
     spy = shutil.which("py-spy", path=str(Path(ENVRESTORE).parent)) or "py-spy"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"profile-{run}-{dt.datetime.now():%Y%m%dT%H%M%S}.txt"
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--subprocesses", "--idle",
-                             "--rate", "50", "--format", "raw", "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--idle",
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _stop_profiler(profile: subprocess.Popen[bytes] | None) -> None:
@@ -348,8 +382,12 @@ def bench_dir() -> Iterator[Path]:
 
 def bench_env(cli_env: dict[str, str]) -> dict[str, str]:
     """The CLI environment with production timings (the test suite's are quick on purpose)."""
-    fast = ("ENVRESTORE_HEARTBEAT_SECONDS", "ENVRESTORE_STALE_AFTER_SECONDS",
-            "ENVRESTORE_RECONCILE_SECONDS", "ENVRESTORE_RETRY_BACKOFF_SECONDS")
+    fast = (
+        "ENVRESTORE_HEARTBEAT_SECONDS",
+        "ENVRESTORE_STALE_AFTER_SECONDS",
+        "ENVRESTORE_RECONCILE_SECONDS",
+        "ENVRESTORE_RETRY_BACKOFF_SECONDS",
+    )
     return {k: v for k, v in cli_env.items() if k not in fast}
 
 
@@ -366,9 +404,21 @@ def make_site(work: Path, env: dict[str, str]) -> tuple[Site, dict[str, Any]]:
     timings["generate_files"] = time.monotonic() - started
     head = datasets.make_code(work / "site" / "code")
     site = Site(work, database, files, work / "site" / "code", rows, (count, total), head)
-    for args in (("db", "migrate"), ("site", "add", "shop"),
-                 ("env", "add", "shop.dev", "--db", f"mariadb://root@127.0.0.1:3306/{database}",
-                  "--files", str(files), "--code", str(site.code))):
+    for args in (
+        ("db", "migrate"),
+        ("site", "add", "shop"),
+        (
+            "env",
+            "add",
+            "shop.dev",
+            "--db",
+            f"mariadb://root@127.0.0.1:3306/{database}",
+            "--files",
+            str(files),
+            "--code",
+            str(site.code),
+        ),
+    ):
         done = run_cli(env, *args)
         assert done.returncode == 0, done.stderr
     proc = start_worker(env, work / "worker-backup.log")
@@ -382,18 +432,33 @@ def make_site(work: Path, env: dict[str, str]) -> tuple[Site, dict[str, Any]]:
     listed = run_cli(env, "backup", "list", "shop.dev", "--json")
     backup = json.loads(listed.stdout)[0]
     site.parts = {p["part"]: p for p in backup["parts"]}
-    data = {"scale": SCALE, "posts": size.posts, "rows": rows, "files": count,
-            "file_bytes": total, "dump_bytes": _dump_size(database),
-            "parts_bytes": {p: v["size"] for p, v in site.parts.items()},
-            "setup_seconds": {k: round(v, 1) for k, v in timings.items()}}
+    data = {
+        "scale": SCALE,
+        "posts": size.posts,
+        "rows": rows,
+        "files": count,
+        "file_bytes": total,
+        "dump_bytes": _dump_size(database),
+        "parts_bytes": {p: v["size"] for p, v in site.parts.items()},
+        "setup_seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
     return site, data
 
 
 def _dump_size(database: str) -> int:
     """The uncompressed size of the dump, counted through a pipe (nothing kept)."""
-    dump = subprocess.Popen(["mariadb-dump", "--protocol=TCP", "--host=127.0.0.1",
-                             "--user=root", "--single-transaction", "--quick", database],
-                            stdout=subprocess.PIPE)
+    dump = subprocess.Popen(
+        [
+            "mariadb-dump",
+            "--protocol=TCP",
+            "--host=127.0.0.1",
+            "--user=root",
+            "--single-transaction",
+            "--quick",
+            database,
+        ],
+        stdout=subprocess.PIPE,
+    )
     assert dump.stdout is not None
     total = 0
     while chunk := dump.stdout.read(1 << 20):
@@ -413,12 +478,14 @@ def test_restore_against_shell_baselines(settings: Settings, cli_env: dict[str, 
     with bench_dir() as work:
         site, data = make_site(work, env)
         try:
-            site.urls = asyncio.run(_presign(
-                settings, {part: p["key"] for part, p in site.parts.items()}))
+            site.urls = asyncio.run(
+                _presign(settings, {part: p["key"] for part, p in site.parts.items()})
+            )
             rounds: list[dict[str, Any]] = []
             for index in range(ROUNDS):
-                order = ["overlapped", "envrestore"] if index % 2 == 0 else [
-                    "envrestore", "overlapped"]
+                order = (
+                    ["overlapped", "envrestore"] if index % 2 == 0 else ["envrestore", "overlapped"]
+                )
                 results: dict[str, Any] = {"order": [*order, "naive"]}
                 for name in results["order"]:
                     run = f"{index}-{name}"
@@ -427,17 +494,25 @@ def test_restore_against_shell_baselines(settings: Settings, cli_env: dict[str, 
                     else:
                         script = NAIVE if name == "naive" else OVERLAPPED
                         results[name] = run_shell(name, script, site, run)
-                    print(f"round {index + 1} {name}: {results[name]['wall_seconds']:.1f} s",
-                          flush=True)
+                    print(
+                        f"round {index + 1} {name}: {results[name]['wall_seconds']:.1f} s",
+                        flush=True,
+                    )
                 rounds.append(results)
                 site.clear_aside()
                 if index + 1 < ROUNDS:
                     settle()
             summary = summarise(rounds)
-            report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                      "machine": {"cpus": os.cpu_count(),
-                                  "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)},
-                      "site": data, "rounds": rounds, "summary": summary}
+            report = {
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+                },
+                "site": data,
+                "rounds": rounds,
+                "summary": summary,
+            }
             print_table(report)
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             out = RESULTS_DIR / f"restore-{dt.datetime.now():%Y%m%dT%H%M%S}.json"
@@ -457,11 +532,19 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for name in ("naive", "overlapped", "envrestore"):
         wall = median(name, "wall_seconds")
         out[name] = {"wall_seconds": wall, "ratio_vs_naive": round(wall / naive, 2)}
-    for key in ("job_seconds", "switch_window_seconds", "worker_peak_rss_mb", "worker_hwm_sum_mb",
-                "clients_peak_rss_mb", "clients_hwm_max_mb", "tree_peak_rss_mb"):
+    for key in (
+        "job_seconds",
+        "switch_window_seconds",
+        "worker_peak_rss_mb",
+        "worker_hwm_sum_mb",
+        "clients_peak_rss_mb",
+        "clients_hwm_max_mb",
+        "tree_peak_rss_mb",
+    ):
         out["envrestore"][key] = median("envrestore", key)
     out["envrestore"]["ratio_vs_overlapped"] = round(
-        out["envrestore"]["wall_seconds"] / out["overlapped"]["wall_seconds"], 2)
+        out["envrestore"]["wall_seconds"] / out["overlapped"]["wall_seconds"], 2
+    )
     return out
 
 
@@ -477,9 +560,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"{site['files']} files / {site['file_bytes'] / MB:.0f} MB; parts: {parts}",
         f"{'contender':<34}{'wall s':>9}{'vs naive':>10}",
     ]
-    for name, label in (("naive", "naive sequential shell"),
-                        ("overlapped", "overlapped shell (3 streams)"),
-                        ("envrestore", "envrestore (1 worker, 4 threads)")):
+    for name, label in (
+        ("naive", "naive sequential shell"),
+        ("overlapped", "overlapped shell (3 streams)"),
+        ("envrestore", "envrestore (1 worker, 4 threads)"),
+    ):
         row = summary[name]
         lines.append(f"{label:<34}{row['wall_seconds']:>9.1f}{row['ratio_vs_naive']:>10.2f}")
     lines += [

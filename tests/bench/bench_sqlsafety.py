@@ -16,8 +16,8 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from pipelines.sqlsafety import FilterReport, filter_dump
-from pipelines.sqlsafety.lines import LineSplitter
+from envrestore.pipelines.sqlsafety import FilterReport, filter_dump
+from envrestore.pipelines.sqlsafety.lines import LineSplitter
 
 CHUNK = 1 << 20
 # English-like: about one apostrophe (escaped as \') per 150 bytes of text.

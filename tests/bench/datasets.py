@@ -78,18 +78,29 @@ class SiteSize:
 
     @classmethod
     def at(cls, scale: float) -> SiteSize:
-        return cls(scale, max(1000, int(POSTS_PER_SCALE * scale)),
-                   max(8 << 20, int(FILE_BYTES_PER_SCALE * scale)))
+        return cls(
+            scale,
+            max(1000, int(POSTS_PER_SCALE * scale)),
+            max(8 << 20, int(FILE_BYTES_PER_SCALE * scale)),
+        )
 
 
 def mariadb(database: str | None, sql: str, *, timeout: float = 3600) -> str:
     """Run SQL with the `mariadb` client on the loopback server as root."""
-    argv = ["mariadb", "--protocol=TCP", "--host=127.0.0.1", "--port=3306", "--user=root",
-            "--batch", "--skip-column-names"]
+    argv = [
+        "mariadb",
+        "--protocol=TCP",
+        "--host=127.0.0.1",
+        "--port=3306",
+        "--user=root",
+        "--batch",
+        "--skip-column-names",
+    ]
     if database:
         argv.append(database)
-    done = subprocess.run(argv, input=sql, capture_output=True, text=True, check=False,
-                          timeout=timeout)
+    done = subprocess.run(
+        argv, input=sql, capture_output=True, text=True, check=False, timeout=timeout
+    )
     if done.returncode != 0:
         raise RuntimeError(f"mariadb failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
@@ -97,20 +108,28 @@ def mariadb(database: str | None, sql: str, *, timeout: float = 3600) -> str:
 
 def make_database(database: str, size: SiteSize) -> dict[str, int]:
     """Create `database` and fill it server-side; return rows per table."""
-    mariadb(None, f"DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}` "
-                  "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;")
+    mariadb(
+        None,
+        f"DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}` "
+        "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;",
+    )
     mariadb(database, SCHEMA)
     for first in range(1, size.posts + 1, POST_BATCH):
         last = min(size.posts, first + POST_BATCH - 1)
-        mariadb(database, POSTS_BATCH.format(words=WORDS_PER_POST, first=first, last=last,
-                                             metas=META_PER_POST))
+        mariadb(
+            database,
+            POSTS_BATCH.format(words=WORDS_PER_POST, first=first, last=last, metas=META_PER_POST),
+        )
     return row_counts(database)
 
 
 def row_counts(database: str) -> dict[str, int]:
-    out = mariadb(database, "SELECT 'wp_posts', COUNT(*) FROM wp_posts UNION ALL "
-                            "SELECT 'wp_postmeta', COUNT(*) FROM wp_postmeta UNION ALL "
-                            "SELECT 'wp_options', COUNT(*) FROM wp_options")
+    out = mariadb(
+        database,
+        "SELECT 'wp_posts', COUNT(*) FROM wp_posts UNION ALL "
+        "SELECT 'wp_postmeta', COUNT(*) FROM wp_postmeta UNION ALL "
+        "SELECT 'wp_options', COUNT(*) FROM wp_options",
+    )
     return {name: int(count) for name, count in (line.split("\t") for line in out.splitlines())}
 
 
@@ -121,7 +140,11 @@ def make_uploads(root: Path, size: SiteSize, *, seed: int = 7) -> tuple[int, int
     chunk = 1 << 20
     while written < size.file_bytes:
         length = int(FILE_MIN * (FILE_MAX / FILE_MIN) ** rng.random())
-        folder = root / str(2015 + files // (FILES_PER_DIR * 12)) / f"{files // FILES_PER_DIR % 12 + 1:02d}"
+        folder = (
+            root
+            / str(2015 + files // (FILES_PER_DIR * 12))
+            / f"{files // FILES_PER_DIR % 12 + 1:02d}"
+        )
         if files % FILES_PER_DIR == 0:
             folder.mkdir(parents=True, exist_ok=True)
         compressible = files % 20 == 0  # 5%: svg, css, txt
@@ -130,8 +153,9 @@ def make_uploads(root: Path, size: SiteSize, *, seed: int = 7) -> tuple[int, int
             left = length
             while left > 0:
                 n = min(chunk, left)
-                handle.write((SVG_LINE * (n // len(SVG_LINE) + 1))[:n] if compressible
-                             else os.urandom(n))
+                handle.write(
+                    (SVG_LINE * (n // len(SVG_LINE) + 1))[:n] if compressible else os.urandom(n)
+                )
                 left -= n
         written += length
         files += 1
@@ -146,10 +170,12 @@ def make_code(root: Path, *, commits: int = 36, tag_every: int = 6) -> str:
     for index in range(1, commits + 1):
         for module in range(index % 7, 60, 7):
             (root / "wp-content" / "plugins" / f"plugin{module}").mkdir(parents=True, exist_ok=True)
-            lines = "".join(f"function p{module}_{i}() {{ return {rng.random()}; }}\n"
-                            for i in range(200))
+            lines = "".join(
+                f"function p{module}_{i}() {{ return {rng.random()}; }}\n" for i in range(200)
+            )
             (root / "wp-content" / "plugins" / f"plugin{module}" / "main.php").write_text(
-                f"<?php // release {index}\n{lines}")
+                f"<?php // release {index}\n{lines}"
+            )
         (root / "index.php").write_text(f"<?php // release {index}\n")
         git(root, "add", "-A")
         git(root, "commit", "-q", "-m", f"release {index}")

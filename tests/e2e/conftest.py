@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipelines.dsn import Dsn
+from envrestore.pipelines.dsn import Dsn
 from tests.integration.test_backup_job import fill
 from tests.support.content import snapshot
 from tests.support.sites import git, make_files, make_repo
@@ -31,8 +31,18 @@ def site(request, cli_env, worker_pool, tmp_path, make_mariadb_db, make_postgres
     code = make_repo(tmp_path / "site" / "code")
     assert run_cli(cli_env, "db", "migrate").returncode == 0
     assert run_cli(cli_env, "site", "add", "shop").returncode == 0
-    added = run_cli(cli_env, "env", "add", "shop.dev", "--db", dsn_text(dsn), "--files",
-                    str(files), "--code", str(code))
+    added = run_cli(
+        cli_env,
+        "env",
+        "add",
+        "shop.dev",
+        "--db",
+        dsn_text(dsn),
+        "--files",
+        str(files),
+        "--code",
+        str(code),
+    )
     assert added.returncode == 0, added.stderr
     worker_pool.start()
     backed = run_cli(cli_env, "backup", "create", "shop.dev", "--wait", "--json")
@@ -47,5 +57,3 @@ def site(request, cli_env, worker_pool, tmp_path, make_mariadb_db, make_postgres
     site["changed"] = snap(site)
     assert site["changed"] != site["before"]
     return site
-
-

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
 from tests.e2e.conftest import dsn_text, snap
 from tests.e2e.test_backup_cli import s3_client
 from tests.integration.test_backup_job import fill

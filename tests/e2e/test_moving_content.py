@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
 from tests.e2e.conftest import dsn_text, snap
 from tests.support.environments import dump_sql, run_sql
 from tests.support.sites import git, make_files, make_repo, tags_of, tree_digest

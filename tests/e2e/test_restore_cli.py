@@ -40,8 +40,9 @@ def test_same_key_twice_is_one_restore(cli_env, site):
     second = run_json(cli_env, "restore", "shop.dev", "--idempotency-key", "click")
     assert first["id"] == second["id"]
     assert second["created"] is False
-    other = run_cli(cli_env, "restore", "shop.dev", "--idempotency-key", "click",
-                    "--element", "files")
+    other = run_cli(
+        cli_env, "restore", "shop.dev", "--idempotency-key", "click", "--element", "files"
+    )
     assert other.returncode == 4
     done = run_cli(cli_env, "job", "show", first["id"], "--wait", "--json")
     assert done.returncode == 0, done.stderr
@@ -67,8 +68,19 @@ def test_two_restores_of_one_environment_never_interleave(cli_env, site, worker_
 
 @pytest.mark.parametrize("site", ["postgresql"], indirect=True)
 def test_protected_environment_is_refused_with_advice(cli_env, site):
-    run_cli(cli_env, "env", "add", "shop.dev", "--db", dsn_text(site["dsn"]), "--files",
-            str(site["files"]), "--code", str(site["code"]), "--protected")
+    run_cli(
+        cli_env,
+        "env",
+        "add",
+        "shop.dev",
+        "--db",
+        dsn_text(site["dsn"]),
+        "--files",
+        str(site["files"]),
+        "--code",
+        str(site["code"]),
+        "--protected",
+    )
     refused = run_cli(cli_env, "restore", "shop.dev")
     assert refused.returncode == 4
     assert "--force-live" in refused.stderr

@@ -53,7 +53,8 @@ def test_sigkill_mid_step_then_the_restore_completes(cli_env, worker_pool, site,
     assert {s["name"]: s for s in job["steps"]}[step]["attempts"] == 2
     assert snap(site) == site["before"]
     leftovers = sorted(
-        p.name for p in site["files"].parent.iterdir()
+        p.name
+        for p in site["files"].parent.iterdir()
         if "envrestore" in p.name and "rollback" not in p.name
     )
     assert leftovers == []

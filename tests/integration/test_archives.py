@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.archives import code_archive, ensure_repo, files_archive, head_commit, tags
-from pipelines.errors import BadInput
-from pipelines.streams import gzip_compress
+from envrestore.pipelines.archives import (
+    code_archive,
+    ensure_repo,
+    files_archive,
+    head_commit,
+    tags,
+)
+from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.streams import gzip_compress
 
 pytestmark = pytest.mark.integration
 

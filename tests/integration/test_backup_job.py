@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import registry
-from pipelines.backup.service import latest_backup, list_backups
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
-from pipelines.errors import BadInput, Conflict, NotFound, Unavailable
-from pipelines.registry import get_environment
-from pipelines.streams import gzip_decompress, run_consumer
+from envrestore.pipelines import registry
+from envrestore.pipelines.backup.service import latest_backup, list_backups
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.errors import BadInput, Conflict, NotFound, Unavailable
+from envrestore.pipelines.registry import get_environment
+from envrestore.pipelines.streams import gzip_decompress, run_consumer
 from tests.support.driver import drive
 from tests.support.producing import submit_backup
 from tests.support.sites import git, make_files, make_repo, tags_of, tree_digest

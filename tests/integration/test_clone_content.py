@@ -25,16 +25,16 @@ from typing import Any
 
 import pytest
 
-from pipelines.backup.service import list_backups
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
-from pipelines.errors import BadInput
-from pipelines.jobs.outbox import relay_once
-from pipelines.jobs.runner import run_step
-from pipelines.jobs.runtime import Runtime
-from pipelines.jobs.views import list_jobs, show_job
-from pipelines.registry import get_environment
-from pipelines.requests import CloneRequest, RestoreRequest
+from envrestore.pipelines.backup.service import list_backups
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.jobs.outbox import relay_once
+from envrestore.pipelines.jobs.runner import run_step
+from envrestore.pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.jobs.views import list_jobs, show_job
+from envrestore.pipelines.registry import get_environment
+from envrestore.pipelines.requests import CloneRequest, RestoreRequest
 from tests.support.driver import drive
 from tests.support.environments import (
     SiteEnv,

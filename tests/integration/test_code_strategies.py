@@ -17,9 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.archives import code_strategies
-from pipelines.archives.code_strategies import code_merge, code_overwrite, code_revert
-from pipelines.errors import BadInput, Conflict, IntegrityError, PermanentError, UnsafeInput
+from envrestore.pipelines.archives import code_strategies
+from envrestore.pipelines.archives.code_strategies import code_merge, code_overwrite, code_revert
+from envrestore.pipelines.errors import (
+    BadInput,
+    Conflict,
+    IntegrityError,
+    PermanentError,
+    UnsafeInput,
+)
 from tests.support.sites import git, make_repo, tags_of, tree_digest
 from tests.unit.test_git_hardening import arm, canaries, script
 

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from pipelines.errors import NotFound, Refused, TransientError, UnsafeInput
-from pipelines.sources.download import download
+from envrestore.pipelines.errors import NotFound, Refused, TransientError, UnsafeInput
+from envrestore.pipelines.sources.download import download
 
 pytestmark = pytest.mark.integration
 

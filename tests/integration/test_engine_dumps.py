@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipelines.dsn import Dsn, parse_dsn
-from pipelines.engines import engine_for
-from pipelines.engines.mariadb import MariaDbEngine
-from pipelines.engines.postgres import PostgresEngine
-from pipelines.errors import BadInput, EnvrestoreError, NotFound, Unavailable
-from pipelines.streams import gzip_compress, gzip_decompress, run_consumer
+from envrestore.pipelines.dsn import Dsn, parse_dsn
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.engines.mariadb import MariaDbEngine
+from envrestore.pipelines.engines.postgres import PostgresEngine
+from envrestore.pipelines.errors import BadInput, EnvrestoreError, NotFound, Unavailable
+from envrestore.pipelines.streams import gzip_compress, gzip_decompress, run_consumer
 
 pytestmark = pytest.mark.integration
 # Fixtures mariadb_db, make_mariadb_db, postgres_db, ... come from tests/support/databases.py

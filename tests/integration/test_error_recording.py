@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from pipelines import registry
-from pipelines.errors import UnsafeInput
-from pipelines.jobs import runner
-from pipelines.jobs.context import StepContext
-from pipelines.jobs.kinds import JobKind
-from pipelines.jobs.model import Plan, StepSpec
-from pipelines.jobs.submit import submit_job
+from envrestore.pipelines import registry
+from envrestore.pipelines.errors import UnsafeInput
+from envrestore.pipelines.jobs import runner
+from envrestore.pipelines.jobs.context import StepContext
+from envrestore.pipelines.jobs.kinds import JobKind
+from envrestore.pipelines.jobs.model import Plan, StepSpec
+from envrestore.pipelines.jobs.submit import submit_job
 from tests.support.driver import drive
 from tests.support.sites import make_repo
 

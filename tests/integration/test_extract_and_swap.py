@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from pipelines import trees
-from pipelines.archives.code import code_archive
-from pipelines.archives.code_restore import prepare_code
-from pipelines.archives.extract import extract_tar
-from pipelines.archives.files import files_archive
-from pipelines.archives.safety import TarLimits
-from pipelines.errors import Refused, UnsafeInput
-from pipelines.streams import gzip_compress, gzip_decompress
+from envrestore.pipelines import trees
+from envrestore.pipelines.archives.code import code_archive
+from envrestore.pipelines.archives.code_restore import prepare_code
+from envrestore.pipelines.archives.extract import extract_tar
+from envrestore.pipelines.archives.files import files_archive
+from envrestore.pipelines.archives.safety import TarLimits
+from envrestore.pipelines.errors import Refused, UnsafeInput
+from envrestore.pipelines.streams import gzip_compress, gzip_decompress
 
 #: "keep": these round trips compare modes too (a restore normalises them by default).
 LIMITS = TarLimits(max_bytes=1 << 30, mode_policy="keep")

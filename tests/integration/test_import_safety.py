@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.engines.shadow import import_login_name
-from pipelines.restore.targets import job_tag
+from envrestore.pipelines.engines.shadow import import_login_name
+from envrestore.pipelines.restore.targets import job_tag
 from tests.support import archive_formats as af
 from tests.support import evil_archives as evil
 from tests.support.databases import _mariadb_admin, _postgres_admin

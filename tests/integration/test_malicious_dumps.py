@@ -23,17 +23,17 @@ from typing import Any
 
 import pytest
 
-from pipelines import registry
-from pipelines.backup.service import list_backups
-from pipelines.dsn import Dsn, parse_dsn
-from pipelines.engines import engine_for
-from pipelines.engines.shadow import (
+from envrestore.pipelines import registry
+from envrestore.pipelines.backup.service import list_backups
+from envrestore.pipelines.dsn import Dsn, parse_dsn
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.engines.shadow import (
     create_import_login,
     drop_import_login,
     import_login_name,
     shadow_names,
 )
-from pipelines.restore.targets import job_tag
+from envrestore.pipelines.restore.targets import job_tag
 from tests.integration.test_backup_job import fill
 from tests.support.content import snapshot
 from tests.support.databases import _mariadb_admin
@@ -452,7 +452,7 @@ async def test_an_endless_line_is_refused_at_the_cap(runtime, site, route):
 
 
 def test_server_reason_puts_the_reason_first():
-    from pipelines.engines.mariadb_sql import server_reason
+    from envrestore.pipelines.engines.mariadb_sql import server_reason
 
     text, data = server_reason(
         "ERROR 1142 (42000) at line 7: INSERT command denied to user 'x'@'localhost' for table"

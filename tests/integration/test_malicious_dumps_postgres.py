@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.engines import engine_for
-from pipelines.engines.shadow import import_login_name
-from pipelines.restore.targets import job_tag
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.engines.shadow import import_login_name
+from envrestore.pipelines.restore.targets import job_tag
 from tests.integration.test_restore_job import backed_up  # noqa: F401 - a fixture
 from tests.support.content import snapshot
 from tests.support.routes import ROUTES, part_bytes, run_hostile

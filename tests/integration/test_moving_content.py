@@ -30,14 +30,14 @@ from urllib.parse import quote
 
 import pytest
 
-from pipelines import registry
-from pipelines.backup.service import BackupRecord, list_backups
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
-from pipelines.errors import BadInput
-from pipelines.jobs.runtime import Runtime
-from pipelines.jobs.views import list_jobs
-from pipelines.requests import CloneRequest, ImportRequest, PartInput
+from envrestore.pipelines import registry
+from envrestore.pipelines.backup.service import BackupRecord, list_backups
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.jobs.views import list_jobs
+from envrestore.pipelines.requests import CloneRequest, ImportRequest, PartInput
 from tests.integration.test_backup_job import _dsn_text
 from tests.support.driver import drive
 from tests.support.environments import (

@@ -17,9 +17,14 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings, load_settings
-from pipelines.errors import NotFound, Refused, Unavailable
-from pipelines.objectstore import MemoryObjectStore, ObjectStore, S3ObjectStore, open_object_store
+from envrestore.config.settings import Settings, load_settings
+from envrestore.pipelines.errors import NotFound, Refused, Unavailable
+from envrestore.pipelines.objectstore import (
+    MemoryObjectStore,
+    ObjectStore,
+    S3ObjectStore,
+    open_object_store,
+)
 
 MIB = 1 << 20
 

@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from pipelines.dsn import Dsn
-from pipelines.engines import shadow
-from pipelines.engines.postgres import PostgresEngine
-from pipelines.engines.postgres_shadow import PostgresShadow, psql_reason
-from pipelines.engines.shadow import import_login_name, shadow_names
-from pipelines.errors import PermanentError
-from pipelines.sqlsafety import FilterReport, filter_dump
-from pipelines.streams import run_producer
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import shadow
+from envrestore.pipelines.engines.postgres import PostgresEngine
+from envrestore.pipelines.engines.postgres_shadow import PostgresShadow, psql_reason
+from envrestore.pipelines.engines.shadow import import_login_name, shadow_names
+from envrestore.pipelines.errors import PermanentError
+from envrestore.pipelines.sqlsafety import FilterReport, filter_dump
+from envrestore.pipelines.streams import run_producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -14,8 +14,8 @@ import socket
 
 import pytest
 
-from pipelines.errors import EnvrestoreError
-from pipelines.jobs.views import list_jobs
+from envrestore.pipelines.errors import EnvrestoreError
+from envrestore.pipelines.jobs.views import list_jobs
 from tests.support.driver import drive
 from tests.support.environments import (
     add_env,

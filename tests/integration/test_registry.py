@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import registry
-from pipelines.errors import BadInput, NotFound
-from pipelines.ledger.connection import connect
-from pipelines.ledger.migrate import available_migrations, migrate
+from envrestore.pipelines import registry
+from envrestore.pipelines.errors import BadInput, NotFound
+from envrestore.pipelines.ledger.connection import connect
+from envrestore.pipelines.ledger.migrate import available_migrations, migrate
 from tests.support.sites import make_repo
 
 pytestmark = pytest.mark.integration

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import registry
-from pipelines.backup.service import list_backups
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
-from pipelines.errors import Conflict, NotFound, Refused
-from pipelines.jobs.cancel import cancel_job
-from pipelines.jobs.outbox import relay_once
-from pipelines.jobs.runner import run_step
-from pipelines.jobs.views import list_jobs, show_job
+from envrestore.pipelines import registry
+from envrestore.pipelines.backup.service import list_backups
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.errors import Conflict, NotFound, Refused
+from envrestore.pipelines.jobs.cancel import cancel_job
+from envrestore.pipelines.jobs.outbox import relay_once
+from envrestore.pipelines.jobs.runner import run_step
+from envrestore.pipelines.jobs.views import list_jobs, show_job
 from tests.integration.test_backup_job import _dsn_text, fill
 from tests.support import evil_archives
 from tests.support.content import snapshot

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.errors import BadInput, NotFound
-from pipelines.objectstore.resumable import (
+from envrestore.pipelines.errors import BadInput, NotFound
+from envrestore.pipelines.objectstore.resumable import (
     MAX_PARTS,
     file_identity,
     part_size_for_file,
@@ -23,7 +23,7 @@ from pipelines.objectstore.resumable import (
     staging_upload_key,
     upload_file,
 )
-from pipelines.objectstore.s3 import MIB, S3ObjectStore
+from envrestore.pipelines.objectstore.s3 import MIB, S3ObjectStore
 
 pytestmark = pytest.mark.integration
 

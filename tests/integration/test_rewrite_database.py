@@ -17,12 +17,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pipelines.dsn import Dsn
-from pipelines.engines.mariadb import quote_identifier as mq
-from pipelines.engines.postgres import quote_identifier as pq
-from pipelines.rewrite.database import RewriteSettings, rewrite_database
-from pipelines.rewrite.values import Limits, ValueStats, expand_url_pairs, rewrite_value
-from pipelines.rewrite.wordpress import wordpress_home
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines.mariadb import quote_identifier as mq
+from envrestore.pipelines.engines.postgres import quote_identifier as pq
+from envrestore.pipelines.rewrite.database import RewriteSettings, rewrite_database
+from envrestore.pipelines.rewrite.values import Limits, ValueStats, expand_url_pairs, rewrite_value
+from envrestore.pipelines.rewrite.wordpress import wordpress_home
 from tests.unit.test_rewrite_values import (
     ATTACHMENT_METADATA,
     GUTENBERG,

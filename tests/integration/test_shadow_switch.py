@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
-from pipelines.dsn import Dsn
-from pipelines.engines import shadow
-from pipelines.engines.mariadb import MariaDbEngine
-from pipelines.engines.postgres import PostgresEngine
-from pipelines.engines.shadow import ShadowNames, shadow_names
-from pipelines.errors import (
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import shadow
+from envrestore.pipelines.engines.mariadb import MariaDbEngine
+from envrestore.pipelines.engines.postgres import PostgresEngine
+from envrestore.pipelines.engines.shadow import ShadowNames, shadow_names
+from envrestore.pipelines.errors import (
     BadInput,
     EnvrestoreError,
     NotFound,
@@ -301,7 +301,7 @@ async def test_mariadb_switch_finishes_after_a_worker_died_mid_switch(mariadb_re
     before = await mariadb_content(live)
     await shadow.prepare_shadow(live, names)
     await shadow.import_into(live.with_database(names.shadow), stream(dump))
-    from pipelines.engines.mariadb_shadow import MariaDbShadow
+    from envrestore.pipelines.engines.mariadb_shadow import MariaDbShadow
 
     engine = MariaDbShadow(MARIADB)
     charset = [["utf8mb4", "utf8mb4_unicode_ci"]]
@@ -524,8 +524,8 @@ async def test_mariadb_two_connection_import_loads_exactly_what_one_would(
     make_mariadb_db, cleanup_names, monkeypatch
 ):
     """connections=2 splits big tables' INSERTs over two sessions: same rows, triggers not fired."""
-    from pipelines.engines import mariadb_split
-    from pipelines.streams import run_producer
+    from envrestore.pipelines.engines import mariadb_split
+    from envrestore.pipelines.streams import run_producer
 
     source, live = make_mariadb_db(), make_mariadb_db()
     await mariadb_exec(
@@ -576,7 +576,7 @@ async def test_mariadb_two_connection_import_loads_exactly_what_one_would(
 async def test_mariadb_two_connection_import_fails_cleanly_on_a_bad_statement(
     mariadb_restore, monkeypatch
 ):
-    from pipelines.engines import mariadb_shadow, mariadb_split
+    from envrestore.pipelines.engines import mariadb_shadow, mariadb_split
 
     live, names, dump = mariadb_restore
     monkeypatch.setattr(mariadb_split, "SPLIT_AFTER_BYTES", 0)

@@ -22,12 +22,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 import zstandard
 
-from pipelines.backup.service import BackupRecord, list_backups
-from pipelines.engines import engine_for
-from pipelines.errors import BadInput
-from pipelines.jobs.views import list_jobs
-from pipelines.objectstore.resumable import file_identity, staging_upload_key, upload_file
-from pipelines.requests import ImportRequest, LinkRequest, PartInput
+from envrestore.pipelines.backup.service import BackupRecord, list_backups
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.jobs.views import list_jobs
+from envrestore.pipelines.objectstore.resumable import (
+    file_identity,
+    staging_upload_key,
+    upload_file,
+)
+from envrestore.pipelines.requests import ImportRequest, LinkRequest, PartInput
 from tests.support.content import snapshot
 from tests.support.driver import drive
 from tests.support.environments import (

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
-from pipelines.engines.mariadb import MariaDbEngine
-from pipelines.engines.postgres import PostgresEngine
-from pipelines.errors import UnsafeInput
-from pipelines.sqlsafety import FilterReport, filter_dump
-from pipelines.streams import run_consumer, run_producer
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.engines.mariadb import MariaDbEngine
+from envrestore.pipelines.engines.postgres import PostgresEngine
+from envrestore.pipelines.errors import UnsafeInput
+from envrestore.pipelines.sqlsafety import FilterReport, filter_dump
+from envrestore.pipelines.streams import run_consumer, run_producer
 
 pytestmark = pytest.mark.integration
 

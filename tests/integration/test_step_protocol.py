@@ -10,15 +10,15 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from pipelines import registry
-from pipelines.errors import BadInput, TransientError
-from pipelines.jobs.kinds import JobKind
-from pipelines.jobs.model import Plan, StepSpec
-from pipelines.jobs.outbox import relay_once
-from pipelines.jobs.reconciler import reconcile_once
-from pipelines.jobs.runner import run_step
-from pipelines.jobs.submit import submit_job
-from pipelines.jobs.views import show_job
+from envrestore.pipelines import registry
+from envrestore.pipelines.errors import BadInput, TransientError
+from envrestore.pipelines.jobs.kinds import JobKind
+from envrestore.pipelines.jobs.model import Plan, StepSpec
+from envrestore.pipelines.jobs.outbox import relay_once
+from envrestore.pipelines.jobs.reconciler import reconcile_once
+from envrestore.pipelines.jobs.runner import run_step
+from envrestore.pipelines.jobs.submit import submit_job
+from envrestore.pipelines.jobs.views import show_job
 from tests.support.driver import drive
 from tests.support.sites import make_repo
 
@@ -156,7 +156,7 @@ async def test_cleanup_step_delivered_while_the_job_runs_does_nothing(toy, scrip
 async def test_a_cleanup_message_that_came_too_early_is_sent_again_once_ready(toy, script):
     """Cancel while a step runs; a cleanup message that arrives before that step has
     stopped is not lost: the step that makes it ready sends it (no minute-long wait)."""
-    from pipelines.jobs.cancel import cancel_job
+    from envrestore.pipelines.jobs.cancel import cancel_job
 
     rt, kind, env = toy
     job = await submit(rt, kind, env)

@@ -6,8 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
 from tests.support.sites import git, tags_of, tree_digest
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pipelines.dsn import Dsn, parse_dsn
+from envrestore.pipelines.dsn import Dsn, parse_dsn
 
 __all__ = [
     "make_mariadb_db",

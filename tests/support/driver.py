@@ -10,11 +10,11 @@ import asyncio
 import uuid
 from typing import Any
 
-from pipelines.jobs.outbox import relay_once
-from pipelines.jobs.reconciler import reconcile_once
-from pipelines.jobs.runner import run_step
-from pipelines.jobs.runtime import Runtime
-from pipelines.jobs.views import show_job
+from envrestore.pipelines.jobs.outbox import relay_once
+from envrestore.pipelines.jobs.reconciler import reconcile_once
+from envrestore.pipelines.jobs.runner import run_step
+from envrestore.pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.jobs.views import show_job
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

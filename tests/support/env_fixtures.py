@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.jobs.runtime import Runtime
 from tests.support.environments import SiteEnv, add_env
 
 ENGINES = ["mariadb", "postgresql"]

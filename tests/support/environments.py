@@ -22,11 +22,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from pipelines import registry
-from pipelines.dsn import Dsn
-from pipelines.engines import engine_for
-from pipelines.jobs.runtime import Runtime
-from pipelines.registry import parse_target
+from envrestore.pipelines import registry
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines import engine_for
+from envrestore.pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.registry import parse_target
 from tests.integration.test_backup_job import _dsn_text, fill
 from tests.support.content import Snapshot, snapshot
 from tests.support.sites import git, make_files, make_repo

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from pipelines.ledger.connection import connect
-from pipelines.ledger.migrate import migrate
+from envrestore.pipelines.ledger.connection import connect
+from envrestore.pipelines.ledger.migrate import migrate
 
 __all__ = ["ledger_template", "ledger_url"]
 

@@ -22,7 +22,7 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
-from pipelines.backup.naming import pantheon_timestamp
+from envrestore.pipelines.backup.naming import pantheon_timestamp
 
 __all__ = ["make_pantheon_backup", "pantheon_base_name"]
 

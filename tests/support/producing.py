@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pipelines.jobs.principal import Principal
-from pipelines.jobs.runtime import Runtime
-from pipelines.jobs.submit import Submitted
-from pipelines.producer import Producer
-from pipelines.requests import (
+from envrestore.pipelines.jobs.principal import Principal
+from envrestore.pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.jobs.submit import Submitted
+from envrestore.pipelines.producer import Producer
+from envrestore.pipelines.requests import (
     BackupRequest,
     ImportRequest,
     PartInput,
@@ -17,7 +17,7 @@ from pipelines.requests import (
     RollbackRequest,
     parse_elements,
 )
-from pipelines.restore.expiry import schedule_expiries
+from envrestore.pipelines.restore.expiry import schedule_expiries
 
 TESTER = Principal.operator("tests")
 

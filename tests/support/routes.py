@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.jobs.runtime import Runtime
-from pipelines.requests import ImportRequest, PartInput, parse_elements
+from envrestore.pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.requests import ImportRequest, PartInput, parse_elements
 from tests.support.driver import drive
 from tests.support.environments import staging_keys
 from tests.support.producing import producer, submit_restore

@@ -15,9 +15,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from config.settings import Settings, load_settings
 from deploy.local.seaweed import SeaweedHandle, find_weed, start
-from pipelines.objectstore.s3 import S3ObjectStore, open_object_store
+from envrestore.config.settings import Settings, load_settings
+from envrestore.pipelines.objectstore.s3 import S3ObjectStore, open_object_store
 
 __all__ = ["object_store", "s3_settings", "seaweed"]
 

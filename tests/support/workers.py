@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from config.settings import Settings
+from envrestore.config.settings import Settings
 
 __all__ = ["cli_env", "redis_url", "worker_pool"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.archives.extract import extract_tar
-from pipelines.archives.safety import (
+from envrestore.pipelines.archives.extract import extract_tar
+from envrestore.pipelines.archives.safety import (
     DEFAULT_BOMB_CEILING,
     DEFAULT_BOMB_FLOOR,
     ArchiveRules,
@@ -22,8 +22,8 @@ from pipelines.archives.safety import (
     limits_for,
     printable,
 )
-from pipelines.errors import BadInput, IntegrityError, UnsafeInput
-from pipelines.streams import gzip_decompress
+from envrestore.pipelines.errors import BadInput, IntegrityError, UnsafeInput
+from envrestore.pipelines.streams import gzip_decompress
 from tests.support import evil_archives as evil
 
 LIMITS = TarLimits(max_bytes=1 << 20, max_members=20)

@@ -9,9 +9,9 @@ import logging
 import pytest
 import structlog
 
-from config.logging import LOG_VALUE_LIMIT, configure_logging
-from pipelines.errors import EnvrestoreError, UnsafeInput
-from pipelines.text import ascii_text, clean_data, clean_text
+from envrestore.config.logging import LOG_VALUE_LIMIT, configure_logging
+from envrestore.pipelines.errors import EnvrestoreError, UnsafeInput
+from envrestore.pipelines.text import ascii_text, clean_data, clean_text
 
 
 def test_plain_text_is_untouched():

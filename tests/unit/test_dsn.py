@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.dsn import mask_dsn_text, parse_dsn
-from pipelines.errors import BadInput
+from envrestore.pipelines.dsn import mask_dsn_text, parse_dsn
+from envrestore.pipelines.errors import BadInput
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipelines.errors import UnsafeInput
-from pipelines.sqlsafety import FilterReport, filter_dump
+from envrestore.pipelines.errors import UnsafeInput
+from envrestore.pipelines.sqlsafety import FilterReport, filter_dump
 
 MARIADB = (
     b"-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB\n"
@@ -58,7 +58,9 @@ async def test_an_empty_dump_is_refused(engine, data):
 @pytest.mark.parametrize("engine", ["mariadb", "postgresql"])
 async def test_a_truncated_dump_is_refused_unless_allowed(engine):
     data = DUMPS[engine]
-    cut = data[: data.index(b"2)") if engine == "mariadb" else data.index(b"\n2\n")]  # the data half there, the trailer missing
+    cut = data[
+        : data.index(b"2)") if engine == "mariadb" else data.index(b"\n2\n")
+    ]  # the data half there, the trailer missing
     with pytest.raises(UnsafeInput, match="truncated") as caught:
         await _run(engine, cut)
     assert caught.value.data["problem"] == "truncated"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.archives.formats import (
+from envrestore.pipelines.archives.formats import (
     CODECS,
     check_archive,
     codec_for_key,
@@ -22,11 +22,11 @@ from pipelines.archives.formats import (
     extract_archive,
     open_dump,
 )
-from pipelines.archives.sniff import decompress_archive
-from pipelines.archives.tarpolicy import ArchiveRules, TarLimits
-from pipelines.archives.tarstream import check_tar
-from pipelines.errors import BadInput, IntegrityError, UnsafeInput
-from pipelines.sqlsafety.sniff import decompress_dump
+from envrestore.pipelines.archives.sniff import decompress_archive
+from envrestore.pipelines.archives.tarpolicy import ArchiveRules, TarLimits
+from envrestore.pipelines.archives.tarstream import check_tar
+from envrestore.pipelines.errors import BadInput, IntegrityError, UnsafeInput
+from envrestore.pipelines.sqlsafety.sniff import decompress_dump
 from tests.support import archive_formats as af
 
 SQL = (

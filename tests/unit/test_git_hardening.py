@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.archives.code_restore import prepare_code
-from pipelines.archives.git_hardening import DISABLED_HOOKS, harden_repository, printable
-from pipelines.errors import IntegrityError, UnsafeInput
+from envrestore.pipelines.archives.code_restore import prepare_code
+from envrestore.pipelines.archives.git_hardening import DISABLED_HOOKS, harden_repository, printable
+from envrestore.pipelines.errors import IntegrityError, UnsafeInput
 from tests.support.sites import GIT_ENV, make_repo
 
 HOOKS = ("post-checkout", "post-merge", "pre-commit", "reference-transaction", "pre-push")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from config.logging import configure_logging
-from pipelines.registry import Environment
+from envrestore.config.logging import configure_logging
+from envrestore.pipelines.registry import Environment
 
 
 @pytest.fixture(autouse=True)

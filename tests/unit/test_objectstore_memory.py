@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from pipelines.errors import BadInput, NotFound, Refused
-from pipelines.objectstore import MemoryObjectStore, ObjectStore
+from envrestore.pipelines.errors import BadInput, NotFound, Refused
+from envrestore.pipelines.objectstore import MemoryObjectStore, ObjectStore
 
 
 def test_memory_store_satisfies_the_object_store_protocol():

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pipelines.errors import BadInput
-from pipelines.jobs.principal import Principal
-from pipelines.requests import (
+from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.jobs.principal import Principal
+from envrestore.pipelines.requests import (
     BackupRequest,
     CloneRequest,
     ImportRequest,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.rewrite.values import (
+from envrestore.pipelines.rewrite.values import (
     Limits,
     Replacement,
     ValueStats,

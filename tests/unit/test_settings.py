@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from config.settings import load_settings
+from envrestore.config.settings import load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipelines.errors import UnsafeInput
-from pipelines.sqlsafety import FilterReport, check_dump, filter_dump
-from pipelines.sqlsafety.lines import LineSplitter, iter_lines
+from envrestore.pipelines.errors import UnsafeInput
+from envrestore.pipelines.sqlsafety import FilterReport, check_dump, filter_dump
+from envrestore.pipelines.sqlsafety.lines import LineSplitter, iter_lines
 
 HEADER = b"""-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB
 --
@@ -265,8 +265,11 @@ async def test_a_second_database_in_one_dump_is_refused():
         (b"SELECT other.f(1);\n", "qualified", "other.f"),
         (b"INSERT INTO `mysql`.`global_priv` VALUES ('x','y','{}');\n", "system_schema", "mysql"),
         (b"UPDATE mysql.user SET Super_priv = 'Y';\n", "system_schema", "mysql.user"),
-        (b"SELECT * FROM a WHERE i IN (SELECT 1 FROM performance_schema.threads);\n",
-         "system_schema", "performance_schema"),
+        (
+            b"SELECT * FROM a WHERE i IN (SELECT 1 FROM performance_schema.threads);\n",
+            "system_schema",
+            "performance_schema",
+        ),
     ],
 )
 async def test_names_in_another_database_are_refused(sql, problem, named):
@@ -313,6 +316,8 @@ async def test_table_column_names_new_old_and_lookalikes_in_strings_pass():
     )
     out, _report = await run(dump)
     assert b"other.t" in out
+
+
 async def test_newer_collations_are_mapped_outside_literals_only():
     dump = (
         b"CREATE TABLE `a` (`s` varchar(9) COLLATE utf8mb4_0900_ai_ci)"

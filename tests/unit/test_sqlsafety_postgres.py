@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipelines.errors import UnsafeInput
-from pipelines.sqlsafety import FilterReport, filter_dump
+from envrestore.pipelines.errors import UnsafeInput
+from envrestore.pipelines.sqlsafety import FilterReport, filter_dump
 
 HEADER = b"""--
 -- PostgreSQL database dump
@@ -239,7 +239,7 @@ async def test_the_libc_system_canary_is_refused_at_its_function():
     [
         b"CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'x.so', 'f';\n",
         b"CREATE OR REPLACE FUNCTION public.f() RETURNS int AS '$libdir/x', 'f' LANGUAGE 'c';\n",
-        b'CREATE FUNCTION f() RETURNS int AS \'x\' LANGUAGE "c";\n',
+        b"CREATE FUNCTION f() RETURNS int AS 'x' LANGUAGE \"c\";\n",
         b"CREATE FUNCTION f() RETURNS int\n    LANGUAGE\n    internal\n    AS 'int4in';\n",
         b"CREATE FUNCTION f() RETURNS int AS $$ import os $$ LANGUAGE plpython3u;\n",
         b"CREATE FUNCTION f() RETURNS int LANGUAGE plperlu AS $x$\n system('id');\n$x$;\n",
@@ -285,7 +285,7 @@ async def test_sql_and_plpgsql_functions_pass_in_every_layout():
         b"  -- LANGUAGE c AS 'libc.so.6', 'system'\n  return new;\nend$$;\n"
         b"CREATE PROCEDURE public.p()\n    LANGUAGE sql\n    BEGIN ATOMIC\n"
         b" INSERT INTO public.t (language)\n   VALUES ('x'::text);\nEND;\n"
-        b'CREATE OR REPLACE FUNCTION public.h() RETURNS int AS \'select 1\' LANGUAGE "plpgsql";\n'
+        b"CREATE OR REPLACE FUNCTION public.h() RETURNS int AS 'select 1' LANGUAGE \"plpgsql\";\n"
         b"CREATE TABLE public.t (\n    id integer NOT NULL,\n    language text\n);\n"
         b"COPY public.t (id, language) FROM stdin;\n1\ten\n\\.\n"
     )
@@ -324,16 +324,19 @@ async def test_writes_to_system_schemas_are_refused(sql):
         (b"SET search_path TO pg_catalog, public;\n", "search_path"),
         (b"SET search_path = 'pg_catalog';\n", "search_path"),
         (b"SELECT pg_catalog.set_config('search_path', 'pg_catalog', false);\n", "search_path"),
-        (b'SELECT pg_catalog.set_config(\'search_path\', \'"pg_catalog"\', false);\n', "search_path"),
+        (b"SELECT pg_catalog.set_config('search_path', '\"pg_catalog\"', false);\n", "search_path"),
         (b"SET statement_timeout = 5;\n", "timeout"),
         (b"SET statement_timeout = 0; SELECT pg_sleep(1);\n", "timeout"),
         (b"SET LOCAL statement_timeout TO 0;\n", "timeout"),
         (b'SET "statement_timeout" = 0;\n', "timeout"),
         (b"RESET statement_timeout;\n", "timeout"),
         (b"SELECT set_config('statement_timeout', '0', false);\n", "quoting_mode"),
-        (b"CREATE FUNCTION public.f() RETURNS int LANGUAGE sql\n"
-         b"  SET statement_timeout TO '0' AS 'select 1';\n", "timeout"),
-        (b"ALTER FUNCTION public.f() SET \"statement_timeout\" = 0;\n", "timeout"),
+        (
+            b"CREATE FUNCTION public.f() RETURNS int LANGUAGE sql\n"
+            b"  SET statement_timeout TO '0' AS 'select 1';\n",
+            "timeout",
+        ),
+        (b'ALTER FUNCTION public.f() SET "statement_timeout" = 0;\n', "timeout"),
         (b"RESET ROLE;\n", "reset"),
         (b"RESET ALL;\n", "reset"),
         (b"DISCARD ALL;\n", "reset"),

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import psutil
 import pytest
 
-from pipelines.errors import IntegrityError, PermanentError, TransientError, UnsafeInput
-from pipelines.streams import (
+from envrestore.pipelines.errors import IntegrityError, PermanentError, TransientError, UnsafeInput
+from envrestore.pipelines.streams import (
     StreamMeter,
     gzip_compress,
     gzip_decompress,
@@ -213,7 +213,7 @@ async def test_run_consumer_kills_the_process_when_the_input_fails():
 
 async def test_consumer_fails_when_the_input_stream_drops_mid_way():
     """A ConnectionResetError from the source (a dropped download) fails the import, promptly."""
-    from pipelines.streams import run_consumer
+    from envrestore.pipelines.streams import run_consumer
 
     async def dropping():
         yield b"partial data\n"

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipelines.errors import IntegrityError, UnsafeInput
-from pipelines.streams import bzip2_decompress
+from envrestore.pipelines.errors import IntegrityError, UnsafeInput
+from envrestore.pipelines.streams import bzip2_decompress
 
 PAYLOAD = os.urandom(200_000) + b"text " * 300_000 + bytes(range(256))
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.archives.formats import check_archive, extract_archive
-from pipelines.archives.tarpolicy import ArchiveRules, TarLimits, TarReport
-from pipelines.errors import BadInput, UnsafeInput
+from envrestore.pipelines.archives.formats import check_archive, extract_archive
+from envrestore.pipelines.archives.tarpolicy import ArchiveRules, TarLimits, TarReport
+from envrestore.pipelines.errors import BadInput, UnsafeInput
 from tests.support import archive_formats as af
 from tests.support.archive_formats import file, folder, hardlink, symlink
 

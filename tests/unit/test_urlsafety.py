@@ -6,8 +6,13 @@ import ipaddress
 
 import pytest
 
-from pipelines.errors import UnsafeInput
-from pipelines.sources.urlsafety import check_url, refusal_for, resolve_checked, resolve_url
+from envrestore.pipelines.errors import UnsafeInput
+from envrestore.pipelines.sources.urlsafety import (
+    check_url,
+    refusal_for,
+    resolve_checked,
+    resolve_url,
+)
 
 HINT = "ENVRESTORE_IMPORT_ALLOW_HOSTS"
 

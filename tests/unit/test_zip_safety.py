@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.archives.formats import check_archive, extract_archive
-from pipelines.archives.tarpolicy import ArchiveRules, TarLimits
-from pipelines.errors import BadInput, IntegrityError, UnsafeInput
+from envrestore.pipelines.archives.formats import check_archive, extract_archive
+from envrestore.pipelines.archives.tarpolicy import ArchiveRules, TarLimits
+from envrestore.pipelines.errors import BadInput, IntegrityError, UnsafeInput
 from tests.support import archive_formats as af
 
 TOP = "files_dev"

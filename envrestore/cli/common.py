@@ -1,0 +1,187 @@
+"""What every `envrestore` command shares: consoles, settings, errors → exit codes, jobs.
+
+A command that creates a job builds a typed request and hands it to a
+`Producer` opened for the operator at the shell (`submit_command`); the same
+producer serves the HTTP API and the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import asyncpg
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from envrestore.cli.exit_codes import ExitCode
+from envrestore.cli.follow import follow_job
+from envrestore.config.settings import Settings, load_settings
+from envrestore.pipelines.errors import (
+    BadInput,
+    Conflict,
+    EnvrestoreError,
+    NotFound,
+    Refused,
+    Unavailable,
+)
+from envrestore.pipelines.jobs.principal import Principal
+from envrestore.pipelines.jobs.submit import Submitted
+from envrestore.pipelines.ledger.connection import create_pool
+from envrestore.pipelines.objectstore import open_object_store
+from envrestore.pipelines.producer import Producer
+from envrestore.pipelines.text import clean_text
+
+T = TypeVar("T")
+
+# Off a terminal (pipes, CI, the demo's capture) tables get room instead of 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+WaitOpt = Annotated[
+    bool, typer.Option("--wait", help="Follow the job with a progress bar until it ends.")
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--idempotency-key",
+        help="Same key and same request give the same job; another request with it is a "
+        "conflict (exit 4).",
+    ),
+]
+
+EXIT_FOR: list[tuple[type[EnvrestoreError], ExitCode]] = [
+    (NotFound, ExitCode.NOT_FOUND),
+    (Conflict, ExitCode.CONFLICT),
+    (Refused, ExitCode.CONFLICT),
+    (BadInput, ExitCode.USAGE),
+    (Unavailable, ExitCode.UNAVAILABLE),
+]
+
+
+def load_cli_settings() -> Settings:
+    try:
+        return load_settings()
+    except (ValidationError, ValueError) as exc:
+        err.print(f"error: bad configuration: {exc}", markup=False)
+        raise typer.Exit(ExitCode.USAGE) from None
+
+
+def run_command(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run an async command body; turn envrestore errors into one line and an exit code."""
+    try:
+        return asyncio.run(body())
+    except EnvrestoreError as exc:
+        err.print(f"error: {clean_text(exc.message)}", markup=False)
+        code = next((c for t, c in EXIT_FOR if isinstance(exc, t)), ExitCode.ERROR)
+        raise typer.Exit(code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        raise typer.Exit(130) from None
+
+
+async def with_ledger(settings: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """A small pool on the ledger for the length of one command."""
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        return await use(pool)
+    finally:
+        await pool.close()
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def shown(value: Any) -> str:
+    """A ledger value as printed: never raw control characters (older rows may hold them)."""
+    return clean_text("" if value is None else str(value))
+
+
+def job_command(
+    settings: Settings,
+    submit: Callable[[asyncpg.Pool], Awaitable[Submitted]],
+    *,
+    wait: bool,
+    as_json: bool,
+) -> NoReturn:
+    """Run a command that creates a job: submit it, then report or follow it."""
+
+    async def submit_and_report(pool: asyncpg.Pool) -> int:
+        return await finish_job_command(pool, await submit(pool), wait=wait, as_json=as_json)
+
+    raise typer.Exit(run_command(lambda: with_ledger(settings, submit_and_report)))
+
+
+async def finish_job_command(
+    pool: asyncpg.Pool, submitted: Submitted, *, wait: bool, as_json: bool
+) -> int:
+    job_id = submitted.job_id
+    if not wait:
+        if as_json:
+            print_json({"id": str(job_id), "created": submitted.created})
+        else:
+            note = "" if submitted.created else " (existing job for this idempotency key)"
+            out.print(f"job {job_id} queued{note}")
+            out.print(f"follow it with: envrestore job show {job_id} --wait")
+        return ExitCode.OK
+    if not as_json:
+        err.print(f"job {job_id} {'queued' if submitted.created else '(existing)'}; waiting")
+    view = await follow_job(pool, job_id, quiet=as_json)
+    return report_final(view, as_json=as_json)
+
+
+def report_final(view: dict[str, Any], *, as_json: bool) -> int:
+    if as_json:
+        print_json(view)
+    elif view["status"] == "succeeded":
+        out.print(f"job {view['id']} succeeded")
+    else:
+        err.print(f"job {view['id']} {view['status']}: {shown(view['error'])}", markup=False)
+    return ExitCode.OK if view["status"] == "succeeded" else ExitCode.JOB_FAILED
+
+
+def submit_command(
+    settings: Settings,
+    submit: Callable[[Producer], Awaitable[Submitted]],
+    *,
+    wait: bool,
+    as_json: bool,
+) -> NoReturn:
+    """Submit through a producer for the operator at this shell, then report or follow."""
+
+    async def with_producer(pool: asyncpg.Pool) -> Submitted:
+        async with open_object_store(settings) as store:
+            return await submit(Producer(pool, settings, store, Principal.operator()))
+
+    job_command(settings, with_producer, wait=wait, as_json=as_json)
+
+
+SearchReplaceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--search-replace",
+        help="OLD=NEW rewritten in the database (serialized-safe, like wp search-replace); "
+        "repeatable, added to the automatic URL rewrite.",
+    ),
+]
+NoSearchReplaceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-search-replace",
+        help="Do not rewrite the source's URL to the target's in the database.",
+    ),
+]
+CodeStrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--code-strategy",
+        help="replace (the backup's repository, same site), revert (one new commit with the "
+        "backup's tree), overwrite (another site's tree as one commit) or merge (histories).",
+    ),
+]

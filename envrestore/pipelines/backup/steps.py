@@ -1,0 +1,200 @@
+"""The steps of a backup: three parts streamed into S3 in parallel, then the record.
+
+Each part flows source → gzip → (rate cap) → object store, sha256 and size
+computed by the upload on the way; nothing is held whole in memory. Keys are
+fixed by the job's parameters, so a second attempt overwrites the first's
+object whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from envrestore.pipelines.archives.code import code_archive
+from envrestore.pipelines.archives.files import files_archive
+from envrestore.pipelines.archives.git import head_commit, tags
+from envrestore.pipelines.backup.naming import BackupLayout, Part
+from envrestore.pipelines.engines.base import engine_for
+from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.jobs.context import StepContext
+from envrestore.pipelines.ledger.queries import sql
+from envrestore.pipelines.requests import BackupRequest
+from envrestore.pipelines.streams import StreamMeter, gzip_compress, rate_limited
+
+MANIFEST_VERSION = 1
+DISCARD_SETTLE_SECONDS = 2.0
+
+
+def layout_of(ctx: StepContext) -> BackupLayout:
+    request = BackupRequest.from_params(ctx.job.params)
+    assert request.backup_id, "the producer pins it"
+    assert request.created_at, "the producer pins it"
+    return BackupLayout(
+        site=str(ctx.job.site),
+        env=str(ctx.job.env),
+        backup_id=request.backup_id,
+        created_at=datetime.fromisoformat(request.created_at),
+    )
+
+
+async def _upload(ctx: StepContext, part: Part, source: AsyncIterator[bytes]) -> dict[str, Any]:
+    """source → count progress → gzip → rate cap → S3; returns the part's record."""
+    layout = layout_of(ctx)
+    meter = StreamMeter(on_progress=lambda done: ctx.progress.set(done))
+    compressed = gzip_compress(meter.wrap(source), ctx.settings.gzip_level)
+    capped = rate_limited(compressed, ctx.settings.stream_rate_limit)
+    result = await ctx.store.put_stream(layout.key(part), capped)
+    await ctx.event(
+        "part.uploaded", part=part.value, key=result.key, size=result.size, raw_bytes=meter.size
+    )
+    return {"part": part.value, "key": result.key, "size": result.size, "sha256": result.sha256}
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes under `path` (not following links): the total for the progress bar."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                # os.path in this hot loop: Path objects per file cost more.
+                total += os.lstat(os.path.join(root, name)).st_size  # noqa: PTH118
+            except OSError:
+                continue
+    return total
+
+
+async def dump_db(ctx: StepContext) -> dict[str, Any]:
+    """The database, dumped by the engine's own tool, gzipped into S3."""
+    environment = await ctx.environment()
+    dsn = environment.dsn
+    engine = engine_for(dsn, ctx.settings)
+    await engine.check(dsn)
+    tables = await engine.list_tables(dsn)
+    outputs = await _upload(ctx, Part.DATABASE, engine.dump(dsn))
+    outputs.update(engine=dsn.engine, tables=len(tables), rows=sum(tables.values()))
+    return outputs
+
+
+async def archive_files(ctx: StepContext) -> dict[str, Any]:
+    """The uploaded files under `files_<env>/`, as tar.gz into S3."""
+    environment = await ctx.environment()
+    files_dir = environment.files_dir
+    if not files_dir.is_dir():
+        raise BadInput(
+            f"files directory {files_dir} of {environment.target} does not exist or is not a "
+            "directory; fix it with envrestore env add",
+            path=str(files_dir),
+        )
+    ctx.progress.total = await asyncio.to_thread(_tree_size, files_dir)
+    return await _upload(ctx, Part.FILES, files_archive(files_dir, layout_of(ctx).files_top))
+
+
+async def archive_code(ctx: StepContext) -> dict[str, Any]:
+    """The git repository, `.git` and all tags, as tar.gz into S3."""
+    environment = await ctx.environment()
+    repo = environment.code_dir
+    head = await head_commit(repo)
+    repo_tags = await tags(repo)
+    ctx.progress.total = await asyncio.to_thread(_tree_size, repo)
+    outputs = await _upload(ctx, Part.CODE, code_archive(repo, layout_of(ctx).code_top))
+    outputs.update(git_head=head, tags=len(repo_tags))
+    return outputs
+
+
+async def record_backup(ctx: StepContext) -> dict[str, Any]:
+    """Write manifest.json beside the parts, then record the backup in one transaction."""
+    layout = layout_of(ctx)
+    parts = [await ctx.outputs_of(step) for step in ("dump_db", "archive_files", "archive_code")]
+    database, _files, code = parts
+    request = BackupRequest.from_params(ctx.job.params)
+    await record_parts(
+        ctx,
+        layout,
+        parts,
+        kind=request.backup_kind,
+        engine=database["engine"],
+        git_head=code["git_head"],
+        keep_days=int(request.keep_days or 0),
+    )
+    return {"backup_id": layout.backup_id, "manifest_key": layout.manifest_key}
+
+
+async def record_parts(
+    ctx: StepContext,
+    layout: BackupLayout,
+    parts: list[dict[str, Any]],
+    *,
+    kind: str,
+    engine: str,
+    git_head: str | None,
+    keep_days: int,
+) -> None:
+    """The manifest beside the parts, then the backup and its parts in the ledger, at once.
+
+    Also how a clone keeps its snapshot (database and files only) as a backup.
+    """
+    expires_at = layout.created_at + timedelta(days=keep_days)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "backup_id": layout.backup_id,
+        "site": layout.site,
+        "env": layout.env,
+        "kind": kind,
+        "created_at": layout.created_at.isoformat(),
+        "expires_at": expires_at.isoformat(),
+        "engine": engine,
+        "git_head": git_head,
+        "job_id": str(ctx.job.id),
+        "parts": {
+            p["part"]: {"key": p["key"], "size": p["size"], "sha256": p["sha256"]} for p in parts
+        },
+    }
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+    await ctx.store.put_bytes(layout.manifest_key, body, content_type="application/json")
+    environment_id = await ctx.runtime.pool.fetchval(
+        sql("environment_id_of"), layout.site, layout.env
+    )
+    async with ctx.runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            sql("insert_backup"),
+            layout.backup_id,
+            environment_id,
+            layout.site,
+            layout.env,
+            kind,
+            engine,
+            git_head,
+            layout.manifest_key,
+            ctx.job.id,
+            layout.created_at,
+            expires_at,
+        )
+        for p in parts:
+            await conn.execute(
+                sql("insert_backup_part"),
+                layout.backup_id,
+                p["part"],
+                p["key"],
+                p["size"],
+                p["sha256"],
+            )
+        await conn.execute(sql("merge_job_outputs"), ctx.job.id, {"backup_id": layout.backup_id})
+
+
+async def discard_backup(ctx: StepContext) -> dict[str, Any]:
+    """After a failure: delete every object the job wrote, so no orphan stays in S3."""
+    layout = layout_of(ctx)
+    removed = await ctx.store.delete_prefix(layout.prefix)
+    # A sibling step cancelled mid-PUT may still have its object land on the
+    # server after the client gave up (the body was already sent): sweep again
+    # once such a request has had time to finish.
+    await asyncio.sleep(DISCARD_SETTLE_SECONDS)
+    removed += await ctx.store.delete_prefix(layout.prefix)
+    await ctx.event("backup.discarded", prefix=layout.prefix, objects=removed)
+    return {"objects_removed": removed}

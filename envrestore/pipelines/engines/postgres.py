@@ -1,0 +1,163 @@
+"""PostgreSQL: `pg_dump` for plain SQL dumps, asyncpg for checks and row counts.
+
+The password reaches pg_dump through PGPASSWORD (the child's environment),
+never argv. `bin_dir` selects the client version: pg_dump refuses a server
+newer than itself (the embedded pgserver runs 16, the system ships 15).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+import structlog
+
+from envrestore.pipelines.dsn import Dsn
+from envrestore.pipelines.engines.base import find_client
+from envrestore.pipelines.errors import BadInput, NotFound, Unavailable
+from envrestore.pipelines.streams import run_producer
+
+log = structlog.get_logger(__name__)
+
+DUMP_OPTIONS = ("--format=plain", "--no-owner", "--no-privileges")
+CONNECT_TIMEOUT_SECONDS = 10
+
+#: DSN query parameters that libpq tools read from the environment.
+_LIBPQ_ENV = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "application_name": "PGAPPNAME",
+}
+
+_TABLES_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%'
+  AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+ORDER BY 1, 2
+"""
+
+
+def quote_identifier(name: str) -> str:
+    """A PostgreSQL identifier in double quotes (for names read from the catalog)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class PostgresEngine:
+    """PostgreSQL servers."""
+
+    bin_dir: Path | None = None
+    name: str = "postgresql"
+
+    def tool(self, name: str) -> str:
+        """A libpq client (`pg_dump`, `psql`) from bin_dir or PATH."""
+        return find_client((name,), self.bin_dir, setting="pg_bin_dir")
+
+    def connection_args(self, dsn: Dsn) -> list[str]:
+        args = ["--host", dsn.socket or dsn.host, "--port", str(dsn.port)]
+        if dsn.user is not None:
+            args += ["--username", dsn.user]
+        return args
+
+    def environment(self, dsn: Dsn) -> dict[str, str]:
+        env = {"PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS)}
+        password = dsn.resolve_password()
+        if password is not None:
+            env["PGPASSWORD"] = password
+        for key, var in _LIBPQ_ENV.items():
+            if key in dsn.params:
+                env[var] = dsn.params[key]
+        return env
+
+    def secrets(self, dsn: Dsn) -> tuple[str, ...]:
+        password = dsn.resolve_password()
+        return (password,) if password else ()
+
+    def psql_argv(self, dsn: Dsn, *extra: str) -> list[str]:
+        """`psql` on the DSN's database, failing on the first error (the restore side)."""
+        return [
+            self.tool("psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            *self.connection_args(dsn),
+            *extra,
+            "--dbname",
+            dsn.database,
+        ]
+
+    async def connect(self, dsn: Dsn) -> asyncpg.Connection:
+        """An asyncpg connection, its failures turned into one clear line."""
+        where = f"PostgreSQL at {dsn.socket or f'{dsn.host}:{dsn.port}'}"
+        try:
+            return await asyncpg.connect(
+                host=dsn.socket or dsn.host,
+                port=dsn.port,
+                user=dsn.user,
+                password=dsn.resolve_password(),
+                database=dsn.database,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                ssl=cast("Any", dsn.params.get("sslmode")),
+            )
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise NotFound(
+                f"database {dsn.database!r} does not exist on {where}; create it or fix the DSN",
+                dsn=dsn.masked(),
+                database=dsn.database,
+            ) from exc
+        except (
+            asyncpg.InvalidPasswordError,
+            asyncpg.InvalidAuthorizationSpecificationError,
+        ) as exc:
+            who = f" as {dsn.user!r}" if dsn.user else ""
+            raise BadInput(
+                f"{where} refused the credentials{who}: {exc}; check the DSN's user and password",
+                dsn=dsn.masked(),
+            ) from exc
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            raise Unavailable(
+                f"cannot connect to {where}: {exc}; check the DSN's host/port and that the "
+                "server is running",
+                dsn=dsn.masked(),
+            ) from exc
+
+    async def check(self, dsn: Dsn) -> None:
+        conn = await self.connect(dsn)
+        await conn.close()
+
+    def dump(self, dsn: Dsn) -> AsyncIterator[bytes]:
+        argv = [
+            self.tool("pg_dump"),
+            *DUMP_OPTIONS,
+            *self.connection_args(dsn),
+            "--dbname",
+            dsn.database,
+        ]
+        log.info("engine.dump", engine=self.name, dsn=dsn.masked())
+        return run_producer(argv, env=self.environment(dsn), secrets=self.secrets(dsn))
+
+    async def list_tables(self, dsn: Dsn) -> dict[str, int]:
+        conn = await self.connect(dsn)
+        try:
+            result: dict[str, int] = {}
+            for schema, table in await conn.fetch(_TABLES_SQL):
+                key = table if schema == "public" else f"{schema}.{table}"
+                # Identifiers come from the catalog and are quoted; values are never spliced.
+                count = await conn.fetchval(
+                    f"SELECT count(*) FROM {quote_identifier(schema)}.{quote_identifier(table)}"
+                )
+                result[key] = int(count)
+            return result
+        finally:
+            await conn.close()

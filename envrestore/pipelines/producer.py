@@ -1,0 +1,98 @@
+"""The one way to submit work: the CLI now, the HTTP API and the scheduler next.
+
+A `Producer` is opened for a principal (who is asking) and turns typed
+requests into jobs: each request's checks run here (every refusal before a
+job exists), then the job is recorded with its idempotency key, its
+fingerprint (the request as asked) and the principal. No logic lives only in
+a CLI command or a route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from envrestore.config.settings import Settings
+from envrestore.pipelines.backup.service import get_backup, latest_backup, prepare_backup
+from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.jobs.prepared import Prepared
+from envrestore.pipelines.jobs.principal import Principal
+from envrestore.pipelines.jobs.submit import Submitted, submit_job
+from envrestore.pipelines.objectstore import ObjectStore
+from envrestore.pipelines.registry import get_environment
+from envrestore.pipelines.requests import (
+    BackupRequest,
+    CloneRequest,
+    ExpireRollbackRequest,
+    ImportRequest,
+    LinkRequest,
+    Request,
+    RestoreRequest,
+    RollbackRequest,
+)
+from envrestore.pipelines.restore import service as restores
+from envrestore.pipelines.sources.links import Link, issue_links, link_ttl
+
+
+@dataclass(frozen=True)
+class Producer:
+    """Submits requests on behalf of `principal`."""
+
+    pool: asyncpg.Pool
+    settings: Settings
+    store: ObjectStore
+    principal: Principal
+    #: Backups check the environment's services before queueing (off in some tests).
+    preflight: bool = True
+
+    async def prepare(self, request: Request) -> Prepared:
+        """The request's checks; raises the error a user sees, before any job exists."""
+        if isinstance(request, BackupRequest):
+            return await prepare_backup(
+                self.pool, self.settings, self.store, request, check=self.preflight
+            )
+        if isinstance(request, RestoreRequest):
+            return await restores.prepare_restore(self.pool, request)
+        if isinstance(request, ImportRequest):
+            return await restores.prepare_import(self.pool, self.settings, request)
+        if isinstance(request, CloneRequest):
+            return await restores.prepare_clone(self.pool, request)
+        if isinstance(request, RollbackRequest):
+            return await restores.prepare_rollback(self.pool, request)
+        if isinstance(request, ExpireRollbackRequest):
+            return await restores.prepare_expiry(self.pool, request)
+        raise BadInput(f"{type(request).__name__} is not a request this version can submit")
+
+    async def submit(self, request: Request, *, idempotency_key: str | None = None) -> Submitted:
+        """Queue the job `request` asks for (or find the one its idempotency key names)."""
+        prepared = await self.prepare(request)
+        return await submit_job(
+            self.pool,
+            prepared.kind,
+            prepared.params,
+            environment=prepared.environment,
+            max_attempts=self.settings.max_attempts,
+            idempotency_key=idempotency_key,
+            idempotency_scope=prepared.idempotency_scope or self.settings.idempotency_scope,
+            fingerprint_params=prepared.asked or None,
+            principal=self.principal,
+        )
+
+    async def link(self, request: LinkRequest) -> list[Link]:
+        """Temporary links to a backup's parts, recorded with who asked and until when."""
+        ttl = link_ttl(self.settings, request.ttl_seconds)
+        environment = await get_environment(self.pool, request.target)
+        if request.backup == "latest":
+            backup = await latest_backup(self.pool, environment)
+        else:
+            backup = await get_backup(self.pool, request.backup)
+            if (backup.site, backup.env) != (environment.site, environment.env):
+                raise BadInput(
+                    f"backup {backup.id} belongs to {backup.site}.{backup.env}, not "
+                    f"{request.target}",
+                    backup_id=backup.id,
+                )
+        return await issue_links(
+            self.pool, self.store, backup, request.parts, ttl=ttl, principal=self.principal
+        )

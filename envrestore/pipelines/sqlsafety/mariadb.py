@@ -1,0 +1,544 @@
+"""The statement filter for mysqldump/mariadb-dump output fed to `mariadb --binary-mode`.
+
+It reads the dump the way the `mariadb` client does (line by line, tracking
+'…', "…", `…` and comments across lines, and the current DELIMITER) and looks
+only at what lies outside string literals and plain comments: executable
+comments (`/*!40101 … */`, `/*M!100616 … */`) are run by the server, so their
+content is inspected like any SQL.
+
+Speed: a 1 MB extended INSERT line costs two C-level regex passes (blank the
+literals, then match the rest against a short character class); Python-level
+scanning only runs on lines with an unterminated literal or comment.
+
+Where the client and the server could read quotes differently, the filter
+refuses instead of guessing: backslashes in `identifiers` (the client treats
+them as escapes, the server does not), sql_mode values that change quoting
+(ANSI_QUOTES, NO_BACKSLASH_ESCAPES), connection charsets whose multibyte
+characters can end in a backslash (GBK, SJIS, BIG5, CP932, GB18030), and
+DELIMITERs that could start a literal or comment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from envrestore.pipelines.sqlsafety.lines import (
+    FilterReport,
+    LineFilter,
+    excerpt,
+    refusal,
+    strip_eol,
+)
+
+#: Collations of newer servers rewritten to one MariaDB 10.x and MySQL 5.7+ both have.
+DEFAULT_COLLATION_MAP: Mapping[str, str] = {
+    "utf8mb4_0900_ai_ci": "utf8mb4_unicode_ci",
+    "utf8mb4_0900_as_ci": "utf8mb4_unicode_ci",
+    "utf8mb4_0900_as_cs": "utf8mb4_bin",
+    "utf8mb4_0900_bin": "utf8mb4_bin",
+    "utf8mb4_uca1400_ai_ci": "utf8mb4_unicode_ci",
+    "utf8mb4_uca1400_as_ci": "utf8mb4_unicode_ci",
+    "utf8mb4_uca1400_as_cs": "utf8mb4_bin",
+    "utf8mb3_uca1400_ai_ci": "utf8mb3_unicode_ci",
+}
+
+#: MariaDB 11's first line; we pass --sandbox to the client ourselves where it exists.
+SANDBOX_LINE = b"/*M!999999\\- enable the sandbox mode */"
+
+# Complete literals and plain comments on one line, blanked to one space each.
+_LITERALS = (
+    rb"'[^'\\]*(?:\\.[^'\\]*)*'"
+    rb'|"[^"\\]*(?:\\.[^"\\]*)*"'
+    rb"|`[^`\\]*`"
+    rb"|/\*(?!M?!)[^*]*\*+(?:[^/*][^*]*\*+)*/"
+    rb"|--(?:[\x00-\x20]|$).*"
+    rb"|\#.*"
+)
+_STRIP = re.compile(_LITERALS, re.S)
+# Anything left that opens a literal or comment: this line needs the slow scanner.
+_LEFTOVER = re.compile(rb"['\"`]|/\*(?!M?!)")
+_OPEN = re.compile(rb"['\"`]|/\*(?!M?!)|--(?:[\x00-\x20]|$)|\#")
+_CLOSE = {
+    b"'": re.compile(rb"[^'\\]*(?:\\.[^'\\]*)*'", re.S),
+    b'"': re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.S),
+    b"`": re.compile(rb"[^`]*`", re.S),
+}
+_EXEC_MARK = re.compile(rb"/\*M?!\d*|\*/")
+# The hot path: INSERT … VALUES rows whose unquoted parts are numbers, NULL and 0x hex.
+_SAFE_ROWS = re.compile(
+    rb"(?:\s*INSERT\s+INTO\s+(?:\([\s,]*\)\s*)?VALUES\b)?[\s0-9a-fA-FxXnNuUlL.,()+\-]*(?:;\s*)?"
+)
+_INSERT_PREFIX = re.compile(
+    rb"INSERT\s+(?:IGNORE\s+)?INTO\s+`[^`'\"\\]*`\s*(?:\([^'\"\\;#/-]*\)\s*)?VALUES\b"
+)
+_SAFE_TAIL = re.compile(rb"[\s0-9a-fA-FxXnNuUlL.,()+\-]*(?:;\s*)?")
+_BACKSLASH = re.compile(rb"\\(?!N(?![A-Za-z0-9_]))")
+_CLIENT_WORD = re.compile(
+    rb"(?i)(delimiter|system|source|connect|pager|nopager|tee|notee|charset|edit|exit|quit"
+    rb"|go|ego|print|rehash|status|warnings|nowarning|prompt|clear|help|query_attributes"
+    rb"|resetconnection|sandbox)(?=[\s;]|$)"
+)
+# Identifiers kept (sanitised to one token), string literals and comments blanked.
+_IDENT_OR_LITERAL = re.compile(_LITERALS, re.S)
+_SANE_IDENT = re.compile(rb"[^\w$]")
+_IDENT = re.compile(rb"`[^`]*`")
+_TOKEN = rb"(?:`[^`]*`|[A-Za-z_$][\w$]*)"
+_QUALIFIED = re.compile(
+    rb"(?<![\w$.`])(?P<a>" + _TOKEN + rb")\s*\.\s*(?P<b>" + _TOKEN + rb")"
+    rb"(?P<c>\s*\.\s*" + _TOKEN + rb")?(?P<call>\s*\()?"
+)
+#: A qualified name right after one of these names a table (or routine) in a database.
+_TABLE_POSITION = re.compile(
+    rb"(?i)\b(?:FROM|JOIN|INTO|UPDATE|TABLE|TABLES|REFERENCES|CALL|DELETE|VIEW|TRIGGER"
+    rb"|PROCEDURE|FUNCTION|EVENT|EXISTS|LIKE|TO|IGNORE|STRAIGHT_JOIN|HANDLER|DESCRIBE"
+    rb"|EXPLAIN|ON\s+SCHEDULE)\s*\(?\s*$"
+)
+_CLAUSE = re.compile(
+    rb"(?i)\b(SELECT|FROM|JOIN|WHERE|SET|ON|GROUP|ORDER|HAVING|LIMIT|VALUES|USING|INTO"
+    rb"|UPDATE|TABLE|TABLES|RETURN|THEN|ELSE|DO|BEGIN|WHEN|WRITE|READ)\b"
+)
+_TABLE_LISTS = {b"FROM", b"JOIN", b"TABLE", b"TABLES", b"UPDATE", b"WRITE", b"READ"}
+#: Schemas a dump never touches: the server's own.
+SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+_MYSQL8 = re.compile(rb"-- MySQL dump [\d.]+\s+Distrib (8|9)\.")
+
+_DELIMITER_OK = re.compile(rb"[;$|%&~^@/]{1,16}")
+_NAME = rb"(?:`(?P<q>(?:[^`]|``)+)`|(?P<n>[A-Za-z0-9_$]+))"
+_DB_STATEMENT = re.compile(
+    rb"(?i)(?P<kind>USE|CREATE\s+(?:DATABASE|SCHEMA)|DROP\s+(?:DATABASE|SCHEMA)"
+    rb"|ALTER\s+(?:DATABASE|SCHEMA))\b"
+)
+_DB_NAME = {
+    b"USE": re.compile(rb"(?i)\s*USE\s+" + _NAME),
+    b"CREATE": re.compile(
+        rb"(?i)\s*CREATE\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME
+    ),
+    b"DROP": re.compile(rb"(?i)\s*DROP\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+EXISTS\s+)?" + _NAME),
+    b"ALTER": re.compile(rb"(?i)\s*ALTER\s+(?:DATABASE|SCHEMA)\s+" + _NAME),
+}
+_USE = re.compile(rb"(?i)\s*USE\b")
+_CURRENT_DATABASE = re.compile(rb"-- Current Database: " + _NAME)
+
+_SAVED_VARS = rb"(?:OLD_SQL_MODE|SAVED_SQL_MODE|OLD_CHARACTER_SET_CLIENT|SAVED_CS_CLIENT)"
+_DANGERS: dict[str, tuple[bytes, str]] = {
+    "grant": (rb"\bGRANT\b", "GRANT (privileges belong to the target server)"),
+    "revoke": (rb"\bREVOKE\b", "REVOKE (privileges belong to the target server)"),
+    "account": (
+        rb"\b(?:CREATE|ALTER|DROP|RENAME)\s+(?:USER|ROLE)\b|\bSET\s+(?:DEFAULT\s+)?ROLE\b",
+        "a user or role statement",
+    ),
+    "password": (rb"\bSET\s+PASSWORD\b", "SET PASSWORD"),
+    "outfile": (rb"\bINTO\s+(?:OUTFILE|DUMPFILE)\b", "writing a server file (INTO OUTFILE)"),
+    "load_data": (rb"\bLOAD\s+(?:DATA|XML)\b", "LOAD DATA/LOAD XML (reads files)"),
+    "load_file": (rb"\bLOAD_FILE\s*\(", "LOAD_FILE() (reads server files)"),
+    "plugin": (rb"\b(?:UN)?INSTALL\s+(?:PLUGIN|SONAME)\b|\bSONAME\b", "loading a plugin or UDF"),
+    "shutdown": (rb"\bSHUTDOWN\b", "SHUTDOWN"),
+    "kill": (rb"\bKILL\b", "KILL"),
+    "database": (
+        rb"\b(?:CREATE|DROP|ALTER)\s+(?:DATABASE|SCHEMA)\b",
+        "a statement on another database",
+    ),
+    "use": (rb";\s*USE\b", "USE of another database"),
+    "global": (
+        rb"\bSET\s+(?:GLOBAL|PERSIST|PERSIST_ONLY)\b|@@(?:GLOBAL|PERSIST)\s*\.",
+        "changing server-wide settings",
+    ),
+    "dynamic_sql": (
+        rb"\bPREPARE\b|\bEXECUTE\b",
+        "dynamic SQL (PREPARE/EXECUTE cannot be checked)",
+    ),
+    "call": (rb"\bCALL\b", "CALL of a stored procedure"),
+    "server": (
+        rb"\b(?:CREATE|ALTER|DROP)\s+(?:SERVER|TABLESPACE)\b",
+        "a server or tablespace statement",
+    ),
+    "engine": (
+        rb"\bENGINE\s*=?\s*(?:CONNECT|FEDERATED|FEDERATEDX|SPIDER|OQGRAPH)\b",
+        "a table engine reaching outside the database",
+    ),
+    "directory": (rb"\b(?:DATA|INDEX)\s+DIRECTORY\b", "DATA/INDEX DIRECTORY"),
+    "replication": (
+        rb"\b(?:CHANGE\s+(?:MASTER|REPLICATION)|(?:START|STOP)\s+(?:SLAVE|REPLICA|ALL\s+SLAVES)"
+        rb"|RESET\s+(?:MASTER|SLAVE|REPLICA)|PURGE\s+(?:BINARY|MASTER)\s+LOGS)\b"
+        rb"|\bBINLOG\s*(?:;|$)",
+        "a replication or binlog statement",
+    ),
+    "quoting_mode": (
+        rb"@" + _SAVED_VARS + rb"\s*:?=(?!\s*@@)\s*|\bINTO\b[^;]*@" + _SAVED_VARS + rb"\b"
+        rb"|\b(?:SQL_MODE|CHARACTER_SET_CLIENT)\s*:?=(?!\s*@@)\s*"
+        rb"(?:@(?!" + _SAVED_VARS + rb"\b)|[\w.]+\s*\(|\()",
+        "an sql_mode or client charset that is not a plain value",
+    ),
+}
+_DANGER = re.compile(
+    b"|".join(b"(?P<" + name.encode() + b">" + rx + b")" for name, (rx, _) in _DANGERS.items()),
+    re.I,
+)
+_SENSITIVE_SET = re.compile(
+    rb"(?i)\bSET\b[^;]*?\b(?:SQL_MODE|CHARACTER_SET_CLIENT|NAMES|CHARSET|CHARACTER\s+SET)\b"
+)
+_BAD_MODE = re.compile(
+    rb"(?i)\b(?:ANSI|ANSI_QUOTES|NO_BACKSLASH_ESCAPES|ORACLE|MSSQL|DB2|POSTGRESQL|MAXDB"
+    rb"|BIG5|CP932|GBK|SJIS|GB18030)\b"
+)
+_USER = rb"(?:`(?:[^`]|``)*`|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[\w$.]+)"
+_HOST = rb"(?:`(?:[^`]|``)*`|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[\w$.%:-]+)"
+_DEFINER = (
+    rb"\bDEFINER\s*=\s*(?:CURRENT_USER(?:\s*\(\s*\))?|" + _USER + rb"(?:\s*@\s*" + _HOST + rb")?)"
+)
+
+
+def _keep_ident(match: re.Match[bytes]) -> bytes:
+    text = match.group()
+    if text[:1] == b"`":
+        return b"`" + _SANE_IDENT.sub(b"_", text[1:-1]) + b"`"
+    return b" "
+
+
+def _bare(token: bytes) -> str:
+    return token.strip(b"`").decode("utf-8", "replace")
+
+
+def _blank(line: bytes) -> bytes:
+    """A dropped line: its line break is kept so later line numbers do not move."""
+    return b"\n" if line.endswith(b"\n") else b""
+
+
+class MariaDbFilter(LineFilter):
+    """Checks and normalises a mysqldump stream line by line (see the module doc)."""
+
+    def __init__(
+        self, report: FilterReport, collation_map: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(report)
+        self.delimiter = b";"
+        self.quote: bytes | None = None  # ', ", ` or /* when a line ends inside one
+        self.statement_empty = True
+        self.after_semicolon = False
+        self.own_db: bytes | None = None
+        self.tail = b""  # the end of the current statement's code, for multi-line context
+        mapping = DEFAULT_COLLATION_MAP if collation_map is None else collation_map
+        self.collations = {k.lower().encode(): v.encode() for k, v in mapping.items()}
+        names = b"|".join(re.escape(k) for k in self.collations)
+        hint = rb"\bDEFINER\s*="
+        rewrite = _LITERALS + rb"|(?P<definer>" + _DEFINER + b")"
+        if names:
+            hint += rb"|\b(?:" + names + rb")\b"
+            rewrite += rb"|(?P<coll>\b(?:" + names + rb")\b)"
+        self._rewrite_hint = re.compile(hint, re.I)
+        self._rewrite = re.compile(rewrite, re.I | re.S)
+
+    # ------------------------------------------------------------------ lines
+
+    def check_line(self, line: bytes) -> bytes | None:
+        started_normal = self.quote is None
+        if started_normal and self.delimiter == b";" and self._plain_rows(line):
+            return None
+        body = strip_eol(line)
+        if started_normal and self.statement_empty:
+            if body.startswith(b"-- Current Database: "):
+                self._learn_database(body)
+            elif body.rstrip() == SANDBOX_LINE:
+                self.report.note("dropped the sandbox-mode line of MariaDB 11 dumps")
+                return _blank(line)
+            else:
+                lead = body.lstrip()
+                if lead[:1] == b"\\":
+                    raise self._client_command(lead)
+                word = _CLIENT_WORD.match(lead)
+                if word is not None:
+                    if word.group(1).lower() != b"delimiter":
+                        raise self._client_command(lead)
+                    self._set_delimiter(lead[len(b"delimiter") :])
+                    return None
+        ids: bytes | None = None
+        if started_normal:
+            if body.startswith(b"-- MySQL dump") and _MYSQL8.match(body):
+                self.report.note("a MySQL 8 dump: its collations are mapped to ones MariaDB has")
+            code = _STRIP.sub(b" ", body)
+            if _LEFTOVER.search(code):
+                ids = self._scan(body)
+                code = _IDENT.sub(b" ", ids)
+        else:
+            ids = self._scan(body)
+            code = _IDENT.sub(b" ", ids)
+        if self.delimiter == b";" and _SAFE_ROWS.fullmatch(code):
+            end = code.rstrip()
+            if end.endswith(b";"):
+                self.report.statements += 1
+                self.statement_empty = True
+                self.after_semicolon = True
+            elif end:
+                self.statement_empty = False
+                self.after_semicolon = False
+            return None
+        if b"." in code:
+            if ids is None:
+                ids = _IDENT_OR_LITERAL.sub(_keep_ident, body)
+            self._check_names(body, ids)
+        return self._check_code(line, body, code, started_normal)
+
+    def _check_names(self, body: bytes, ids: bytes) -> None:
+        """Refuse names that reach another database: `db`.`table` where a table goes,
+        `a`.`b`.`c`, `db`.`routine`(…), and any name in the server's own schemas.
+
+        `table`.`column` (and NEW./OLD. in triggers) stays allowed: only a name in a
+        table position, or in a comma list after FROM/JOIN/TABLE(S)/UPDATE, is a table.
+        """
+        flat = _EXEC_MARK.sub(b" ", ids) if b"/*" in ids or b"*/" in ids else ids
+        for found in _QUALIFIED.finditer(flat):
+            first, second = _bare(found.group("a")), _bare(found.group("b"))
+            name = f"{first}.{second}"
+            if first.lower() in SYSTEM_SCHEMAS:
+                raise refusal(
+                    self.line_no,
+                    f'a statement on the server\'s own schema "{name}"',
+                    body,
+                    "system_schema",
+                )
+            if found.group("c"):
+                raise refusal(
+                    self.line_no, f'a name in another database "{name}.…"', body, "qualified"
+                )
+            if found.group("call"):
+                raise refusal(
+                    self.line_no,
+                    f'a call of a routine in another database "{name}(…)"',
+                    body,
+                    "qualified",
+                )
+            before = (self.tail + flat[: found.start()])[-240:]
+            in_table_position = _TABLE_POSITION.search(before) is not None
+            if not in_table_position and before.rstrip().endswith(b","):
+                clauses = _CLAUSE.findall(before)
+                in_table_position = bool(clauses) and clauses[-1].upper() in _TABLE_LISTS
+            if in_table_position:
+                raise refusal(
+                    self.line_no,
+                    f'a table in another database "{name}" (a dump names its tables '
+                    "without a database)",
+                    body,
+                    "qualified",
+                )
+
+    def _plain_rows(self, body: bytes) -> bool:
+        """The hot path: True for an INSERT … VALUES line (or a continuation row line)
+        whose unquoted parts are only numbers, NULL and 0x hex.
+
+        Escaped quotes are masked with NULs (same length; escaped backslashes too
+        when one precedes a quote), then the line is split on quotes: all C-speed
+        calls, ~3x faster than one regex pass over the literals.
+        A mask left outside the literals, or any other character, means "not plain".
+        """
+        if self.statement_empty:
+            prefix = _INSERT_PREFIX.match(body)
+            if prefix is None:
+                return False
+            rest = body[prefix.end() :]
+        else:
+            rest = body
+        masked = rest
+        if b"\\\\'" in masked:  # an escaped backslash before a quote: mask pairs first
+            masked = masked.replace(b"\\\\", b"\0\0")
+        masked = masked.replace(b"\\'", b"\0\0")
+        parts = masked.split(b"'")
+        if not len(parts) & 1:
+            return False  # ends inside a literal
+        code = b" ".join(parts[::2])
+        if b"--" in code or not _SAFE_TAIL.fullmatch(code):
+            return False
+        end = code.rstrip()
+        if end.endswith(b";"):
+            self.report.statements += 1
+            self.statement_empty = True
+            self.after_semicolon = True
+        elif end or self.statement_empty:
+            self.statement_empty = False
+            self.after_semicolon = False
+        return True
+
+    def _scan(self, body: bytes) -> bytes:
+        """Blank literals and comments char-state by char-state (lines that need it)."""
+        out: list[bytes] = []
+        pos = 0
+        size = len(body)
+        quote = self.quote
+        while pos < size:
+            if quote is None:
+                found = _OPEN.search(body, pos)
+                if found is None:
+                    out.append(body[pos:])
+                    break
+                out.append(body[pos : found.start()])
+                out.append(b" ")
+                token = found.group()
+                if token[:1] in (b"#", b"-"):
+                    break
+                quote = token
+                pos = found.end()
+            elif quote == b"/*":
+                close = body.find(b"*/", pos)
+                if close < 0:
+                    break
+                pos = close + 2
+                quote = None
+            else:
+                closing = _CLOSE[quote].match(body, pos)
+                content = body[pos:] if closing is None else closing.group()
+                if quote == b"`":
+                    if b"\\" in content:
+                        raise refusal(
+                            self.line_no,
+                            "a backslash in a `quoted identifier` (the client and the server "
+                            "read it differently)",
+                            body,
+                            "backslash_identifier",
+                        )
+                    if closing is None:
+                        raise refusal(
+                            self.line_no,
+                            "a `quoted identifier` that spans lines",
+                            body,
+                            "identifier_lines",
+                        )
+                    out[-1] = b"`" + _SANE_IDENT.sub(b"_", content[:-1]) + b"`"
+                if closing is None:
+                    break
+                pos = closing.end()
+                quote = None
+        self.quote = quote
+        return b"".join(out)
+
+    # ------------------------------------------------------------- statements
+
+    def _check_code(
+        self, line: bytes, body: bytes, code: bytes, started_normal: bool
+    ) -> bytes | None:
+        backslash = _BACKSLASH.search(code)
+        if backslash is not None:
+            raise self._client_command(code[backslash.start() :])
+        delimiter = self.delimiter
+        if delimiter.endswith(b"/") and delimiter + b"*" in body:
+            raise refusal(
+                self.line_no,
+                f'"{delimiter.decode()}*" with DELIMITER {delimiter.decode()} (ambiguous)',
+                body,
+                "delimiter",
+            )
+        flat = _EXEC_MARK.sub(b" ", code) if b"*/" in code or b"/*" in code else code
+        parts = flat.split(delimiter)
+        result: bytes | None = None
+        if not self.statement_empty and self.after_semicolon and _USE.match(parts[0]):
+            # `…;` ends a statement for the server even inside a DELIMITER ;; block.
+            raise refusal(self.line_no, f'USE "{excerpt(parts[0])}"', body, "use")
+        for index, part in enumerate(parts):
+            head = part.lstrip()
+            if not head or not (index or self.statement_empty):
+                continue
+            found = _DB_STATEMENT.match(head)
+            if found is not None:
+                alone = index == 0 and len(parts) == 2 and not parts[1].strip()
+                result = self._database_statement(line, body, found.group("kind"), alone)
+        danger = _DANGER.search(flat)
+        if danger is not None and not (result is not None and danger.lastgroup == "database"):
+            name = danger.lastgroup or "unsafe"
+            raise refusal(
+                self.line_no,
+                f'{_DANGERS[name][1]} "{excerpt(flat[danger.start() :])}"',
+                body,
+                name,
+            )
+        if _SENSITIVE_SET.search(flat) and _BAD_MODE.search(body):
+            raise refusal(
+                self.line_no,
+                f'an sql_mode or character set that changes how quotes are read "{excerpt(body)}"',
+                body,
+                "quoting_mode",
+            )
+        self.report.statements += len(parts) - 1
+        if len(parts) > 1:
+            self.statement_empty = not parts[-1].strip()
+        elif parts[0].strip():
+            self.statement_empty = False
+        self.after_semicolon = flat.rstrip().endswith(b";")
+        self.tail = b"" if self.statement_empty else (self.tail + flat)[-240:]
+        if result is None and self._rewrite_hint.search(flat):
+            if not started_normal:
+                raise refusal(
+                    self.line_no,
+                    "a DEFINER or collation on a line that starts inside a string literal",
+                    body,
+                    "definer",
+                )
+            new_body = self._rewrite.sub(self._rewrite_one, body)
+            if new_body != body:
+                result = new_body + line[len(body) :]
+        return result
+
+    def _rewrite_one(self, match: re.Match[bytes]) -> bytes:
+        text = match.group()
+        if match.lastgroup == "definer":
+            if b"CURRENT_USER" in text.upper():
+                return text
+            self.report.note("rewrote DEFINER= clauses to CURRENT_USER")
+            return b"DEFINER=CURRENT_USER"
+        if match.lastgroup == "coll":
+            target = self.collations[text.lower()]
+            self.report.note(f"rewrote collation {text.decode()} to {target.decode()}")
+            return target
+        return text
+
+    def _database_statement(self, line: bytes, body: bytes, kind: bytes, alone: bool) -> bytes:
+        """CREATE/USE/ALTER/DROP DATABASE are refused, naming the statement: the dump's
+        statements would run somewhere else than the database being restored."""
+        verb = kind.split()[0].upper()
+        what = "USE" if verb == b"USE" else f"{verb.decode()} DATABASE"
+        raise refusal(
+            self.line_no,
+            f'{what} "{excerpt(body)}" (a dump holds one database\'s tables and never '
+            "names a database: re-dump it without --databases/--all-databases/-B)",
+            body,
+            "database",
+        )
+
+    def _learn_database(self, body: bytes) -> None:
+        found = _CURRENT_DATABASE.match(body)
+        if found is None:
+            return
+        name = _name_of(found)
+        if self.own_db is None:
+            self.own_db = name
+        elif name != self.own_db:
+            raise refusal(
+                self.line_no,
+                "a second database in one dump (restore one database at a time)",
+                body,
+                "multiple_databases",
+            )
+
+    def _set_delimiter(self, rest: bytes) -> None:
+        arg = rest.strip()
+        if arg[:1] in (b"'", b'"', b"`"):
+            end = arg.find(arg[:1], 1)
+            arg = arg[1:end] if end > 0 else b""
+        else:
+            arg = arg.split(None, 1)[0] if arg else b""
+        if not _DELIMITER_OK.fullmatch(arg):
+            raise refusal(
+                self.line_no,
+                f'DELIMITER "{excerpt(arg)}" (only ;$|%&~^@/ characters can be delimiters)',
+                b"DELIMITER " + rest,
+                "delimiter",
+            )
+        self.delimiter = arg
+
+    def _client_command(self, text: bytes) -> Exception:
+        return refusal(
+            self.line_no, f'mysql client command "{excerpt(text)}"', text, "client_command"
+        )
+
+
+def _name_of(found: re.Match[bytes]) -> bytes:
+    quoted = found.group("q")
+    return quoted.replace(b"``", b"`") if quoted is not None else found.group("n")

@@ -1,0 +1,688 @@
+"""The statement filter for plain `pg_dump` output fed to `psql -X -v ON_ERROR_STOP=1`.
+
+psql runs any backslash outside a literal as a meta-command (`\\!` runs a shell),
+so the filter reads the dump as psql does: '…' (standard_conforming_strings
+on), E'…' with escapes, "…", $tag$…$tag$ (across lines), -- and nested /* */
+comments; COPY … FROM stdin data blocks are passed through unread, at memory
+speed, up to psql's own end marker (a line that is exactly `\\.`).
+
+Privileges and ownership belong to the target server: GRANT, REVOKE,
+ALTER DEFAULT PRIVILEGES and ALTER … OWNER TO are dropped, not refused, so
+dumps made without --no-owner/--no-privileges restore too. Dropped lines are
+emitted as empty lines so psql's error line numbers still match the dump.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+from envrestore.pipelines.sqlsafety.lines import (
+    FilterReport,
+    LineFilter,
+    excerpt,
+    refusal,
+    strip_eol,
+)
+from envrestore.pipelines.sqlsafety.postgres_lexer import (
+    LEFTOVER,
+    LIT,
+    SIMPLE_ID,
+    STRIP,
+    TOKEN,
+    UNICODE_ID,
+    depth_zero,
+    scan_line,
+)
+
+#: Extensions a dump may create: trusted or data-only ones, nothing reaching files or servers.
+DEFAULT_EXTENSIONS = frozenset(
+    {
+        "plpgsql",
+        "pg_trgm",
+        "unaccent",
+        "hstore",
+        "uuid-ossp",
+        "citext",
+        "pgcrypto",
+        "fuzzystrmatch",
+        "btree_gin",
+        "btree_gist",
+        "intarray",
+        "ltree",
+        "cube",
+        "earthdistance",
+        "tablefunc",
+        "isn",
+        "seg",
+        "tsm_system_rows",
+        "tsm_system_time",
+        "postgis",
+        "postgis_topology",
+        "vector",
+        "bloom",
+        "dict_int",
+        "pg_stat_statements",
+    }
+)
+
+_RESTRICT = re.compile(rb"\\(?:un)?restrict [A-Za-z0-9]+[ \t]*")
+
+_SAFE_ENCODINGS = frozenset(
+    {
+        "UTF8",
+        "UNICODE",
+        "SQLASCII",
+        "EUCJP",
+        "EUCKR",
+        "EUCCN",
+        "EUCTW",
+        "EUCJIS2004",
+        "MULEINTERNAL",
+        "KOI8R",
+        "KOI8U",
+        "WIN866",
+        "WIN874",
+    }
+    | {f"LATIN{n}" for n in range(1, 11)}
+    | {f"WIN{n}" for n in range(1250, 1259)}
+    | {f"ISO8859{n}" for n in range(5, 9)}
+)
+
+# What a statement may start with, and what happens to it.
+_DROP_START = re.compile(
+    rb"(?i)(?:GRANT|REVOKE|ALTER\s+DEFAULT\s+PRIVILEGES)\b|ALTER\b.*\bOWNER\s+TO\b"
+)
+_REFUSE_START: dict[str, tuple[bytes, str]] = {
+    "do": (rb"DO\b", "an anonymous code block (DO)"),
+    "call": (rb"CALL\b", "CALL of a procedure"),
+    "load": (rb"LOAD\b", "LOAD of a server library"),
+    "import_foreign": (rb"IMPORT\s+FOREIGN\b", "IMPORT FOREIGN SCHEMA"),
+}
+_REFUSE_START_RE = re.compile(
+    b"|".join(b"(?P<" + k.encode() + b">" + rx + b")" for k, (rx, _) in _REFUSE_START.items()),
+    re.I,
+)
+_SELECT = re.compile(rb"(?i)SELECT\b")
+_SELECT_OK = re.compile(
+    rb"(?i)SELECT\s+pg_catalog\.(?:set_config|setval|lo_create|lo_open|lowrite|lo_close"
+    rb"|lo_unlink)\s*\("
+)
+_COPY = re.compile(rb"(?i)COPY\b")
+_COPY_IN = re.compile(rb"(?is)COPY\s+.+?\s+FROM\s+STDIN\b")
+_COPY_OUT = re.compile(rb"(?is)COPY\s+.+?\s+TO\s+STDOUT\b")
+_EXTENSION = re.compile(
+    rb'(?i)\s*CREATE\s+EXTENSION\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:"(?P<q>[^"]+)"|(?P<n>[\w-]+))'
+)
+_EXTENSION_START = re.compile(rb"(?i)CREATE\s+EXTENSION\b")
+
+_DANGERS: dict[str, tuple[bytes, str]] = {
+    "server_files": (
+        rb"\b(?:lo_import|lo_export|pg_read_file|pg_read_binary_file|pg_ls_dir|pg_stat_file"
+        rb"|pg_file_write|pg_file_rename|pg_file_unlink|pg_logdir_ls|pg_ls_logdir|pg_ls_waldir"
+        rb"|pg_ls_tmpdir|pg_ls_archive_statusdir)\s*\(",
+        "a function reading or writing server files",
+    ),
+    "dblink": (rb"\bdblink\w*\s*\(", "dblink (connections to other databases)"),
+    "server_admin": (
+        rb"\b(?:pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile"
+        rb"|pg_promote)\s*\(",
+        "a server administration function",
+    ),
+    "copy_program": (rb"\bCOPY\b[^;]*\bPROGRAM\b", "COPY … PROGRAM (runs a shell command)"),
+    "alter_system": (rb"\bALTER\s+SYSTEM\b", "ALTER SYSTEM"),
+    "role": (
+        rb"\b(?:CREATE|ALTER|DROP)\s+(?:ROLE|USER|GROUP)\b|\bSET\s+(?:SESSION\s+|LOCAL\s+)?ROLE\b"
+        rb"|\bSESSION\s+AUTHORIZATION\b",
+        "a role statement (roles belong to the target server)",
+    ),
+    "database": (rb"\b(?:CREATE|ALTER|DROP)\s+DATABASE\b", "a statement on a database"),
+    "server_objects": (
+        rb"\b(?:CREATE|ALTER|DROP)\s+(?:FOREIGN\s+DATA\s+WRAPPER|SERVER|TABLESPACE|SUBSCRIPTION"
+        rb"|PUBLICATION)\b|\bUSER\s+MAPPING\b"
+        rb"|\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:TRUSTED\s+)?(?:PROCEDURAL\s+)?LANGUAGE\b",
+        "a server-level object (foreign server, tablespace, language, …)",
+    ),
+    "timeout": (
+        rb"\bstatement_timeout\b",
+        "a change of statement_timeout (the restore sets the import's time limits)",
+    ),
+    "reset": (
+        rb"\bRESET\s+(?:ALL|ROLE|SESSION)\b|\bDISCARD\s+ALL\b",
+        "a reset of the session's role or settings (RESET ALL/ROLE, DISCARD ALL)",
+    ),
+    "system_catalog": (
+        rb"\bSET\s+SCHEMA\s+(?:pg_catalog|information_schema)\b",
+        "a statement that moves an object into a system schema",
+    ),
+    "quoting_mode": (
+        rb"\bstandard_conforming_strings\b|\bclient_encoding\b|\bSET\s+NAMES\b|\bset_config\s*\(",
+        "",  # checked against the raw line: see _check_setting
+    ),
+}
+_DANGER = re.compile(
+    b"|".join(b"(?P<" + k.encode() + b">" + rx + b")" for k, (rx, _) in _DANGERS.items()),
+    re.I,
+)
+_SETTING_OK = re.compile(
+    rb"(?i)\s*(?:SET\s+standard_conforming_strings\s*(?:=|TO)\s*'?on'?"
+    rb"|SELECT\s+pg_catalog\.set_config\('search_path',\s*'(?P<path>[^']*)',\s*false\)"
+    rb"|SET\s+(?:client_encoding\s*(?:=|TO)|NAMES)\s*'?(?P<enc>[\w-]+)'?)\s*;\s*"
+)
+
+
+#: pg_dump's own first statement: the restore sets the import's time limits itself.
+_TIMEOUT_ZERO = re.compile(rb"(?i)\s*SET\s+statement_timeout\s*(?:=|TO)\s*'?0'?\s*;\s*")
+#: How many tokens of each statement the statement-level rules read (across lines).
+HEAD_TOKENS = 64
+#: Longest CREATE FUNCTION/PROCEDURE outside its quoted body the filter reads (tokens).
+MAX_ROUTINE_TOKENS = 100_000
+#: Languages a dumped function may be written in (trusted, no file or shell access).
+ROUTINE_LANGUAGES = frozenset({b"sql", b"plpgsql"})
+#: Settings a dump may SET (what pg_dump and common tools emit); anything else is refused.
+ALLOWED_SETTINGS = frozenset(
+    {
+        b"lock_timeout",
+        b"idle_in_transaction_session_timeout",
+        b"transaction_timeout",
+        b"client_encoding",
+        b"names",
+        b"standard_conforming_strings",
+        b"check_function_bodies",
+        b"xmloption",
+        b"client_min_messages",
+        b"row_security",
+        b"default_tablespace",
+        b"default_table_access_method",
+        b"default_with_oids",
+        b"search_path",
+        b"escape_string_warning",
+        b"timezone",
+        b"time",
+        b"datestyle",
+        b"intervalstyle",
+        b"extra_float_digits",
+        b"bytea_output",
+        b"synchronous_commit",
+        b"transaction",
+        b"constraints",
+        b"session",
+    }
+)
+_SYSTEM_SCHEMAS = frozenset({b"pg_catalog", b"information_schema"})
+_SYSTEM_QUOTED = (b'"pg_catalog"', b'"information_schema"')
+#: Statements whose rules read quoted names and values (the token view with markers).
+_MARKED_VERBS = frozenset({b"set", b"create", b"alter", b"reset"})
+_MARKED_START = re.compile(rb"(?i)\s*(?:SET|CREATE|ALTER|RESET)\b")
+_ROUTINE_HEAD = re.compile(rb"create (?:or replace )?(?:function|procedure)\b")
+_WRITE_VERBS = frozenset(
+    {
+        b"insert",
+        b"update",
+        b"delete",
+        b"truncate",
+        b"merge",
+        b"copy",
+        b"lock",
+        b"alter",
+        b"create",
+        b"drop",
+        b"comment",
+        b"security",
+        b"refresh",
+        b"reindex",
+        b"cluster",
+        b"vacuum",
+        b"analyze",
+        b"import",
+    }
+)
+_HEAD_RULES: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
+    (re.compile(rx), what, problem)
+    for rx, what, problem in (
+        (rb"^(?:create|alter|drop) (?:role|user|group)\b", "a role statement", "role"),
+        (
+            rb"^(?:set|reset) (?:session |local )?(?:role|session_authorization"
+            rb"|session authorization)\b",
+            "a change of the session's role",
+            "role",
+        ),
+        (rb"^reset (?:all|role|statement_timeout)\b|^discard\b", "a reset of the session", "reset"),
+        (rb"^alter system\b", "ALTER SYSTEM", "alter_system"),
+        (rb"^(?:create|alter|drop) database\b", "a statement on a database", "database"),
+        (
+            rb"^(?:create|alter|drop) (?:foreign data wrapper|server|tablespace|subscription"
+            rb"|publication|user mapping|event trigger)\b"
+            rb"|^create (?:or replace )?(?:trusted )?(?:procedural )?language\b"
+            rb"|^(?:create|alter|drop) (?:or replace )?(?:procedural )?language\b"
+            rb"|^create (?:or replace )?transform\b",
+            "a server-level object (foreign server, tablespace, language, event trigger, …)",
+            "server_objects",
+        ),
+        (
+            rb"^(?:create|alter|drop) schema (?:if (?:not )?exists )?"
+            rb"(?:pg_catalog|information_schema)\b"
+            rb"|\bset schema (?:pg_catalog|information_schema)\b",
+            "a statement on a system schema (pg_catalog, information_schema)",
+            "system_catalog",
+        ),
+    )
+)
+
+
+def _search_path_problem(items: list[bytes]) -> str:
+    """Why a search_path value is refused ('' when it is fine).
+
+    Unqualified CREATEs go to the first schema of the path: a system schema may
+    only come last, after another one (old pg_dump: `SET search_path = public, pg_catalog`).
+    """
+    names = [item.strip().strip(b"'\"").strip().lower() for item in items]
+    for position, name in enumerate(names):
+        if name in _SYSTEM_SCHEMAS and (position == 0 or position != len(names) - 1):
+            return "puts a system schema (pg_catalog, information_schema) first in search_path"
+    return ""
+
+
+def _blank(line: bytes) -> bytes:
+    return b"\n" if line.endswith(b"\n") else b""
+
+
+class PostgresFilter(LineFilter):
+    """Checks and normalises a plain pg_dump stream line by line (see the module doc)."""
+
+    def __init__(
+        self, report: FilterReport, extensions: Collection[str] = DEFAULT_EXTENSIONS
+    ) -> None:
+        super().__init__(report)
+        self.extensions = frozenset(e.lower() for e in extensions)
+        self.quote: bytes | None = None  # ', E, ", a $tag$, or /* (with depth)
+        self.depth = 0
+        self.statement_empty = True
+        self.dropping = False
+        self.in_copy = False
+        # Statement-level view: the first tokens of the statement (across lines) and,
+        # for CREATE FUNCTION/PROCEDURE, all its tokens up to its end.
+        self.head: list[bytes] = []
+        self.head_done = False
+        self.routine: list[bytes] | None = None
+
+    def feed_block(self, block: bytes) -> bytes:
+        pieces: list[bytes] = []
+        done = 0
+        start = 0
+        size = len(block)
+        while start < size:
+            if self.in_copy:
+                end = _copy_end(block, start)
+                stop = size if end < 0 else end
+                rows = block.count(b"\n", start, stop)
+                self.line_no += rows
+                self.report.copy_rows += rows - (end >= 0)
+                if end < 0:
+                    break
+                self.in_copy = False
+                start = end
+                continue
+            end = block.find(b"\n", start) + 1 or size
+            self.line_no += 1
+            new = self.check_line(block[start:end])
+            if new is not None:
+                pieces.append(block[done:start])
+                pieces.append(new)
+                done = end
+            start = end
+        self.report.lines = self.line_no
+        if not pieces:
+            return block
+        pieces.append(block[done:])
+        return b"".join(pieces)
+
+    def check_line(self, line: bytes) -> bytes | None:
+        body = strip_eol(line)
+        if self.quote is None and self.statement_empty and body[:1] == b"\\":
+            if _RESTRICT.fullmatch(body):
+                return None
+            raise self._meta(body)
+        if (
+            self.quote is None
+            and self.statement_empty
+            and not self.dropping
+            and _TIMEOUT_ZERO.fullmatch(body)
+        ):
+            self.report.note(
+                "dropped SET statement_timeout = 0 (the restore sets the import's time limits)"
+            )
+            self.report.statements += 1
+            return _blank(line)
+        state = (self.quote, self.depth)
+        if self.quote is None:
+            code = STRIP.sub(b" ", body)
+            if LEFTOVER.search(code):
+                code = self._scan(body)
+        else:
+            code = self._scan(body)
+        backslash = code.find(b"\\")
+        if backslash >= 0:
+            raise self._meta(code[backslash:])
+        parts = code.split(b";")
+        result: bytes | None = None
+        if self.dropping:
+            result = _blank(line)
+            if len(parts) > 1:
+                self._only_blank_after(parts, 1, body)
+                self.dropping = False
+                self.statement_empty = True
+                self.report.statements += 1
+            return result
+        danger = _DANGER.search(code)
+        if danger is not None:
+            name = danger.lastgroup or "unsafe"
+            if name == "quoting_mode":
+                self._check_setting(body)
+            else:
+                raise refusal(
+                    self.line_no,
+                    f'{_DANGERS[name][1]} "{excerpt(code[danger.start() :])}"',
+                    body,
+                    name,
+                )
+        for index, part in enumerate(parts):
+            head = part.lstrip()
+            if not head or not (index or self.statement_empty):
+                continue
+            if _DROP_START.match(head):
+                if index:
+                    raise refusal(
+                        self.line_no,
+                        f'a GRANT/REVOKE/OWNER TO sharing its line "{excerpt(head)}"',
+                        body,
+                        "mixed_line",
+                    )
+                what = "GRANT/REVOKE" if b"OWNER" not in head.upper() else "ALTER … OWNER TO"
+                self.report.note(f"dropped {what} statements (they belong to the target server)")
+                result = _blank(line)
+                if len(parts) > 1:
+                    self._only_blank_after(parts, 1, body)
+                    self.report.statements += 1
+                    self.statement_empty = True
+                else:
+                    self.dropping = True
+                    self.statement_empty = False
+                return result
+            self._check_start(head, body, index, len(parts))
+        self._track(body, state, parts)
+        self.report.statements += len(parts) - 1
+        if len(parts) > 1:
+            self.statement_empty = not parts[-1].strip()
+        elif parts[0].strip():
+            self.statement_empty = False
+        return result
+
+    def _check_start(self, head: bytes, body: bytes, index: int, count: int) -> None:
+        refused = _REFUSE_START_RE.match(head)
+        if refused is not None:
+            name = refused.lastgroup or "unsafe"
+            raise refusal(self.line_no, f'{_REFUSE_START[name][1]} "{excerpt(head)}"', body, name)
+        if _SELECT.match(head) and not _SELECT_OK.match(head):
+            raise refusal(
+                self.line_no,
+                f'a top-level SELECT other than pg_dump\'s own "{excerpt(head)}"',
+                body,
+                "select",
+            )
+        if _COPY.match(head):
+            self._check_copy(head, body, index, count)
+        if _EXTENSION_START.match(head):
+            found = _EXTENSION.match(body) if index == 0 else None
+            raw = (found.group("q") or found.group("n")) if found else b""
+            name = raw.decode("utf-8", "replace")
+            if name.lower() not in self.extensions:
+                raise refusal(
+                    self.line_no,
+                    f"CREATE EXTENSION of {name or 'an unreadable name'!r} (not in the "
+                    "allowed list)",
+                    body,
+                    "extension",
+                )
+
+    # ------------------------------------------------------------ statement-level rules
+
+    def _wants_marks(self, body: bytes, parts: list[bytes]) -> bool:
+        """Whether this line needs the token view with literal markers (rare lines only)."""
+        if self.routine is not None or b'&"' in body:
+            return True
+        if not self.head_done and any(name in body for name in _SYSTEM_QUOTED):
+            return True
+        if self.head and not self.head_done and self.head[0] in _MARKED_VERBS:
+            return True
+        return any(
+            _MARKED_START.match(part) for index, part in enumerate(parts) if index or not self.head
+        )
+
+    def _track(self, body: bytes, state: tuple[bytes | None, int], parts: list[bytes]) -> None:
+        """Feed the line's tokens to the statement-level rules; check each statement at its end."""
+        view_parts = parts
+        if self._wants_marks(body, parts):
+            view, _, _ = scan_line(body, state[0], state[1], mark=True)
+            if UNICODE_ID in view:
+                raise refusal(
+                    self.line_no,
+                    f'a Unicode-escaped identifier (U&"…") "{excerpt(view)}"',
+                    body,
+                    "unicode_identifier",
+                )
+            view_parts = view.split(b";")
+        last = len(view_parts) - 1
+        for index, part in enumerate(view_parts):
+            self._feed(part, body)
+            if index < last:
+                self._end_statement(body)
+
+    def _feed(self, part: bytes, body: bytes) -> None:
+        if self.routine is not None:
+            self.routine.extend(token.lower() for token in TOKEN.findall(part))
+            if len(self.routine) > MAX_ROUTINE_TOKENS:
+                raise refusal(
+                    self.line_no,
+                    f"a CREATE FUNCTION/PROCEDURE longer than {MAX_ROUTINE_TOKENS} tokens "
+                    "outside its quoted body",
+                    body,
+                    "routine_too_long",
+                )
+            return
+        if self.head_done:
+            return
+        tokens = TOKEN.finditer(part)
+        for found in tokens:
+            self.head.append(found.group().lower())
+            if len(self.head) >= HEAD_TOKENS:
+                break
+        if _ROUTINE_HEAD.match(b" ".join(self.head[:4])):
+            self.routine = [*self.head, *(found.group().lower() for found in tokens)]
+            return
+        if len(self.head) >= HEAD_TOKENS:
+            self.head_done = True
+            self._check_head(self.head, body)
+
+    def _end_statement(self, body: bytes) -> None:
+        if self.routine is not None:
+            self._check_head(self.routine[:HEAD_TOKENS], body)
+            self._check_routine(self.routine, body)
+        elif not self.head_done and self.head:
+            self._check_head(self.head, body)
+        self.head = []
+        self.head_done = False
+        self.routine = None
+
+    def _refuse_statement(self, what: str, tokens: list[bytes], body: bytes, problem: str) -> None:
+        shown = excerpt(b" ".join(tokens[:24]).replace(LIT, b"'...'"))
+        raise refusal(self.line_no, f'{what} "{shown}"', body, problem)
+
+    def _check_head(self, tokens: list[bytes], body: bytes) -> None:
+        head = b" ".join(tokens)
+        for rule, what, problem in _HEAD_RULES:
+            if rule.search(head):
+                self._refuse_statement(what, tokens, body, problem)
+        if UNICODE_ID in tokens:
+            self._refuse_statement(
+                'a Unicode-escaped identifier (U&"…")', tokens, body, "unicode_identifier"
+            )
+        if b"statement_timeout" in tokens:
+            self._refuse_statement(_DANGERS["timeout"][1], tokens, body, "timeout")
+        first = tokens[0] if tokens else b""
+        if first == b"set":
+            self._check_set(tokens, body)
+        if first in _WRITE_VERBS:
+            for index, token in enumerate(tokens[:-1]):
+                if token == b"(":
+                    break
+                if tokens[index + 1] == b"." and token in _SYSTEM_SCHEMAS:
+                    self._refuse_statement(
+                        "a statement that writes or defines objects in a system schema "
+                        f"({token.decode()})",
+                        tokens,
+                        body,
+                        "system_catalog",
+                    )
+        if first == b"create" and b"extension" in tokens[:3] and b"schema" in tokens:
+            at = tokens.index(b"schema")
+            name = tokens[tokens.index(b"extension") + 1 :][:4]
+            if (
+                tokens[at + 1 : at + 2]
+                and tokens[at + 1] in _SYSTEM_SCHEMAS
+                and (b"plpgsql" not in name)
+            ):
+                self._refuse_statement(
+                    "CREATE EXTENSION into a system schema", tokens, body, "system_catalog"
+                )
+
+    def _check_set(self, tokens: list[bytes], body: bytes) -> None:
+        at = 1
+        if tokens[1:2] == [b"local"] or (
+            tokens[1:2] == [b"session"] and tokens[2:3] != [b"characteristics"]
+        ):
+            at = 2
+        name = tokens[at] if len(tokens) > at else b""
+        if name not in ALLOWED_SETTINGS or (at == 2 and name == b"session"):
+            shown = "a quoted name" if not SIMPLE_ID.fullmatch(name) else repr(name.decode())
+            allowed = ", ".join(sorted(n.decode() for n in ALLOWED_SETTINGS))
+            self._refuse_statement(
+                f"SET of {shown} (a dump may set only: {allowed})", tokens, body, "setting"
+            )
+        if name == b"search_path":
+            value = tokens[at + 2 :] if tokens[at + 1 : at + 2] in ([b"="], [b"to"]) else []
+            problem = _search_path_problem(b" ".join(value).split(b","))
+            if LIT in value:
+                problem = "gives search_path quoted names"
+            if problem:
+                self._refuse_statement(
+                    f"a SET search_path that {problem}", tokens, body, "search_path"
+                )
+
+    def _check_routine(self, tokens: list[bytes], body: bytes) -> None:
+        """CREATE FUNCTION/PROCEDURE: only in sql or plpgsql, never a C object file."""
+        allowed = " and ".join(sorted(n.decode() for n in ROUTINE_LANGUAGES))
+        zero = depth_zero(tokens)
+        for index, token in enumerate(zero):
+            after = zero[index + 1 : index + 3]
+            if token == b"language" and (index == 0 or zero[index - 1] != b"."):
+                language = after[0] if after else b""
+                if language not in ROUTINE_LANGUAGES:
+                    shown = (
+                        repr(language.decode("utf-8", "replace"))
+                        if SIMPLE_ID.fullmatch(language)
+                        else "a quoted or missing name"
+                    )
+                    self._refuse_statement(
+                        f"a function or procedure in language {shown} (only {allowed} are allowed)",
+                        tokens,
+                        body,
+                        "routine_language",
+                    )
+            elif token == b"as" and after == [LIT, b","]:
+                self._refuse_statement(
+                    "a function loaded from a server library (AS 'file', 'symbol')",
+                    tokens,
+                    body,
+                    "routine_language",
+                )
+            elif token == b"statement_timeout":
+                self._refuse_statement(_DANGERS["timeout"][1], tokens, body, "timeout")
+
+    def _check_copy(self, head: bytes, body: bytes, index: int, count: int) -> None:
+        if _COPY_OUT.match(head):
+            return
+        if not _COPY_IN.match(head) or re.search(rb"(?i)\bbinary\b", body):
+            raise refusal(
+                self.line_no,
+                f'COPY from or to a server file (only COPY … FROM stdin is) "{excerpt(head)}"',
+                body,
+                "copy_file",
+            )
+        if index != count - 2:
+            raise refusal(
+                self.line_no,
+                f'a COPY … FROM stdin that does not end its line "{excerpt(head)}"',
+                body,
+                "copy_layout",
+            )
+        self.in_copy = True
+
+    def _check_setting(self, body: bytes) -> None:
+        found = _SETTING_OK.fullmatch(body)
+        path = found.group("path") if found is not None else None
+        problem = _search_path_problem(path.split(b",")) if path else ""
+        if problem:
+            raise refusal(
+                self.line_no, f'a set_config that {problem} "{excerpt(body)}"', body, "search_path"
+            )
+        encoding = found.group("enc") if found is not None else None
+        normalized = encoding.upper().replace(b"_", b"").replace(b"-", b"") if encoding else b""
+        if found is None or (encoding is not None and normalized.decode() not in _SAFE_ENCODINGS):
+            raise refusal(
+                self.line_no,
+                "a setting that changes how psql reads quotes (standard_conforming_strings, "
+                f'client_encoding or set_config) "{excerpt(body)}"',
+                body,
+                "quoting_mode",
+            )
+
+    def _only_blank_after(self, parts: list[bytes], first: int, body: bytes) -> None:
+        if any(part.strip() for part in parts[first:]):
+            raise refusal(
+                self.line_no,
+                "a statement sharing its line with a GRANT/REVOKE/OWNER TO",
+                body,
+                "mixed_line",
+            )
+
+    def _scan(self, body: bytes) -> bytes:
+        """Blank literals and comments, tracking psql's lexer state across lines."""
+        code, self.quote, self.depth = scan_line(body, self.quote, self.depth, mark=False)
+        return code
+
+    def _meta(self, text: bytes) -> Exception:
+        return refusal(self.line_no, f'psql meta-command "{excerpt(text)}"', text, "psql_meta")
+
+    def finish(self) -> None:
+        """EOF ends a COPY data block for psql too; psql runs an unterminated last statement."""
+        if not self.in_copy and not self.dropping and (self.head or self.routine):
+            self._end_statement(b"")
+
+
+def _copy_end(block: bytes, start: int) -> int:
+    """Index just after psql's end-of-data line (`\\.`) in block[start:], or -1."""
+    at = start
+    while True:
+        if block.startswith(b"\\.", at):
+            rest = block[at + 2 : at + 4]
+            if rest[:1] == b"\n":
+                return at + 3
+            if rest == b"\r\n":
+                return at + 4
+            if at + 2 == len(block):  # `\.` as the unterminated last line
+                return at + 2
+        found = block.find(b"\n\\.", at)
+        if found < 0:
+            return -1
+        at = found + 1

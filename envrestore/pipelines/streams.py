@@ -1,0 +1,564 @@
+"""Async byte-stream building blocks: `AsyncIterator[bytes]` in, `AsyncIterator[bytes]` out.
+
+Every bulk path (dump → gzip → S3, S3 → gunzip → client) is a chain of these, so
+no part is ever held whole in memory (DESIGN.md, "Streams, not buffers").
+CPU-heavy zlib calls run in a thread for large chunks: zlib releases the GIL,
+so compression overlaps with the network and the subprocess on the other core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bz2
+import contextlib
+import hashlib
+import importlib
+import os
+import re
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from envrestore.pipelines.errors import (
+    BadInput,
+    EnvrestoreError,
+    IntegrityError,
+    NotFound,
+    PermanentError,
+    TransientError,
+    Unavailable,
+    UnsafeInput,
+)
+
+_zstd: Any
+try:  # optional: zstd parts are accepted only where the package is installed
+    _zstd = importlib.import_module("zstandard")
+except ImportError:  # pragma: no cover - depends on the environment
+    _zstd = None
+
+log = structlog.get_logger(__name__)
+
+#: The currency between components: ~1 MiB chunks.
+CHUNK_SIZE = 1 << 20
+#: Below this, a thread hop costs more than the zlib call it would offload.
+_THREAD_MIN = 64 * 1024
+_GZIP_WBITS = 31  # zlib: gzip header and trailer
+#: How much of a failing command's stderr is kept (its tail names the cause).
+_STDERR_KEEP = 16 * 1024
+_STDERR_LINES = 6
+#: stdout of a consumer is a report (psql notices), not data: keep it bounded.
+_STDOUT_KEEP = 1 << 20
+
+ZSTD_AVAILABLE = _zstd is not None
+
+
+# ---------------------------------------------------------------- compression
+
+
+async def gzip_compress(chunks: AsyncIterator[bytes], level: int = 6) -> AsyncIterator[bytes]:
+    """Gzip a stream (one member), compressing big chunks off the event loop."""
+    comp = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        if len(chunk) >= _THREAD_MIN:
+            out = await asyncio.to_thread(comp.compress, chunk)
+        else:
+            out = comp.compress(chunk)
+        if out:
+            yield out
+    yield comp.flush()
+
+
+async def gzip_decompress(chunks: AsyncIterator[bytes], *, max_output: int) -> AsyncIterator[bytes]:
+    """Gunzip a stream of one or more gzip members, as `gzip -d` does.
+
+    Output is produced at most CHUNK_SIZE per zlib call, so a small input that
+    inflates hugely (a decompression bomb) is caught by `max_output` before it
+    is ever held in memory. Trailing NUL padding (tape-style) is ignored, as
+    gzip does; any other trailing bytes are corruption.
+    """
+    dec = zlib.decompressobj(_GZIP_WBITS)
+    member_fed = False  # bytes fed to the current member
+    members = 0
+    padding = False
+    total = 0
+    async for chunk in chunks:
+        data = chunk
+        while data:
+            if padding:
+                if data.strip(b"\0"):
+                    raise IntegrityError(
+                        "gzip stream has garbage after its last member; the part is corrupt",
+                        offset=total,
+                    )
+                break
+            try:
+                if len(data) >= _THREAD_MIN:
+                    out = await asyncio.to_thread(dec.decompress, data, CHUNK_SIZE)
+                else:
+                    out = dec.decompress(data, CHUNK_SIZE)
+            except zlib.error as exc:
+                raise IntegrityError(
+                    f"gzip stream is corrupt after {total} output bytes ({exc}); "
+                    "re-fetch the part or check its source",
+                    output_bytes=total,
+                ) from exc
+            member_fed = True
+            if out:
+                total += len(out)
+                if total > max_output:
+                    raise UnsafeInput(
+                        f"gzip stream inflates beyond the cap of {max_output} bytes; "
+                        "refusing it as a possible decompression bomb (raise the cap "
+                        "if the part is genuinely this large)",
+                        max_output=max_output,
+                    )
+                yield out
+            if dec.eof:
+                members += 1
+                data = dec.unused_data
+                dec = zlib.decompressobj(_GZIP_WBITS)
+                member_fed = False
+                if data[:1] == b"\0":
+                    padding = True
+            else:
+                data = dec.unconsumed_tail
+    if member_fed or members == 0:
+        raise IntegrityError(
+            f"gzip stream is truncated after {total} output bytes; the part is incomplete "
+            "(re-fetch it)",
+            output_bytes=total,
+        )
+
+
+async def zstd_decompress(chunks: AsyncIterator[bytes], *, max_output: int) -> AsyncIterator[bytes]:
+    """Decompress a zstd stream (one or more frames), capped like `gzip_decompress`.
+
+    Needs the optional `zstandard` package. Input is fed in small slices so one
+    call's output stays bounded (a zstd block inflates at most ~128 KiB per few bytes).
+    """
+    if _zstd is None:
+        raise BadInput(
+            "this part is zstd-compressed but the zstandard package is not installed; "
+            "pip install zstandard on the workers"
+        )
+    slice_size = 8 * 1024
+    dctx = _zstd.ZstdDecompressor()
+    dec: Any = dctx.decompressobj()
+    frame_fed = False
+    frames = 0
+    total = 0
+    async for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            piece, view = bytes(view[:slice_size]), view[slice_size:]
+            while piece:
+                try:
+                    out: bytes = dec.decompress(piece)
+                except _zstd.ZstdError as exc:
+                    raise IntegrityError(
+                        f"zstd stream is corrupt after {total} output bytes ({exc})",
+                        output_bytes=total,
+                    ) from exc
+                frame_fed = True
+                piece = b""
+                if out:
+                    total += len(out)
+                    if total > max_output:
+                        raise UnsafeInput(
+                            f"zstd stream inflates beyond the cap of {max_output} bytes; "
+                            "refusing it as a possible decompression bomb",
+                            max_output=max_output,
+                        )
+                    yield out
+                if dec.eof:
+                    frames += 1
+                    piece = dec.unused_data
+                    dec = dctx.decompressobj()
+                    frame_fed = False
+    if frame_fed or frames == 0:
+        raise IntegrityError(
+            f"zstd stream is truncated after {total} output bytes; the part is incomplete",
+            output_bytes=total,
+        )
+
+
+async def bzip2_decompress(
+    chunks: AsyncIterator[bytes], *, max_output: int
+) -> AsyncIterator[bytes]:
+    """Decompress a bzip2 stream (one or more concatenated streams, as `bzip2 -d`
+    reads them), capped like `gzip_decompress`.
+
+    Each call expands at most CHUNK_SIZE (`max_length`), so a bomb is refused by
+    `max_output` before it is held in memory. bzip2 is slow and releases the GIL:
+    big pieces and draining calls run in a thread. Trailing NUL padding is ignored
+    as for gzip; any other bytes after the last stream are corruption.
+    """
+    dec = bz2.BZ2Decompressor()
+    stream_fed = False  # bytes fed to the current stream
+    streams = 0
+    padding = False
+    total = 0
+    async for chunk in chunks:
+        data = chunk
+        while True:
+            if padding:
+                if data.strip(b"\0"):
+                    raise IntegrityError(
+                        "bzip2 stream has garbage after its last stream; the part is corrupt",
+                        offset=total,
+                    )
+                break
+            if not data and dec.needs_input:
+                break
+            try:
+                if data and len(data) < _THREAD_MIN:
+                    out = dec.decompress(data, CHUNK_SIZE)
+                else:  # a big piece, or draining: up to CHUNK_SIZE of output
+                    out = await asyncio.to_thread(dec.decompress, data, CHUNK_SIZE)
+            except (OSError, EOFError) as exc:
+                raise IntegrityError(
+                    f"bzip2 stream is corrupt after {total} output bytes ({exc}); "
+                    "re-fetch the part or check its source",
+                    output_bytes=total,
+                ) from exc
+            stream_fed = stream_fed or bool(data)
+            data = b""
+            if out:
+                total += len(out)
+                if total > max_output:
+                    raise UnsafeInput(
+                        f"bzip2 stream inflates beyond the cap of {max_output} bytes; "
+                        "refusing it as a possible decompression bomb (raise the cap "
+                        "if the part is genuinely this large)",
+                        max_output=max_output,
+                    )
+                yield out
+            if dec.eof:
+                streams += 1
+                data = dec.unused_data
+                dec = bz2.BZ2Decompressor()
+                stream_fed = False
+                if data[:1] == b"\0":
+                    padding = True
+                elif not data:
+                    break
+    if stream_fed or streams == 0:
+        raise IntegrityError(
+            f"bzip2 stream is truncated after {total} output bytes; the part is incomplete "
+            "(re-fetch it)",
+            output_bytes=total,
+        )
+
+
+# ---------------------------------------------------------------- metering
+
+
+class StreamMeter:
+    """Counts and hashes what flows through, so a stream is verified as it moves."""
+
+    def __init__(self, on_progress: Callable[[int], None] | None = None) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._on_progress = on_progress
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            # hashlib runs ~1.6 GB/s here: inline costs less than a thread hop.
+            self._hash.update(chunk)
+            self._size += len(chunk)
+            if self._on_progress is not None:
+                self._on_progress(self._size)
+            yield chunk
+
+
+async def rate_limited(chunks: AsyncIterator[bytes], bytes_per_second: int) -> AsyncIterator[bytes]:
+    """Cap a stream's average rate (an operator's setting); 0 means no cap.
+
+    Large chunks are split so the stream stays smooth instead of bursting.
+    """
+    if bytes_per_second <= 0:
+        async for chunk in chunks:
+            yield chunk
+        return
+    piece = max(4096, bytes_per_second // 4)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = 0
+    async for chunk in chunks:
+        for offset in range(0, len(chunk), piece):
+            part = chunk[offset : offset + piece]
+            ahead = (sent + len(part)) / bytes_per_second - (loop.time() - start)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            sent += len(part)
+            yield part
+
+
+# ---------------------------------------------------------------- subprocesses
+
+_UNAVAILABLE_MARKERS = (
+    "can't connect",
+    "could not connect",
+    "connection refused",
+    "connection timed out",
+    "timeout expired",
+    "server has gone away",
+    "lost connection",
+    "no route to host",
+    "could not translate host name",
+    "unknown server host",
+    "unknown mysql server host",
+    "is the server running",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "too many connections",
+    "connection reset",
+    "no space left on device",
+)
+_CREDENTIAL_MARKERS = (
+    "access denied",
+    "password authentication failed",
+    "authentication failed",
+    "no password supplied",
+    "peer authentication failed",
+)
+_NOT_FOUND_RE = re.compile(r"unknown database|database \".*\" does not exist")
+_ROLE_MISSING_RE = re.compile(r"role \".*\" does not exist")
+_SQL_ERROR_RE = re.compile(r"\bERROR\b|\bFATAL\b")
+
+
+def classify_failure(returncode: int, stderr_tail: str) -> type[EnvrestoreError]:
+    """Pick the error class for a failed command from what its stderr says.
+
+    Connection trouble is transient (`Unavailable`); wrong credentials,
+    a missing database and SQL errors are permanent; a command killed by a
+    signal or failing for an unknown reason is transient, bounded by the
+    ledger's attempt cap.
+    """
+    text = stderr_tail.lower()
+    if returncode in (126, 127):
+        return PermanentError
+    if any(marker in text for marker in _UNAVAILABLE_MARKERS):
+        return Unavailable
+    if any(marker in text for marker in _CREDENTIAL_MARKERS) or _ROLE_MISSING_RE.search(text):
+        return BadInput
+    if _NOT_FOUND_RE.search(text):
+        return NotFound
+    if _SQL_ERROR_RE.search(stderr_tail):
+        return PermanentError
+    return TransientError
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _failure(
+    name: str, returncode: int, stderr: bytes, secrets: Sequence[str], what: str = ""
+) -> EnvrestoreError:
+    lines = [
+        line.strip()[:300]
+        for line in _scrub(stderr.decode("utf-8", "replace"), secrets).splitlines()
+        if line.strip()
+    ][-_STDERR_LINES:]
+    tail = " | ".join(lines) or "(no error output)"
+    how = (
+        f"was killed by signal {-returncode}"
+        if returncode < 0
+        else f"exited with code {returncode}"
+    )
+    cls = classify_failure(returncode, tail)
+    return cls(
+        f"{name} {how}{what}: {tail}",
+        command=name,
+        returncode=returncode,
+        stderr=tail,
+    )
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    if env is None:
+        return None
+    return {**os.environ, **env}
+
+
+async def _keep_tail(stream: asyncio.StreamReader, keep: int) -> bytes:
+    """Drain a pipe to EOF, keeping only its last `keep` bytes (it cannot fill and block)."""
+    tail = bytearray()
+    while data := await stream.read(65536):
+        tail += data
+        if len(tail) > 2 * keep:
+            del tail[:-keep]
+    return bytes(tail[-keep:])
+
+
+async def _spawn(
+    argv: Sequence[str],
+    *,
+    stdin: int,
+    env: Mapping[str, str] | None,
+    cwd: str | os.PathLike[str] | None,
+) -> asyncio.subprocess.Process:
+    name = Path(argv[0]).name
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=stdin,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=_environment(env),
+            cwd=cwd,
+            limit=CHUNK_SIZE,
+        )
+    except FileNotFoundError as exc:
+        raise PermanentError(
+            f"{name} is not installed or not on PATH ({argv[0]}); install it or set the "
+            "matching *_bin_dir setting",
+            command=name,
+        ) from exc
+    except PermissionError as exc:
+        raise PermanentError(f"{argv[0]} is not executable", command=name) from exc
+
+
+async def _reap(proc: asyncio.subprocess.Process, *tasks: asyncio.Task[bytes]) -> None:
+    """Kill and wait for a process we no longer want, so no zombie or orphan is left."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    for task in tasks:
+        task.cancel()
+    await proc.wait()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def run_producer(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    secrets: Sequence[str] = (),
+    ok_returncodes: Collection[int] = (0,),
+) -> AsyncIterator[bytes]:
+    """Run a command and stream its stdout in ~1 MiB chunks.
+
+    `env` adds to (never replaces) the inherited environment. After EOF the
+    exit code is checked: a failing command raises (no false success), with
+    its name and the tail of its stderr, `secrets` masked. If the consumer
+    stops early or is cancelled, the process is killed and reaped.
+    """
+    name = Path(argv[0]).name
+    proc = await _spawn(argv, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=cwd)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    stderr_task = asyncio.create_task(_keep_tail(proc.stderr, _STDERR_KEEP))
+    finished = False
+    started = time.monotonic()
+    produced = 0
+    try:
+        buf = bytearray()
+        while data := await proc.stdout.read(CHUNK_SIZE):
+            produced += len(data)
+            if not buf and len(data) >= CHUNK_SIZE:
+                yield data
+                continue
+            buf += data
+            if len(buf) >= CHUNK_SIZE:
+                out = bytes(buf)
+                buf.clear()
+                yield out
+        returncode = await proc.wait()
+        stderr = await stderr_task
+        finished = True
+        if returncode not in ok_returncodes:
+            raise _failure(name, returncode, stderr, secrets)
+        if buf:
+            yield bytes(buf)
+        log.debug(
+            "subprocess.produced",
+            command=name,
+            bytes=produced,
+            seconds=round(time.monotonic() - started, 3),
+        )
+    finally:
+        if not finished:
+            log.debug("subprocess.stopped_early", command=name, bytes=produced)
+            await _reap(proc, stderr_task)
+
+
+async def run_consumer(
+    argv: Sequence[str],
+    chunks: AsyncIterator[bytes],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    secrets: Sequence[str] = (),
+) -> str:
+    """Feed a stream to a command's stdin, check its exit code, return its stdout.
+
+    A command that exits before reading all its input fails even with code 0
+    (it did not import what it was given). If the input stream raises or the
+    caller is cancelled, the process is killed and reaped and the error propagates.
+    """
+    name = Path(argv[0]).name
+    proc = await _spawn(argv, stdin=asyncio.subprocess.PIPE, env=env, cwd=cwd)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    stderr_task = asyncio.create_task(_keep_tail(proc.stderr, _STDERR_KEEP))
+    stdout_task = asyncio.create_task(_keep_tail(proc.stdout, _STDOUT_KEEP))
+    finished = False
+    broken = False
+    try:
+        # Only errors of the pipe to the client mean "it stopped reading"; the
+        # same exception types raised by the input stream (a dropped download)
+        # must propagate, or we would wait forever on a client still reading.
+        async for chunk in chunks:
+            try:
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                broken = True
+                break
+        if not broken:
+            try:
+                proc.stdin.close()
+                await proc.stdin.wait_closed()
+            except (BrokenPipeError, ConnectionResetError):
+                broken = True
+        returncode = await proc.wait()
+        stderr = await stderr_task
+        stdout = await stdout_task
+        finished = True
+    finally:
+        if not finished:
+            await _reap(proc, stderr_task, stdout_task)
+    if returncode != 0:
+        raise _failure(name, returncode, stderr, secrets)
+    if broken:
+        raise _failure(name, returncode, stderr, secrets, " before reading all its input")
+    return _scrub(stdout.decode("utf-8", "replace"), secrets)
+
+
+async def empty_stream() -> AsyncIterator[bytes]:
+    """No input at all: for commands run with `run_consumer` that read nothing."""
+    return
+    yield b""  # pragma: no cover - makes this an async generator
