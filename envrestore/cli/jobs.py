@@ -1,0 +1,124 @@
+"""`envrestore job`: show, follow, cancel and list jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from envrestore.cli.common import (
+    JsonOpt,
+    WaitOpt,
+    load_cli_settings,
+    out,
+    print_json,
+    report_final,
+    run_command,
+    shown,
+    with_ledger,
+)
+from envrestore.cli.exit_codes import ExitCode
+from envrestore.cli.follow import follow_job
+from envrestore.pipelines.catalog import job_kinds
+from envrestore.pipelines.jobs import views
+from envrestore.pipelines.jobs.cancel import cancel_job
+
+job_app = typer.Typer(help="Jobs: show, list, follow.", no_args_is_help=True)
+
+
+@job_app.command("show")
+def job_show(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a job: status, error, steps with attempts and progress."""
+    settings = load_cli_settings()
+
+    async def body() -> int:
+        uid = views.parse_job_id(job_id)
+        if wait:
+            view = await with_ledger(settings, lambda pool: follow_job(pool, uid, quiet=as_json))
+            return report_final(view, as_json=as_json)
+        view = await with_ledger(settings, lambda pool: views.show_job(pool, uid))
+        if as_json:
+            print_json(view)
+        else:
+            _print_job(view)
+        return ExitCode.OK
+
+    raise typer.Exit(run_command(body))
+
+
+def _cell(value: Any) -> Text:
+    """A table cell: cleaned, and never read as rich markup."""
+    return Text(shown(value))
+
+
+def _print_job(view: dict[str, Any]) -> None:
+    out.print(
+        Text.assemble(
+            f"job {shown(view['id'])}  {shown(view['kind'])}  {shown(view['target'])}  ",
+            (shown(view["status"]), "bold"),
+        )
+    )
+    if view["error"]:
+        out.print(f"error: {shown(view['error'])}", markup=False)
+    table = Table("step", "status", "attempts", "progress", "error")
+    for s in view["steps"]:
+        total = s["bytes_total"]
+        progress = f"{s['bytes_done']:,}" + (f" / {total:,}" if total else "")
+        table.add_row(
+            _cell(s["name"]), _cell(s["status"]), str(s["attempts"]), progress, _cell(s["error"])
+        )
+    out.print(table)
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Cancel a job; a restore can be cancelled until its switch begins (then: rollback)."""
+    settings = load_cli_settings()
+
+    async def body() -> None:
+        uid = views.parse_job_id(job_id)
+        await with_ledger(settings, lambda pool: cancel_job(pool, uid, job_kinds()))
+
+    run_command(body)
+    out.print(f"job {job_id} cancelled; its cleanup runs on the workers")
+
+
+@job_app.command("list")
+def job_list(
+    target: Annotated[str | None, typer.Argument(help="Only jobs of SITE or SITE.ENV.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List recent jobs."""
+    settings = load_cli_settings()
+
+    async def body() -> list[dict[str, Any]]:
+        site, env = None, None
+        if target:
+            site, _, env_part = target.partition(".")
+            env = env_part or None
+        return await with_ledger(
+            settings, lambda pool: views.list_jobs(pool, site=site, env=env, limit=limit)
+        )
+
+    jobs = run_command(body)
+    if as_json:
+        print_json(jobs)
+        return
+    table = Table("id", "kind", "target", "status", "created_at", "error")
+    for j in jobs:
+        table.add_row(
+            j["id"],
+            _cell(j["kind"]),
+            _cell(j["target"]),
+            _cell(j["status"]),
+            j["created_at"],
+            _cell(j["error"]),
+        )
+    out.print(table)

@@ -1,0 +1,167 @@
+"""`envrestore site` and `envrestore env`: the registry of sites and environments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import asyncpg
+import typer
+from rich.table import Table
+
+from envrestore.cli.common import (
+    JsonOpt,
+    err,
+    load_cli_settings,
+    out,
+    print_json,
+    run_command,
+    with_ledger,
+)
+from envrestore.cli.exit_codes import ExitCode
+from envrestore.pipelines import registry
+from envrestore.pipelines.errors import BadInput
+
+site_app = typer.Typer(help="Sites.", no_args_is_help=True)
+env_app = typer.Typer(help="Environments of a site (dev, test, live, ...).", no_args_is_help=True)
+
+
+@site_app.command("add")
+def site_add(name: Annotated[str, typer.Argument(help="Site name, e.g. mysite.")]) -> None:
+    """Register a site."""
+    settings = load_cli_settings()
+
+    async def body() -> bool:
+        return await with_ledger(settings, lambda pool: registry.add_site(pool, name))
+
+    if not run_command(body):
+        err.print(f"error: site {name!r} already exists", markup=False)
+        raise typer.Exit(ExitCode.CONFLICT)
+    out.print(f"site {name} added")
+
+
+@env_app.command("add")
+def env_add(
+    target: Annotated[str, typer.Argument(help="SITE.ENV, e.g. mysite.dev.")],
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            help="Database DSN: mariadb://, mysql:// or postgresql://; the password may be "
+            "given as ?password_env=VAR or ?password_file=PATH.",
+        ),
+    ],
+    files: Annotated[Path, typer.Option("--files", help="The uploaded-files directory.")],
+    code: Annotated[Path, typer.Option("--code", help="The code directory (a git working tree).")],
+    protected: Annotated[
+        bool | None,
+        typer.Option(
+            "--protected/--unprotected",
+            help="Refuse direct restores unless forced (default: only 'live').",
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The base URL visitors use (https://dev.example.com): when database content "
+            "moves here from another environment, its URL is rewritten to this one.",
+        ),
+    ] = None,
+) -> None:
+    """Register an environment, or update its settings."""
+    settings = load_cli_settings()
+
+    async def body() -> tuple[registry.Environment, bool]:
+        _check_env_paths(files, code)
+        from envrestore.pipelines.archives.git import ensure_repo
+
+        await ensure_repo(code)
+        return await with_ledger(
+            settings,
+            lambda pool: registry.add_environment(
+                pool, target, db=db, files=files, code=code, protected=protected, url=url
+            ),
+        )
+
+    environment, created = run_command(body)
+    verb = "added" if created else "updated"
+    out.print(
+        f"environment {environment.target} {verb} ({environment.engine}"
+        f"{', protected' if environment.protected else ''})"
+    )
+
+
+def _check_env_paths(files: Path, code: Path) -> None:
+    if not files.is_dir():
+        raise BadInput(f"files directory {files} does not exist or is not a directory")
+    if not code.is_dir():
+        raise BadInput(f"code directory {code} does not exist or is not a directory")
+
+
+@env_app.command("list")
+def env_list(
+    site: Annotated[str | None, typer.Argument(help="Only this site's environments.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List environments (database DSNs shown with passwords masked)."""
+    settings = load_cli_settings()
+
+    async def body() -> list[registry.Environment]:
+        return await with_ledger(settings, lambda pool: registry.list_environments(pool, site))
+
+    environments = run_command(body)
+    if as_json:
+        print_json([e.public() for e in environments])
+        return
+    table = Table("target", "engine", "url", "db", "files", "code", "protected")
+    for e in environments:
+        p = e.public()
+        table.add_row(
+            e.target,
+            e.engine,
+            e.url or "",
+            p["db"],
+            p["files"],
+            p["code"],
+            "yes" if e.protected else "",
+        )
+    out.print(table)
+
+
+@env_app.command("load")
+def env_load(
+    file: Annotated[Path, typer.Argument(help="A TOML file of [[env]] entries.")],
+) -> None:
+    """Register many environments from a TOML file, all checked before any is written."""
+    settings = load_cli_settings()
+
+    async def body() -> list[tuple[registry.Environment, bool]]:
+        specs = registry.read_registry_file(file)
+        from envrestore.pipelines.archives.git import ensure_repo
+
+        for spec in specs:
+            _check_env_paths(spec.files, spec.code)
+            await ensure_repo(spec.code)
+
+        async def register(pool: asyncpg.Pool) -> list[tuple[registry.Environment, bool]]:
+            for spec in specs:
+                site, _env = registry.parse_target(spec.target)
+                await registry.add_site(pool, site)
+            return [
+                await registry.add_environment(
+                    pool,
+                    s.target,
+                    db=s.db,
+                    files=s.files,
+                    code=s.code,
+                    protected=s.protected,
+                    url=s.url,
+                )
+                for s in specs
+            ]
+
+        return await with_ledger(settings, register)
+
+    for environment, created in run_command(body):
+        out.print(f"environment {environment.target} {'added' if created else 'updated'}")
