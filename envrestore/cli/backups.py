@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from envrestore.cli.common import (
     JsonOpt,
@@ -18,6 +17,7 @@ from envrestore.cli.common import (
     submit_command,
     with_ledger,
 )
+from envrestore.cli.tables import print_table
 from envrestore.pipelines.backup import service as backups
 from envrestore.pipelines.jobs.submit import Submitted
 from envrestore.pipelines.producer import Producer
@@ -70,10 +70,15 @@ def backup_list(
     if not records:
         out.print(f"no backups of {target} yet (envrestore backup create {target})")
         return
-    table = Table("id", "created_at", "kind", "engine", "git HEAD", "parts (bytes)")
-    for r in records:
-        sizes = ", ".join(f"{p['part']} {p['size']:,}" for p in r.parts)
-        table.add_row(
-            r.id, r.created_at.isoformat(), r.kind, r.engine, (r.git_head or "")[:12], sizes
+    rows = [
+        (
+            r.id,
+            r.created_at.isoformat(),
+            r.kind,
+            r.engine,
+            (r.git_head or "")[:12],
+            ", ".join(f"{p['part']} {p['size']:,}" for p in r.parts),
         )
-    out.print(table)
+        for r in records
+    ]
+    print_table(out, ["id", "created_at", "kind", "engine", "git HEAD", "parts (bytes)"], rows)

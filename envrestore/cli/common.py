@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -16,7 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import asyncpg
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.follow import follow_job
@@ -38,8 +39,22 @@ from envrestore.pipelines.text import clean_text
 
 T = TypeVar("T")
 
-# Off a terminal (pipes, CI, the demo's capture) tables get room instead of 80 columns.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+class _OutConsole(Console):
+    """stdout: a terminal's width, or $COLUMNS if set; off a terminal (pipes, CI,
+    the demo's capture) 200 columns instead of rich's 80. Decided at each print,
+    so a test (or a resized terminal) sees its own width."""
+
+    @property  # type: ignore[misc]
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(OFF_TERMINAL_WIDTH, dims.height)
+        return dims
+
+
+OFF_TERMINAL_WIDTH = 200
+out = _OutConsole(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]

@@ -21,6 +21,7 @@ from envrestore.cli.common import (
 )
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.follow import follow_job
+from envrestore.cli.tables import print_table
 from envrestore.pipelines.catalog import job_kinds
 from envrestore.pipelines.jobs import views
 from envrestore.pipelines.jobs.cancel import cancel_job
@@ -111,14 +112,18 @@ def job_list(
     if as_json:
         print_json(jobs)
         return
-    table = Table("id", "kind", "target", "status", "created_at", "error")
-    for j in jobs:
-        table.add_row(
-            j["id"],
-            _cell(j["kind"]),
-            _cell(j["target"]),
-            _cell(j["status"]),
-            j["created_at"],
-            _cell(j["error"]),
-        )
-    out.print(table)
+    print_table(
+        out,
+        ["id", "kind", "target", "status", "created_at", "error"],
+        [
+            (
+                j["id"],
+                _cell(j["kind"]),
+                _cell(j["target"]),
+                _cell(j["status"]),
+                j["created_at"],
+                _cell(j["error"]),
+            )
+            for j in jobs
+        ],
+    )

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import asyncpg
 import typer
-from rich.table import Table
 
 from envrestore.cli.common import (
     JsonOpt,
@@ -19,6 +18,7 @@ from envrestore.cli.common import (
     with_ledger,
 )
 from envrestore.cli.exit_codes import ExitCode
+from envrestore.cli.tables import print_table
 from envrestore.pipelines import registry
 from envrestore.pipelines.errors import BadInput
 
@@ -114,10 +114,8 @@ def env_list(
     if as_json:
         print_json([e.public() for e in environments])
         return
-    table = Table("target", "engine", "url", "db", "files", "code", "protected")
-    for e in environments:
-        p = e.public()
-        table.add_row(
+    rows = [
+        (
             e.target,
             e.engine,
             e.url or "",
@@ -126,7 +124,10 @@ def env_list(
             p["code"],
             "yes" if e.protected else "",
         )
-    out.print(table)
+        for e, p in ((e, e.public()) for e in environments)
+    ]
+    headers = ["target", "engine", "url", "db", "files", "code", "protected"]
+    print_table(out, headers, rows, ids=("target",))
 
 
 @env_app.command("load")
