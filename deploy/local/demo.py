@@ -665,7 +665,7 @@ def run(state_dir: Path) -> None:
     _say(
         "The content the restore replaced is kept (ENVRESTORE_ROLLBACK_HOURS, default 24);\n"
         "this would swap it back in:\n"
-        f"  envrestore rollback {restore_job or '<restore job id>'} --wait\n"
+        f"  envrestore rollback run {restore_job or '<restore job id>'} --wait\n"
         "Restoring a protected environment is refused (exit 4):"
     )
     code = _cli(

@@ -19,7 +19,8 @@ from envrestore.cli.common import (
 from envrestore.cli.imports import backup_link, clone_content, import_app
 from envrestore.cli.jobs import job_app
 from envrestore.cli.registry_cmds import env_app, site_app
-from envrestore.cli.restores import restore, rollback
+from envrestore.cli.restores import restore
+from envrestore.cli.rollbacks import rollback_app
 from envrestore.config.logging import configure_logging
 from envrestore.pipelines.ledger.connection import connect
 from envrestore.pipelines.ledger.migrate import migrate
@@ -42,7 +43,7 @@ app.add_typer(import_app, name="import")
 backup_app.command("link")(backup_link)
 env_app.command("clone-content")(clone_content)
 app.command("restore")(restore)
-app.command("rollback")(rollback)
+app.add_typer(rollback_app, name="rollback")
 
 
 @app.callback()

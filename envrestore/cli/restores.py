@@ -1,4 +1,4 @@
-"""`envrestore restore` and `envrestore rollback`: the destructive commands."""
+"""`envrestore restore`: the destructive command (its undo is in cli/rollbacks.py)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,10 @@ from envrestore.cli.common import (
     load_cli_settings,
     submit_command,
 )
-from envrestore.pipelines.jobs import views
 from envrestore.pipelines.jobs.submit import Submitted
 from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.requests import (
     RestoreRequest,
-    RollbackRequest,
     parse_elements,
     parse_pairs,
 )
@@ -97,22 +95,6 @@ def restore(
             replace_pairs=parse_pairs(search_replace or []),
             search_replace=not no_search_replace,
         )
-        return await producer.submit(request, idempotency_key=idempotency_key)
-
-    submit_command(settings, submit, wait=wait, as_json=as_json)
-
-
-def rollback(
-    job_id: Annotated[str, typer.Argument(help="The restore (or rollback) job to undo.")],
-    idempotency_key: KeyOpt = None,
-    wait: WaitOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Swap back the content a restore replaced (kept ENVRESTORE_ROLLBACK_HOURS, default 24)."""
-    settings = load_cli_settings()
-
-    async def submit(producer: Producer) -> Submitted:
-        request = RollbackRequest(str(views.parse_job_id(job_id)))
         return await producer.submit(request, idempotency_key=idempotency_key)
 
     submit_command(settings, submit, wait=wait, as_json=as_json)

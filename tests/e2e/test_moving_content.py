@@ -376,7 +376,7 @@ def clone_into_live(env: dict[str, str], dev: dict[str, Any], live: dict[str, An
     assert urls["values_skipped"] == 0, urls
 
     # The rollback point brings live's own content back.
-    undo = run_job(env, "rollback", view["id"])
+    undo = run_job(env, "rollback", "run", view["id"])
     assert undo["kind"] == "rollback", undo
     assert snap(live) == live_before
     assert options_of(live["dsn"])["home"] == LIVE_URL.encode()

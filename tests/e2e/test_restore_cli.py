@@ -29,7 +29,7 @@ def test_restore_latest_through_the_cli(cli_env, site):
     for name in ("import_db", "import_files", "apply_code"):
         assert steps[name]["bytes_done"] == steps[name]["bytes_total"] > 0
 
-    undone = run_cli(cli_env, "rollback", job["id"], "--wait", "--json")
+    undone = run_cli(cli_env, "rollback", "run", job["id"], "--wait", "--json")
     assert undone.returncode == 0, undone.stderr
     assert snap(site) == site["changed"]
 

@@ -37,7 +37,7 @@ async def cancel_job(pool: asyncpg.Pool, job_id: uuid.UUID, kinds: Mapping[str, 
             if step is not None and (step["attempts"] > 0 or step["status"] != "pending"):
                 raise Refused(
                     f"job {job_id} has started '{gate}': the environment is being changed and "
-                    f"can no longer be cancelled; undo it with: envrestore rollback {job_id}",
+                    f"can no longer be cancelled; undo it with: envrestore rollback run {job_id}",
                     job_id=str(job_id),
                 )
         await stop_job(

@@ -123,7 +123,7 @@ async def prepare_rollback(pool: asyncpg.Pool, request: RollbackRequest) -> Prep
     if later is not None:
         raise Conflict(
             f"job {later} changed the environment after job {restore_job_id}; roll that back "
-            f"first (envrestore rollback {later})",
+            f"first (envrestore rollback run {later})",
             job_id=str(later),
         )
     environment = await get_environment_by_id(pool, point["environment_id"])
