@@ -21,6 +21,7 @@ from envrestore.cli.jobs import job_app
 from envrestore.cli.registry_cmds import env_app, site_app
 from envrestore.cli.restores import restore
 from envrestore.cli.rollbacks import rollback_app
+from envrestore.cli.schedule import schedule_app, scheduler
 from envrestore.config.logging import configure_logging
 from envrestore.pipelines.ledger.connection import connect
 from envrestore.pipelines.ledger.migrate import migrate
@@ -40,6 +41,8 @@ app.add_typer(env_app, name="env")
 app.add_typer(backup_app, name="backup")
 app.add_typer(job_app, name="job")
 app.add_typer(import_app, name="import")
+app.add_typer(schedule_app, name="schedule")
+app.command("scheduler")(scheduler)
 backup_app.command("link")(backup_link)
 env_app.command("clone-content")(clone_content)
 app.command("restore")(restore)

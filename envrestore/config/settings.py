@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # Backups and restores
     backup_keep_days: int = Field(default=30, ge=1)
     rollback_hours: int = Field(default=24, ge=0)
+    # Disk (files and code trees plus the kept database) that rollback points may use
+    # per environment; over it the oldest are dropped first, the newest always kept.
+    # 0: no cap.
+    rollback_max_bytes: int = Field(default=0, ge=0)
     # An operator's bandwidth cap on bulk streams (bytes/s, 0 = none), so a
     # backup does not starve the site it reads from.
     stream_rate_limit: int = Field(default=0, ge=0)
@@ -101,6 +105,23 @@ class Settings(BaseSettings):
     import_max_redirects: int = Field(default=5, ge=0, le=20)
     import_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Scheduled backups (pipelines/schedule): every environment without a
+    # schedule of its own is backed up daily at this hour (UTC); the daily taken
+    # on the weekly day (0 = Sunday … 6 = Saturday, or a name) is the weekly one.
+    # One scheduler leads at a time, holding a lease it renews every tick; a
+    # follower takes over when the leader stops renewing it for lease seconds.
+    schedule_default_hour: int = Field(default=2, ge=0, le=23)
+    schedule_default_weekly_day: int = Field(default=0, ge=0, le=6)
+    scheduler_tick_seconds: float = Field(default=2.0, gt=0, le=60)
+    scheduler_lease_seconds: float = Field(default=6.0, gt=0, le=600)
+
+    # Backup deletion (pipelines/backup/delete.py): how often a delete waiting
+    # for the jobs that read its backup looks again (seconds), and how old an
+    # object under backups/ with no ledger row must be before the orphan sweep
+    # removes it (hours; younger ones may belong to a backup still being written).
+    backup_delete_poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    backup_orphan_min_age_hours: float = Field(default=24.0, ge=0)
+
     # Tests only: named pauses (pipelines/failpoints.py), as JSON.
     failpoints: dict[str, str] = Field(default_factory=dict)
 
@@ -111,6 +132,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip().lower() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("schedule_default_weekly_day", mode="before")
+    @classmethod
+    def _weekday(cls, value: Any) -> Any:
+        # ENVRESTORE_SCHEDULE_DEFAULT_WEEKLY_DAY=sunday (or 0)
+        from envrestore.pipelines.schedule.slots import parse_weekday
+
+        return parse_weekday(value) if isinstance(value, str | int) else value
 
     @field_validator("state_dir")
     @classmethod

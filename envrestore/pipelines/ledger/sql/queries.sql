@@ -251,7 +251,7 @@ ON CONFLICT (backup_id, part) DO NOTHING;
 
 -- name: list_backups
 SELECT b.id, b.site, b.env, b.kind, b.engine, b.git_head, b.manifest_key, b.job_id,
-       b.created_at, b.expires_at,
+       b.created_at, b.expires_at, b.status, b.deleting_job_id,
        COALESCE((SELECT jsonb_agg(jsonb_build_object('part', p.part, 'key', p.key, 'size', p.size,
                                                      'sha256', p.sha256) ORDER BY p.part)
                  FROM backup_parts p WHERE p.backup_id = b.id), '[]'::jsonb) AS parts
@@ -261,7 +261,7 @@ ORDER BY b.created_at DESC, j.created_at DESC NULLS LAST, b.id DESC;
 
 -- name: get_backup
 SELECT b.id, b.site, b.env, b.kind, b.engine, b.git_head, b.manifest_key, b.job_id,
-       b.created_at, b.expires_at,
+       b.created_at, b.expires_at, b.status, b.deleting_job_id,
        COALESCE((SELECT jsonb_agg(jsonb_build_object('part', p.part, 'key', p.key, 'size', p.size,
                                                      'sha256', p.sha256) ORDER BY p.part)
                  FROM backup_parts p WHERE p.backup_id = b.id), '[]'::jsonb) AS parts
@@ -296,7 +296,7 @@ SELECT pg_advisory_unlock($1);
 -- Backup times are whole seconds (Pantheon's names): two made in one second
 -- are told apart by when their jobs were queued.
 SELECT b.id FROM backups b LEFT JOIN jobs j ON j.id = b.job_id
-WHERE b.environment_id = $1
+WHERE b.environment_id = $1 AND b.status = 'ready'
 ORDER BY b.created_at DESC, j.created_at DESC NULLS LAST, b.id DESC LIMIT 1;
 
 -- name: insert_rollback_point
@@ -354,3 +354,148 @@ SELECT EXISTS (
             AND s.name IN ('resolve', 'fetch', 'verify', 'import_db', 'import_files', 'apply_code')
       )
 );
+
+-- ------------------------------------------------------------ schedules (005)
+
+-- name: schedule_targets
+-- Every environment (of a site, or one), its schedule row if any (NULLs: the
+-- defaults) and the latest slot taken.
+SELECT e.id, s.name AS site, e.name AS env, e.created_at,
+       sc.enabled, sc.hour, sc.weekly_day,
+       last.slot AS last_slot, last.weekly AS last_weekly, last.job_id AS last_job_id,
+       last.error AS last_error, last.taken_at AS last_taken_at
+FROM environments e JOIN sites s ON s.id = e.site_id
+LEFT JOIN schedules sc ON sc.environment_id = e.id
+LEFT JOIN LATERAL (
+    SELECT slot, weekly, job_id, error, taken_at FROM schedule_slots
+    WHERE environment_id = e.id ORDER BY slot DESC LIMIT 1
+) last ON true
+WHERE ($1::text IS NULL OR s.name = $1) AND ($2::text IS NULL OR e.name = $2)
+ORDER BY s.name, CASE e.name WHEN 'dev' THEN 0 WHEN 'test' THEN 1 WHEN 'live' THEN 2 ELSE 3 END, e.name;
+
+-- name: schedule_set
+-- NULL arguments keep what is stored (a new row: the defaults).
+INSERT INTO schedules (environment_id, enabled, hour, weekly_day, updated_by)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (environment_id) DO UPDATE
+SET enabled = EXCLUDED.enabled,
+    hour = COALESCE(EXCLUDED.hour, schedules.hour),
+    weekly_day = COALESCE(EXCLUDED.weekly_day, schedules.weekly_day),
+    updated_at = now(), updated_by = EXCLUDED.updated_by;
+
+-- name: scheduler_take_lease
+-- Take the leader lease, or renew it: only when free, expired, or already ours.
+INSERT INTO scheduler_lease (id, holder, acquired_at, expires_at)
+VALUES (1, $1, now(), now() + make_interval(secs => $2))
+ON CONFLICT (id) DO UPDATE
+SET holder = EXCLUDED.holder,
+    acquired_at = CASE WHEN scheduler_lease.holder = EXCLUDED.holder
+                       THEN scheduler_lease.acquired_at ELSE now() END,
+    expires_at = EXCLUDED.expires_at
+WHERE scheduler_lease.holder = EXCLUDED.holder OR scheduler_lease.expires_at <= now()
+RETURNING holder, acquired_at, expires_at;
+
+-- name: scheduler_release_lease
+DELETE FROM scheduler_lease WHERE holder = $1;
+
+-- name: scheduler_lease
+SELECT holder, acquired_at, expires_at, expires_at > now() AS live FROM scheduler_lease;
+
+-- name: claim_schedule_slot
+-- The claim: inserted only by the live lease holder, only if no slot at or
+-- after this one was taken for the environment, and only once (UNIQUE).
+INSERT INTO schedule_slots (environment_id, slot, weekly, keep_days, taken_by)
+SELECT $1, $2, $3, $4, $5
+WHERE EXISTS (SELECT 1 FROM scheduler_lease WHERE holder = $5 AND expires_at > now())
+  AND NOT EXISTS (SELECT 1 FROM schedule_slots WHERE environment_id = $1 AND slot >= $2)
+ON CONFLICT (environment_id, slot) DO NOTHING
+RETURNING slot;
+
+-- name: schedule_slot_submitted
+UPDATE schedule_slots SET job_id = $3, error = NULL WHERE environment_id = $1 AND slot = $2;
+
+-- name: schedule_slot_failed
+UPDATE schedule_slots SET error = $3 WHERE environment_id = $1 AND slot = $2;
+
+-- name: schedule_slots_of
+SELECT environment_id, slot, weekly, keep_days, taken_by, taken_at, job_id, error
+FROM schedule_slots WHERE environment_id = $1 ORDER BY slot;
+
+-- Backup deletion (pipelines/backup/delete.py, lifecycle.py).
+
+-- name: backups_due_for_expiry
+SELECT id, site || '.' || env AS target FROM backups
+WHERE status = 'ready' AND expires_at IS NOT NULL AND expires_at <= $1
+ORDER BY expires_at, id LIMIT $2;
+
+-- name: lock_backup
+SELECT id, status, deleting_job_id, manifest_key FROM backups WHERE id = $1 FOR UPDATE;
+
+-- name: mark_backup_deleting
+UPDATE backups SET status = 'deleting', deleting_job_id = $2 WHERE id = $1;
+
+-- name: backup_readers
+-- Unfinished jobs (other than writers and deleters of backups) whose parameters
+-- name the backup: a restore pins its id, an import of one of our links carries
+-- its key (which holds the id), a clone keeping its snapshot names the id too.
+SELECT id, kind, status FROM jobs
+WHERE status IN ('queued', 'running') AND id <> $2
+  AND kind NOT IN ('backup', 'delete_backup')
+  AND strpos(params::text, $1) > 0
+ORDER BY created_at;
+
+-- name: delete_backup_rows
+DELETE FROM backups WHERE id = $1;
+
+-- name: unmark_backup_deleting
+UPDATE backups SET status = 'ready', deleting_job_id = NULL
+WHERE id = $1 AND deleting_job_id = $2;
+
+-- name: job_is_active
+SELECT status IN ('queued', 'running') FROM jobs WHERE id = $1;
+
+-- name: backup_ids_in
+SELECT id FROM backups WHERE id = ANY($1::text[]);
+
+-- name: active_job_params_naming
+-- Unfinished jobs whose parameters name any of the given ids (a backup being
+-- written has its objects in S3 before its row exists).
+SELECT DISTINCT i AS backup_id FROM jobs j, unnest($1::text[]) AS i
+WHERE j.status IN ('queued', 'running') AND strpos(j.params::text, i) > 0;
+
+-- ---------------------------------------------------------------- rollback points (list, sizes, cap)
+
+-- name: list_rollback_points
+-- Kept points, newest first, of one site ($1) or environment ($1, $2), or all.
+SELECT r.job_id, r.environment_id, s.name AS site, e.name AS env, r.details, r.created_at,
+       r.expires_at, r.status, r.disk_bytes, r.db_bytes, r.measured_at
+FROM rollback_points r
+JOIN environments e ON e.id = r.environment_id
+JOIN sites s ON s.id = e.site_id
+WHERE r.status = 'kept'
+  AND ($1::text IS NULL OR s.name = $1)
+  AND ($2::text IS NULL OR e.name = $2)
+ORDER BY s.name, e.name, r.created_at DESC;
+
+-- name: set_rollback_point_sizes
+UPDATE rollback_points SET disk_bytes = $2, db_bytes = $3, measured_at = now()
+WHERE job_id = $1;
+
+-- name: kept_rollback_points_of
+-- An environment's kept points, newest first, with their recorded sizes.
+SELECT job_id, created_at, disk_bytes, db_bytes FROM rollback_points
+WHERE environment_id = $1 AND status = 'kept'
+ORDER BY created_at DESC, job_id DESC;
+
+-- name: environment_busy
+-- The job that holds the environment's lease (still active), else its oldest
+-- queued or running job; none: the environment is idle.
+SELECT j.id, j.kind, j.status, (l.job_id IS NOT NULL AND l.job_id = j.id) AS holds_lease
+FROM jobs j LEFT JOIN env_leases l ON l.environment_id = j.environment_id
+WHERE j.environment_id = $1
+  AND (j.status IN ('queued', 'running')
+       OR (l.job_id = j.id AND EXISTS (
+             SELECT 1 FROM job_steps s
+             WHERE s.job_id = j.id AND s.status IN ('pending', 'running'))))
+ORDER BY (l.job_id IS NOT NULL AND l.job_id = j.id) DESC, j.created_at
+LIMIT 1;
