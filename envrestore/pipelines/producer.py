@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from envrestore.config.settings import Settings
+from envrestore.pipelines.backup.delete import prepare_delete
 from envrestore.pipelines.backup.service import get_backup, latest_backup, prepare_backup
-from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.errors import BadInput, Conflict
 from envrestore.pipelines.jobs.prepared import Prepared
 from envrestore.pipelines.jobs.principal import Principal
 from envrestore.pipelines.jobs.submit import Submitted, submit_job
@@ -24,6 +25,7 @@ from envrestore.pipelines.registry import get_environment
 from envrestore.pipelines.requests import (
     BackupRequest,
     CloneRequest,
+    DeleteBackupRequest,
     ExpireRollbackRequest,
     ImportRequest,
     LinkRequest,
@@ -62,6 +64,8 @@ class Producer:
             return await restores.prepare_rollback(self.pool, request)
         if isinstance(request, ExpireRollbackRequest):
             return await restores.prepare_expiry(self.pool, request)
+        if isinstance(request, DeleteBackupRequest):
+            return await prepare_delete(self.pool, request)
         raise BadInput(f"{type(request).__name__} is not a request this version can submit")
 
     async def submit(self, request: Request, *, idempotency_key: str | None = None) -> Submitted:
@@ -93,6 +97,8 @@ class Producer:
                     f"{request.target}",
                     backup_id=backup.id,
                 )
+        if backup.status == "deleting":
+            raise Conflict(f"backup {backup.id} is being deleted; no new links to it")
         return await issue_links(
             self.pool, self.store, backup, request.parts, ttl=ttl, principal=self.principal
         )

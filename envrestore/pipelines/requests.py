@@ -111,6 +111,11 @@ class BackupRequest:
     #: Fixed by the producer when it queues the job (not part of what was asked).
     backup_id: str | None = None
     created_at: str | None = None
+    #: The parts to back up (`--element`); the manifest lists only these.
+    elements: tuple[str, ...] = ELEMENTS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "elements", check_elements(tuple(self.elements)))
 
     @classmethod
     def from_params(cls, data: Mapping[str, Any]) -> BackupRequest:
@@ -310,6 +315,31 @@ class ExpireRollbackRequest:
     @property
     def target(self) -> str | None:
         return None
+
+
+#: Why a backup is deleted: an operator asked, or its time ran out.
+DELETE_REASONS = ("manual", "expired")
+
+
+@dataclass(frozen=True)
+class DeleteBackupRequest:
+    """Delete a backup's objects and then its ledger rows, once no job reads it."""
+
+    kind: ClassVar[str] = "delete_backup"
+
+    target: str
+    backup_id: str
+    reason: str = "manual"
+
+    def __post_init__(self) -> None:
+        if self.reason not in DELETE_REASONS:
+            raise BadInput(f"delete reason {self.reason!r}: use {', '.join(DELETE_REASONS)}")
+        if not self.backup_id or "/" in self.backup_id or self.backup_id in (".", ".."):
+            raise BadInput(f"{self.backup_id!r} is not a backup id")
+
+    @classmethod
+    def from_params(cls, data: Mapping[str, Any]) -> DeleteBackupRequest:
+        return from_params(cls, data)
 
 
 @dataclass(frozen=True)

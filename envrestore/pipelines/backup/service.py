@@ -24,7 +24,7 @@ from envrestore.pipelines.jobs.prepared import Prepared
 from envrestore.pipelines.ledger.queries import sql
 from envrestore.pipelines.objectstore import ObjectStore
 from envrestore.pipelines.registry import Environment, get_environment
-from envrestore.pipelines.requests import BackupRequest, to_params
+from envrestore.pipelines.requests import ELEMENTS, BackupRequest, to_params
 
 BACKUP_KINDS = ("manual", "automatic")
 
@@ -83,6 +83,15 @@ class BackupRecord:
     created_at: datetime
     expires_at: datetime | None
     parts: list[dict[str, Any]]
+    #: 'ready', or 'deleting' once a delete job has marked it (no new job may read it).
+    status: str = "ready"
+    deleting_job_id: uuid.UUID | None = None
+
+    @property
+    def elements(self) -> list[str]:
+        """The parts this backup holds (a `--element` backup holds fewer than three)."""
+        held = {p["part"] for p in self.parts}
+        return [e for e in ELEMENTS if e in held]
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> BackupRecord:
@@ -98,6 +107,8 @@ class BackupRecord:
             created_at=row["created_at"],
             expires_at=row["expires_at"],
             parts=list(row["parts"]),
+            status=row["status"],
+            deleting_job_id=row["deleting_job_id"],
         )
 
     def public(self) -> dict[str, Any]:
@@ -113,6 +124,9 @@ class BackupRecord:
             "manifest_key": self.manifest_key,
             "job_id": str(self.job_id) if self.job_id else None,
             "parts": self.parts,
+            "elements": self.elements,
+            "status": self.status,
+            "deleting_job_id": str(self.deleting_job_id) if self.deleting_job_id else None,
         }
 
 

@@ -110,16 +110,20 @@ async def archive_code(ctx: StepContext) -> dict[str, Any]:
 async def record_backup(ctx: StepContext) -> dict[str, Any]:
     """Write manifest.json beside the parts, then record the backup in one transaction."""
     layout = layout_of(ctx)
-    parts = [await ctx.outputs_of(step) for step in ("dump_db", "archive_files", "archive_code")]
-    database, _files, code = parts
     request = BackupRequest.from_params(ctx.job.params)
+    steps = {"database": "dump_db", "files": "archive_files", "code": "archive_code"}
+    outputs = {e: await ctx.outputs_of(steps[e]) for e in request.elements}
+    if "database" in outputs:
+        engine = str(outputs["database"]["engine"])
+    else:  # a backup without its database still says what engine it came from
+        engine = (await ctx.environment()).engine
     await record_parts(
         ctx,
         layout,
-        parts,
+        list(outputs.values()),
         kind=request.backup_kind,
-        engine=database["engine"],
-        git_head=code["git_head"],
+        engine=engine,
+        git_head=outputs["code"]["git_head"] if "code" in outputs else None,
         keep_days=int(request.keep_days or 0),
     )
     return {"backup_id": layout.backup_id, "manifest_key": layout.manifest_key}
@@ -151,6 +155,7 @@ async def record_parts(
         "engine": engine,
         "git_head": git_head,
         "job_id": str(ctx.job.id),
+        "elements": [p["part"] for p in parts],
         "parts": {
             p["part"]: {"key": p["key"], "size": p["size"], "sha256": p["sha256"]} for p in parts
         },

@@ -49,6 +49,12 @@ async def _pinned_backup(pool: asyncpg.Pool, request: RestoreRequest) -> BackupR
             f"backup {backup_id} belongs to {record.site}.{record.env}, not {source_name}; {hint}",
             backup_id=backup_id,
         )
+    if record.status == "deleting":
+        raise Conflict(
+            f"backup {backup_id} is being deleted (job {record.deleting_job_id}); restore "
+            f"another one (envrestore backup list {record.site}.{record.env})",
+            backup_id=backup_id,
+        )
     return record
 
 
@@ -72,7 +78,12 @@ async def prepare_restore(pool: asyncpg.Pool, request: RestoreRequest) -> Prepar
     have = {p["part"] for p in record.parts}
     missing = [e for e in request.elements if e not in have]
     if missing:
-        raise NotFound(f"backup {record.id} has no {', '.join(missing)} part")
+        held = ",".join(record.elements) or "none"
+        raise NotFound(
+            f"backup {record.id} has no {', '.join(missing)} part (it holds {held}); restore "
+            f"only what it holds with --element {held}, or choose another backup",
+            backup_id=record.id,
+        )
     if "database" in request.elements and record.engine != environment.engine:
         raise BadInput(
             f"backup {record.id} of {record.site}.{record.env} holds a {record.engine} "

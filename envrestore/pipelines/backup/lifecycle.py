@@ -1,0 +1,136 @@
+"""The end of a backup's life: expiry becomes delete jobs; the orphan sweep removes leftovers.
+
+Both are called by the scheduler's leader each tick (and the sweep by
+`envrestore backup sweep`); both are safe to run twice or from two processes:
+expiry through idempotency keys, the sweep because deleting a missing key is fine
+and it never touches a prefix that has a ledger row or an unfinished job.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+import structlog
+
+from envrestore.pipelines.backup.delete import BACKUPS_PREFIX
+from envrestore.pipelines.errors import PermanentError
+from envrestore.pipelines.ledger.queries import sql
+from envrestore.pipelines.objectstore import ObjectStore
+from envrestore.pipelines.producer import Producer
+from envrestore.pipelines.requests import DeleteBackupRequest
+
+log = structlog.get_logger(__name__)
+
+#: The default age (no settings at hand) before a prefix without a row is an orphan.
+DEFAULT_ORPHAN_MIN_AGE = timedelta(days=1)
+EXPIRE_BATCH = 100
+
+
+async def expire_backups(pool: asyncpg.Pool, producer: Producer, *, now: datetime) -> int:
+    """Submit one delete job per backup whose expires_at <= now; how many were new.
+
+    The idempotency key `expire-backup:<id>` makes a second call (another tick,
+    another scheduler) find the same job instead of queueing a second one.
+    """
+    submitted = 0
+    rows = await pool.fetch(sql("backups_due_for_expiry"), now, EXPIRE_BATCH)
+    for row in rows:
+        backup_id: str = row["id"]
+        target: str = row["target"]
+        try:
+            result = await producer.submit(
+                DeleteBackupRequest(target, backup_id, reason="expired"),
+                idempotency_key=f"expire-backup:{backup_id}",
+            )
+        except PermanentError as exc:
+            # Deleted or taken by a manual delete meanwhile: not this tick's business.
+            log.info("backup.expiry_skipped", backup_id=backup_id, reason=str(exc))
+            continue
+        if result.created:
+            submitted += 1
+            log.info("backup.expiry_queued", backup_id=backup_id, job_id=str(result.job_id))
+    return submitted
+
+
+@dataclass
+class _Prefix:
+    """What the store holds under one `backups/<site>/<env>/<id>/`."""
+
+    keys: list[str] = field(default_factory=list)
+    newest: datetime | None = None
+
+
+def _backup_id_of(key: str) -> tuple[str, str] | None:
+    """(prefix, id) of a key shaped `backups/<site>/<env>/<id>/<name>`, else None."""
+    parts = key.split("/")
+    if len(parts) < 5 or parts[0] != BACKUPS_PREFIX.rstrip("/") or not all(parts[1:4]):
+        return None
+    return "/".join(parts[:4]) + "/", parts[3]
+
+
+async def find_orphans(
+    pool: asyncpg.Pool, store: ObjectStore, *, now: datetime, min_age: timedelta
+) -> dict[str, list[str]]:
+    """prefix → its keys, for each backup prefix with no ledger row, no unfinished job
+    naming its id, and no object younger than `min_age`."""
+    seen: dict[str, _Prefix] = defaultdict(_Prefix)
+    ids: dict[str, str] = {}
+    async for info in store.list(BACKUPS_PREFIX):
+        found = _backup_id_of(info.key)
+        if found is None:
+            continue  # not a backup's object: never ours to judge
+        prefix, backup_id = found
+        entry = seen[prefix]
+        entry.keys.append(info.key)
+        if entry.newest is None or info.last_modified > entry.newest:
+            entry.newest = info.last_modified
+        ids[prefix] = backup_id
+    if not seen:
+        return {}
+    all_ids = sorted(set(ids.values()))
+    recorded = {r["id"] for r in await pool.fetch(sql("backup_ids_in"), all_ids)}
+    # A backup job writes its parts before its row exists (record_backup is last).
+    writing = {r["backup_id"] for r in await pool.fetch(sql("active_job_params_naming"), all_ids)}
+    orphans: dict[str, list[str]] = {}
+    for prefix, entry in seen.items():
+        backup_id = ids[prefix]
+        if backup_id in recorded or backup_id in writing:
+            continue
+        if entry.newest is not None and now - entry.newest < min_age:
+            continue
+        orphans[prefix] = entry.keys
+    return orphans
+
+
+async def sweep_orphans(
+    pool: asyncpg.Pool,
+    store: ObjectStore,
+    *,
+    now: datetime,
+    min_age: timedelta = DEFAULT_ORPHAN_MIN_AGE,
+    dry_run: bool = False,
+) -> int:
+    """Remove backup prefixes with no ledger row, older than `min_age`; how many prefixes.
+
+    What a cancelled or killed backup job left behind. Only keys under
+    `backups/<site>/<env>/<id>/` are considered; each prefix is checked again
+    just before it is removed (a row or a job may have appeared meanwhile).
+    """
+    orphans = await find_orphans(pool, store, now=now, min_age=min_age)
+    removed = 0
+    for prefix, keys in sorted(orphans.items()):
+        backup_id = prefix.rstrip("/").rsplit("/", 1)[1]
+        if await pool.fetchval(sql("backup_ids_in"), [backup_id]) is not None:
+            continue
+        if await pool.fetchval(sql("active_job_params_naming"), [backup_id]) is not None:
+            continue
+        if dry_run:
+            log.info("backup.orphan_found", prefix=prefix, objects=len(keys))
+        else:
+            count = await store.delete_prefix(prefix)
+            log.info("backup.orphan_removed", prefix=prefix, objects=count)
+        removed += 1
+    return removed

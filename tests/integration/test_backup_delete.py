@@ -1,0 +1,228 @@
+"""Deleting backups, by hand and by expiry, against real SeaweedFS and PostgreSQL.
+
+What a user checks: after the delete no object of the backup is left in S3
+and `backup list` no longer shows it; a delete that a worker's death cut in
+half finishes when resumed; a backup a restore reads stays until the restore
+ends, and no new restore may start from a backup being deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from envrestore.pipelines.backup.lifecycle import expire_backups
+from envrestore.pipelines.backup.service import get_backup, list_backups
+from envrestore.pipelines.errors import Conflict, NotFound
+from envrestore.pipelines.jobs.principal import Principal
+from envrestore.pipelines.jobs.runner import run_step
+from envrestore.pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.jobs.views import show_job
+from envrestore.pipelines.requests import DeleteBackupRequest
+from tests.support.driver import drive
+from tests.support.producing import producer, submit_backup, submit_restore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine() -> str:
+    """One engine is enough: deletion never reads the database."""
+    return "mariadb"
+
+
+async def keys_under(rt: Runtime, prefix: str) -> list[str]:
+    return [info.key async for info in rt.store.list(prefix)]
+
+
+async def make_backup(rt: Runtime, target: str, **fields: Any) -> str:
+    job = await submit_backup(rt, target, **fields)
+    view = await drive(rt, job.job_id)
+    assert view["status"] == "succeeded", view
+    backup_id: str = view["outputs"]["backup_id"]
+    return backup_id
+
+
+async def delete(rt: Runtime, target: str, backup_id: str) -> Any:
+    return await producer(rt).submit(DeleteBackupRequest(target, backup_id))
+
+
+async def test_delete_removes_every_object_then_the_rows(runtime, make_env):
+    await make_env("shop.dev")
+    kept = await make_backup(runtime, "shop.dev")
+    doomed = await make_backup(runtime, "shop.dev")
+    prefix = f"backups/shop/dev/{doomed}/"
+    assert len(await keys_under(runtime, prefix)) == 4  # three parts and the manifest
+
+    job = await delete(runtime, "shop.dev", doomed)
+    view = await drive(runtime, job.job_id)
+
+    assert view["status"] == "succeeded", view
+    assert await keys_under(runtime, prefix) == []
+    assert [b.id for b in await list_backups(runtime.pool, "shop.dev")] == [kept]
+    with pytest.raises(NotFound):
+        await get_backup(runtime.pool, doomed)
+    # The other backup is untouched.
+    assert len(await keys_under(runtime, f"backups/shop/dev/{kept}/")) == 4
+
+
+async def test_a_second_delete_of_the_same_backup_is_refused_while_the_first_runs(
+    runtime, make_env
+):
+    await make_env("shop.dev")
+    backup_id = await make_backup(runtime, "shop.dev")
+    first = await delete(runtime, "shop.dev", backup_id)
+    # Run only mark_deleting: the backup is now 'deleting' by the first job.
+    await drive_steps(runtime, first.job_id, {"mark_deleting"})
+    with pytest.raises(Conflict, match="already being deleted"):
+        await delete(runtime, "shop.dev", backup_id)
+    with pytest.raises(NotFound, match="does not exist"):
+        await delete(runtime, "shop.dev", "20200101T000000Z-abcdef")
+    view = await drive(runtime, first.job_id)
+    assert view["status"] == "succeeded", view
+
+
+async def drive_steps(rt: Runtime, job_id: Any, names: set[str]) -> None:
+    """Deliver only the named steps of a job (the others stay queued in the outbox)."""
+    from envrestore.pipelines.jobs.outbox import relay_once
+
+    held: list[tuple[Any, str]] = []
+    while True:
+        sent: list[tuple[Any, str]] = []
+        await relay_once(rt.pool, lambda j, s: sent.append((j, s)))
+        run = [(j, s) for j, s in sent if j == job_id and s in names]
+        held.extend(x for x in sent if x not in run)
+        if not run:
+            break
+        for j, s in run:
+            await run_step(rt, j, s)
+    async with rt.pool.acquire() as conn:
+        for j, s in held:  # hand the held messages back to the outbox
+            await conn.execute(
+                "INSERT INTO outbox (job_id, step) VALUES ($1, $2) ON CONFLICT DO NOTHING", j, s
+            )
+
+
+async def test_a_delete_cut_short_by_a_dead_worker_finishes_when_resumed(runtime, make_env):
+    await make_env("shop.dev")
+    backup_id = await make_backup(runtime, "shop.dev")
+    prefix = f"backups/shop/dev/{backup_id}/"
+    slow = dataclasses.replace(
+        runtime,
+        settings=runtime.settings.model_copy(
+            update={"failpoints": {"delete_objects.after_each": "sleep:30"}}
+        ),
+    )
+    job = await delete(runtime, "shop.dev", backup_id)
+    await drive_steps(runtime, job.job_id, {"mark_deleting", "wait_readers"})
+    # The worker dies after deleting its first object: the step stays running.
+    from envrestore.pipelines.jobs.outbox import relay_once
+
+    sent: list[tuple[Any, str]] = []
+    await relay_once(runtime.pool, lambda j, s: sent.append((j, s)))
+    assert (job.job_id, "delete_objects") in sent
+    attempt = asyncio.create_task(run_step(slow, job.job_id, "delete_objects"))
+    for _ in range(200):
+        if len(await keys_under(runtime, prefix)) == 3:
+            break
+        await asyncio.sleep(0.05)
+    attempt.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await attempt
+    # Half-deleted: the row is still there but marked, so no new job picks it.
+    record = await get_backup(runtime.pool, backup_id)
+    assert record.status == "deleting"
+    assert len(await keys_under(runtime, prefix)) == 3
+    with pytest.raises(Conflict, match="being deleted"):
+        await submit_restore(runtime, "shop.dev", backup=backup_id)
+
+    view = await drive(runtime, job.job_id)  # the reconciler resumes the stale step
+
+    assert view["status"] == "succeeded", view
+    steps = {s["name"]: s for s in view["steps"]}
+    assert steps["delete_objects"]["attempts"] == 2
+    assert await keys_under(runtime, prefix) == []
+    with pytest.raises(NotFound):
+        await get_backup(runtime.pool, backup_id)
+
+
+async def test_expiry_queues_one_delete_per_expired_backup(runtime, make_env):
+    await make_env("shop.dev")
+    short = await make_backup(runtime, "shop.dev", keep_days=1)
+    long = await make_backup(runtime, "shop.dev", keep_days=30)
+    system = producer(runtime, principal=Principal.system("scheduler"))
+    now = datetime.now(UTC)
+
+    assert await expire_backups(runtime.pool, system, now=now) == 0
+    later = now + timedelta(days=2)
+    assert await expire_backups(runtime.pool, system, now=later) == 1
+    assert await expire_backups(runtime.pool, system, now=later) == 0  # same key, same job
+
+    jobs = await runtime.pool.fetch("SELECT id FROM jobs WHERE kind = 'delete_backup'")
+    assert len(jobs) == 1
+    view = await drive(runtime, jobs[0]["id"])
+    assert view["status"] == "succeeded", view
+    assert view["params"]["reason"] == "expired"
+    assert await keys_under(runtime, f"backups/shop/dev/{short}/") == []
+    assert [b.id for b in await list_backups(runtime.pool, "shop.dev")] == [long]
+    # Once deleted, the next tick finds nothing more to expire.
+    assert await expire_backups(runtime.pool, system, now=later) == 0
+
+
+async def test_a_backup_read_by_a_restore_is_kept_until_the_restore_ends(runtime, make_env):
+    await make_env("shop.dev")
+    await make_env("shop.test")
+    backup_id = await make_backup(runtime, "shop.dev")
+    prefix = f"backups/shop/dev/{backup_id}/"
+    # A restore of test from dev's backup is queued: it reads the backup.
+    restore = await submit_restore(runtime, "shop.test", source="shop.dev", backup=backup_id)
+    fast = dataclasses.replace(
+        runtime,
+        settings=runtime.settings.model_copy(update={"backup_delete_poll_seconds": 0.1}),
+    )
+    job = await delete(runtime, "shop.dev", backup_id)
+    await drive_steps(fast, job.job_id, {"mark_deleting"})
+
+    # New restores of it are refused at once, "latest" no longer picks it.
+    with pytest.raises(Conflict, match="is being deleted"):
+        await submit_restore(runtime, "shop.test", source="shop.dev", backup=backup_id)
+    with pytest.raises(NotFound, match="no backups yet"):
+        await submit_restore(runtime, "shop.test", source="shop.dev")
+
+    # The delete waits while the restore is unfinished.
+    waiting = asyncio.create_task(drive(fast, job.job_id, timeout=60))
+    await asyncio.sleep(1.5)
+    assert not waiting.done()
+    assert len(await keys_under(runtime, prefix)) == 4
+    events = await show_job(runtime.pool, job.job_id)
+    assert events["status"] == "running"
+
+    restored = await drive(runtime, restore.job_id)
+    assert restored["status"] == "succeeded", restored
+    view = await asyncio.wait_for(waiting, 60)
+    assert view["status"] == "succeeded", view
+    assert await keys_under(runtime, prefix) == []
+
+
+async def test_a_cancelled_delete_gives_the_backup_back(runtime, make_env):
+    from envrestore.pipelines.jobs.cancel import cancel_job
+
+    await make_env("shop.dev")
+    await make_env("shop.test")
+    backup_id = await make_backup(runtime, "shop.dev")
+    await submit_restore(runtime, "shop.test", source="shop.dev", backup=backup_id)
+    job = await delete(runtime, "shop.dev", backup_id)
+    await drive_steps(runtime, job.job_id, {"mark_deleting"})
+    assert (await get_backup(runtime.pool, backup_id)).status == "deleting"
+
+    await cancel_job(runtime.pool, job.job_id, runtime.kinds)
+    view = await drive(runtime, job.job_id)
+
+    assert view["status"] == "cancelled", view
+    assert (await get_backup(runtime.pool, backup_id)).status == "ready"
+    assert len(await keys_under(runtime, f"backups/shop/dev/{backup_id}/")) == 4
