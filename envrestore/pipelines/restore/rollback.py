@@ -19,6 +19,7 @@ from envrestore.pipelines.errors import Conflict, NotFound
 from envrestore.pipelines.jobs.context import StepContext
 from envrestore.pipelines.ledger.queries import sql
 from envrestore.pipelines.requests import RollbackRequest
+from envrestore.pipelines.restore import points
 from envrestore.pipelines.restore.targets import job_tag
 
 
@@ -83,7 +84,8 @@ async def swap_back(ctx: StepContext) -> dict[str, Any]:
             sql("merge_job_outputs"), ctx.job.id, {"switch_window_seconds": sum(windows.values())}
         )
     await ctx.event("restore.rolled_back", restore_job_id=str(point["job_id"]), windows=windows)
-    return {"windows": windows, "rolled_back": str(point["job_id"])}
+    sizes = await points.point_made(ctx.runtime, ctx.job.id, environment)
+    return {"windows": windows, "rolled_back": str(point["job_id"]), **sizes}
 
 
 async def drop_rollback_point(ctx: StepContext) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from envrestore.pipelines.failpoints import failpoint
 from envrestore.pipelines.jobs.cancel import enter_irreversible
 from envrestore.pipelines.jobs.context import StepContext
 from envrestore.pipelines.ledger.queries import sql
+from envrestore.pipelines.restore import points
 from envrestore.pipelines.restore.clone import drop_snapshot, keep_snapshot
 from envrestore.pipelines.restore.prepare import targets_of
 from envrestore.pipelines.restore.request import elements_of, request_of
@@ -85,7 +86,8 @@ async def switch(ctx: StepContext) -> dict[str, Any]:
             {"switch_window_seconds": window, "switch_windows": windows},
         )
     await ctx.event("restore.switched", window_seconds=window, windows=windows)
-    return {"window_seconds": window, "windows": windows, "rollback": details}
+    sizes = {} if in_place else await points.point_made(ctx.runtime, ctx.job.id, environment)
+    return {"window_seconds": window, "windows": windows, "rollback": details, **sizes}
 
 
 async def _undo(ctx: StepContext, targets: RestoreTargets, done: list[str]) -> None:
