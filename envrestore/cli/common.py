@@ -8,33 +8,31 @@ producer serves the HTTP API and the scheduler.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import typer
 from pydantic import ValidationError
 from rich.console import Console, ConsoleDimensions
 
+from envrestore.cli.errors import ERROR_KINDS, NOT_MIGRATED, fail_for
+from envrestore.cli.errors import err as err  # re-exported: every command module uses these
+from envrestore.cli.errors import fail as fail
+from envrestore.cli.errors import print_json as print_json
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.follow import follow_job
-from envrestore.config.settings import Settings, load_settings
-from envrestore.pipelines.errors import (
-    BadInput,
-    Conflict,
-    EnvrestoreError,
-    NotFound,
-    Refused,
-    Unavailable,
-)
+from envrestore.config.settings import Settings, describe_settings_error, load_settings
+from envrestore.pipelines.errors import EnvrestoreError
 from envrestore.pipelines.jobs.principal import Principal
 from envrestore.pipelines.jobs.submit import Submitted
 from envrestore.pipelines.ledger.connection import create_pool
+from envrestore.pipelines.ledger.migrate import available_migrations
 from envrestore.pipelines.objectstore import open_object_store
 from envrestore.pipelines.producer import Producer
+from envrestore.pipelines.secrets import mask_url
 from envrestore.pipelines.text import clean_text
 
 T = TypeVar("T")
@@ -55,7 +53,6 @@ class _OutConsole(Console):
 
 OFF_TERMINAL_WIDTH = 200
 out = _OutConsole(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 WaitOpt = Annotated[
@@ -70,47 +67,89 @@ KeyOpt = Annotated[
     ),
 ]
 
-EXIT_FOR: list[tuple[type[EnvrestoreError], ExitCode]] = [
-    (NotFound, ExitCode.NOT_FOUND),
-    (Conflict, ExitCode.CONFLICT),
-    (Refused, ExitCode.CONFLICT),
-    (BadInput, ExitCode.USAGE),
-    (Unavailable, ExitCode.UNAVAILABLE),
-]
+#: Kept for callers that map an error family to its exit code.
+EXIT_FOR: list[tuple[type[EnvrestoreError], ExitCode]] = [(t, c) for t, _, c in ERROR_KINDS]
 
 
 def load_cli_settings() -> Settings:
+    """The settings, or one line naming the bad variable (exit 2)."""
     try:
-        return load_settings()
-    except (ValidationError, ValueError) as exc:
-        err.print(f"error: bad configuration: {exc}", markup=False)
-        raise typer.Exit(ExitCode.USAGE) from None
+        settings = load_settings()
+        check_urls(settings)
+        return settings
+    except ValidationError as exc:
+        fail(describe_settings_error(exc), code="bad_input", exit_code=ExitCode.USAGE)
+    except ValueError as exc:
+        fail(f"bad configuration: {exc}", code="bad_input", exit_code=ExitCode.USAGE)
+
+
+#: Setting → the URL schemes it may use; checked before any connection is tried.
+_URL_SCHEMES = {
+    "database_url": ("postgresql", "postgres"),
+    "redis_url": ("redis", "rediss", "unix"),
+    "s3_endpoint_url": ("http", "https"),
+}
+
+
+def check_urls(settings: Settings) -> None:
+    """A malformed service URL is named in one line (ValueError), not a parser's traceback."""
+    for field, schemes in _URL_SCHEMES.items():
+        value = getattr(settings, field)
+        if value is None:
+            continue
+        variable = f"ENVRESTORE_{field.upper()}"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{variable} is not a valid URL ({exc}): {mask_url(value)}") from None
+        if parts.scheme not in schemes:
+            raise ValueError(
+                f"{variable} must start with {' or '.join(s + '://' for s in schemes)}, "
+                f"got {mask_url(value)!r}"
+            )
 
 
 def run_command(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run an async command body; turn envrestore errors into one line and an exit code."""
+    """Run an async command body; turn its errors into one line and an exit code."""
     try:
         return asyncio.run(body())
-    except EnvrestoreError as exc:
-        err.print(f"error: {clean_text(exc.message)}", markup=False)
-        code = next((c for t, c in EXIT_FOR if isinstance(exc, t)), ExitCode.ERROR)
-        raise typer.Exit(code) from None
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every error leaves as one line (cli/errors.py)
+        fail_for(exc)
+
+
+async def check_schema(pool: asyncpg.Pool) -> None:
+    """Refuse at once (one line, run `envrestore db migrate`) on a ledger not migrated,
+    or migrated by an older envrestore, rather than failing on a missing table later."""
+    try:
+        applied = {r["version"] for r in await pool.fetch("SELECT version FROM schema_migrations")}
+    except asyncpg.UndefinedTableError:
+        applied = set()
+    missing = [m for m in available_migrations() if m.version not in applied]
+    if missing and not applied:
+        fail(NOT_MIGRATED, code="not_migrated", exit_code=ExitCode.UNAVAILABLE)
+    if missing:
+        names = ", ".join(f"{m.version:03d}_{m.name}" for m in missing)
+        fail(
+            f"{NOT_MIGRATED} (not applied: {names})",
+            code="not_migrated",
+            exit_code=ExitCode.UNAVAILABLE,
+        )
 
 
 async def with_ledger(settings: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    """A small pool on the ledger for the length of one command."""
+    """A small pool on the ledger for the length of one command, its schema checked."""
     pool = await create_pool(settings.database_url, max_size=2)
     try:
+        await check_schema(pool)
         return await use(pool)
     finally:
         await pool.close()
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def shown(value: Any) -> str:
@@ -200,3 +239,10 @@ CodeStrategyOpt = Annotated[
         "backup's tree), overwrite (another site's tree as one commit) or merge (histories).",
     ),
 ]
+
+
+def from_setting(text: str, setting: str) -> str:
+    """Help text for an option that, when not given, takes a setting's value: it names
+    the variable and the built-in default, as click shows them for other options."""
+    default = Settings.model_fields[setting].get_default(call_default_factory=True)
+    return f"{text}  [env var: ENVRESTORE_{setting.upper()}; default: {default}]"

@@ -32,6 +32,7 @@ from envrestore.cli.common import (
     SearchReplaceOpt,
     WaitOpt,
     err,
+    from_setting,
     load_cli_settings,
     print_json,
     run_command,
@@ -343,8 +344,9 @@ def backup_link(
         int | None,
         typer.Option(
             "--ttl",
-            help="Seconds the link works [default ENVRESTORE_LINK_DEFAULT_TTL, 300; at most "
-            "ENVRESTORE_LINK_MAX_TTL].",
+            help=from_setting(
+                "Seconds the link works (at most ENVRESTORE_LINK_MAX_TTL).", "link_default_ttl"
+            ),
         ),
     ] = None,
     as_json: JsonOpt = False,

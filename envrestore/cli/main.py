@@ -10,12 +10,15 @@ from typing import Annotated
 
 import typer
 
+from envrestore import __version__
 from envrestore.cli.backups import backup_app
 from envrestore.cli.common import (
+    from_setting,
     load_cli_settings,
     out,
     run_command,
 )
+from envrestore.cli.errors import EnvrestoreGroup
 from envrestore.cli.imports import backup_link, clone_content, import_app
 from envrestore.cli.jobs import job_app
 from envrestore.cli.registry_cmds import env_app, site_app
@@ -33,6 +36,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # App-wide, inherited by every subcommand (cli/errors.py, README "The CLI"):
+    # -h as --help, defaults shown, help texts printed as written (rich markup
+    # would eat "[env var: ...]"), and errors as one line or JSON.
+    cls=EnvrestoreGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+    rich_markup_mode=None,
 )
 db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -49,12 +58,28 @@ app.command("restore")(restore)
 app.add_typer(rollback_app, name="rollback")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"envrestore {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     log_level: Annotated[
         str,
-        typer.Option(help="Log level [env: ENVRESTORE_LOG_LEVEL].", envvar="ENVRESTORE_LOG_LEVEL"),
+        typer.Option(
+            help="Log level: DEBUG, INFO, WARNING, ERROR.",
+            envvar="ENVRESTORE_LOG_LEVEL",
+            show_envvar=True,
+        ),
     ] = "WARNING",
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     configure_logging(level=log_level)
 
@@ -64,7 +89,10 @@ def _main(
 
 @db_app.command("migrate")
 def db_migrate() -> None:
-    """Create or upgrade the ledger's tables (safe to run again) [env: ENVRESTORE_DATABASE_URL]."""
+    """Create or upgrade the ledger's tables (safe to run again).
+
+    The ledger is ENVRESTORE_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/envrestore).
+    """
     settings = load_cli_settings()
 
     async def body() -> list[str]:
@@ -87,7 +115,7 @@ def worker(
     threads: Annotated[int, typer.Option(help="Worker threads per process.")] = 4,
     queues: Annotated[
         list[str] | None,
-        typer.Option(help="Queues to consume [env: ENVRESTORE_QUEUE_NAME, default envrestore]."),
+        typer.Option(help=from_setting("Queues to consume.", "queue_name")),
     ] = None,
 ) -> None:
     """Start a worker: Dramatiq's CLI with envrestore's broker and actors."""

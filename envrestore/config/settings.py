@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -186,3 +186,26 @@ class _TomlSource(PydanticBaseSettingsSource):
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings now (never at import time)."""
     return Settings(**overrides)
+
+
+_SECRET_FIELDS = frozenset({"s3_secret_access_key", "s3_access_key_id"})
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line naming each bad variable, why, and the value given (secrets and
+    DSN passwords hidden): `bad setting ENVRESTORE_X='abc': Input should be ...`."""
+    from envrestore.pipelines.secrets import mask_url
+
+    parts = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        value = error.get("input")
+        if field in _SECRET_FIELDS:
+            shown = "'***'"
+        elif isinstance(value, str):
+            shown = repr(mask_url(value) if "://" in value else value)[:200]
+        else:
+            shown = ""
+        given = f"={shown}" if shown and not isinstance(value, dict) else ""
+        parts.append(f"ENVRESTORE_{field.upper()}{given}: {error['msg']}")
+    return "bad setting " + "; ".join(parts)
