@@ -25,11 +25,13 @@ from envrestore.cli.errors import print_json as print_json
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.follow import follow_job
 from envrestore.config.settings import Settings, describe_settings_error, load_settings
-from envrestore.pipelines.errors import EnvrestoreError
+from envrestore.pipelines import registry
+from envrestore.pipelines.errors import EnvrestoreError, NotFound
 from envrestore.pipelines.jobs.principal import Principal
 from envrestore.pipelines.jobs.submit import Submitted
 from envrestore.pipelines.ledger.connection import create_pool
 from envrestore.pipelines.ledger.migrate import available_migrations
+from envrestore.pipelines.ledger.queries import sql
 from envrestore.pipelines.objectstore import open_object_store
 from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.secrets import mask_url
@@ -246,3 +248,13 @@ def from_setting(text: str, setting: str) -> str:
     the variable and the built-in default, as click shows them for other options."""
     default = Settings.model_fields[setting].get_default(call_default_factory=True)
     return f"{text}  [env var: ENVRESTORE_{setting.upper()}; default: {default}]"
+
+
+async def require_known(pool: asyncpg.Pool, target: str) -> None:
+    """`SITE` or `SITE.ENV` named on the command line must exist: NotFound (exit 3)
+    rather than an empty listing that reads as "nothing there"."""
+    site, _, env = target.partition(".")
+    if env:
+        await registry.get_environment(pool, target)
+    elif await pool.fetchrow(sql("get_site"), site) is None:
+        raise NotFound(f"site {site!r} is not registered (envrestore site add {site})", site=site)

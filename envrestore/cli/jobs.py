@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import asyncpg
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -15,6 +16,7 @@ from envrestore.cli.common import (
     out,
     print_json,
     report_final,
+    require_known,
     run_command,
     shown,
     with_ledger,
@@ -104,9 +106,13 @@ def job_list(
         if target:
             site, _, env_part = target.partition(".")
             env = env_part or None
-        return await with_ledger(
-            settings, lambda pool: views.list_jobs(pool, site=site, env=env, limit=limit)
-        )
+
+        async def listing(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+            if target:
+                await require_known(pool, target)
+            return await views.list_jobs(pool, site=site, env=env, limit=limit)
+
+        return await with_ledger(settings, listing)
 
     jobs = run_command(body)
     if as_json:

@@ -14,6 +14,7 @@ from envrestore.cli.common import (
     load_cli_settings,
     out,
     print_json,
+    require_known,
     run_command,
     with_ledger,
 )
@@ -108,7 +109,12 @@ def env_list(
     settings = load_cli_settings()
 
     async def body() -> list[registry.Environment]:
-        return await with_ledger(settings, lambda pool: registry.list_environments(pool, site))
+        async def listing(pool: asyncpg.Pool) -> list[registry.Environment]:
+            if site:
+                await require_known(pool, site)  # an unknown site: exit 3
+            return await registry.list_environments(pool, site)
+
+        return await with_ledger(settings, listing)
 
     environments = run_command(body)
     if as_json:
