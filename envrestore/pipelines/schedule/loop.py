@@ -112,7 +112,7 @@ class Scheduler:
         return report
 
     async def take_due_slots(self, now: datetime) -> list[str]:
-        """Claim and submit each environment's due slot; returns the jobs' targets."""
+        """Claim and submit each environment's due slot; the targets whose job this call made."""
         submitted: list[str] = []
         for schedule in await list_schedules(self.pool, self.settings):
             slot = schedule.due(now)
@@ -165,8 +165,11 @@ class Scheduler:
         await self.pool.execute(
             sql("schedule_slot_submitted"), schedule.environment_id, slot.at, submitted.job_id
         )
-        bound.info("schedule.backup_queued", job_id=str(submitted.job_id), keep_days=slot.keep_days)
-        return True
+        if submitted.created:
+            bound.info(
+                "schedule.backup_queued", job_id=str(submitted.job_id), keep_days=slot.keep_days
+            )
+        return submitted.created
 
     async def _retention(self, now: datetime, report: TickReport) -> None:
         """Expired backups become delete jobs (each tick); orphans are swept hourly."""
@@ -180,7 +183,8 @@ class Scheduler:
             self._log.warning("retention.expire_failed", error=str(exc))
         if self.last_sweep is None or now - self.last_sweep >= SWEEP_EVERY:
             try:
-                report.swept = await sweep(self.pool, self.store, now=now)
+                min_age = timedelta(hours=self.settings.backup_orphan_min_age_hours)
+                report.swept = await sweep(self.pool, self.store, now=now, min_age=min_age)
                 self.last_sweep = now
             except OUTAGES as exc:
                 self._log.warning("retention.sweep_failed", error=str(exc))
