@@ -18,9 +18,10 @@ from envrestore.cli.common import (
     run_command,
     with_ledger,
 )
+from envrestore.cli.confirming import confirm_or_exit
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.tables import print_table
-from envrestore.pipelines import registry
+from envrestore.pipelines import paths, registry, registry_admin
 from envrestore.pipelines.errors import BadInput
 
 site_app = typer.Typer(help="Sites.", no_args_is_help=True)
@@ -74,6 +75,8 @@ def env_add(
     settings = load_cli_settings()
 
     async def body() -> tuple[registry.Environment, bool]:
+        # The dangerous-path rules first: their message is the one that matters.
+        paths.check_environment_paths(target, files, code, state_dir=settings.state_dir)
         _check_env_paths(files, code)
         from envrestore.pipelines.archives.git import ensure_repo
 
@@ -81,7 +84,14 @@ def env_add(
         return await with_ledger(
             settings,
             lambda pool: registry.add_environment(
-                pool, target, db=db, files=files, code=code, protected=protected, url=url
+                pool,
+                target,
+                db=db,
+                files=files,
+                code=code,
+                protected=protected,
+                url=url,
+                state_dir=settings.state_dir,
             ),
         )
 
@@ -148,10 +158,15 @@ def env_load(
         from envrestore.pipelines.archives.git import ensure_repo
 
         for spec in specs:
+            paths.check_environment_paths(
+                spec.target, spec.files, spec.code, state_dir=settings.state_dir
+            )
             _check_env_paths(spec.files, spec.code)
             await ensure_repo(spec.code)
 
         async def register(pool: asyncpg.Pool) -> list[tuple[registry.Environment, bool]]:
+            entries = [(s.target, s.files, s.code) for s in specs]
+            await registry_admin.check_many(pool, entries, state_dir=settings.state_dir)
             for spec in specs:
                 site, _env = registry.parse_target(spec.target)
                 await registry.add_site(pool, site)
@@ -164,6 +179,7 @@ def env_load(
                     code=s.code,
                     protected=s.protected,
                     url=s.url,
+                    state_dir=settings.state_dir,
                 )
                 for s in specs
             ]
@@ -172,3 +188,135 @@ def env_load(
 
     for environment, created in run_command(body):
         out.print(f"environment {environment.target} {'added' if created else 'updated'}")
+
+
+# ------------------------------------------------------------- issue 9: list, remove, set
+
+
+@site_app.command("list")
+def site_list(as_json: JsonOpt = False) -> None:
+    """List sites and their environments."""
+    settings = load_cli_settings()
+
+    async def body() -> list[registry_admin.Site]:
+        return await with_ledger(settings, registry_admin.list_sites)
+
+    sites = run_command(body)
+    if as_json:
+        print_json([s.public() for s in sites])
+        return
+    if not sites:
+        out.print("no sites registered (envrestore site add NAME)", markup=False)
+        return
+    rows = [(s.name, ", ".join(s.envs), s.created_at.strftime("%Y-%m-%d %H:%M UTC")) for s in sites]
+    print_table(out, ["site", "environments", "created"], rows, ids=("site",))
+
+
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+@site_app.command("remove")
+def site_remove(
+    name: Annotated[str, typer.Argument(help="The site to forget.")],
+    cascade: Annotated[
+        bool, typer.Option("--cascade", help="Forget its environments too (each checked).")
+    ] = False,
+    yes: YesOpt = False,
+) -> None:
+    """Forget a site (refused while it has environments, unless --cascade).
+
+    Nothing on disk is touched: databases, files and code stay. Refused while a
+    job holds or waits for an environment's lease, while the ledger holds
+    backups of one, or while a rollback point is kept.
+    """
+    settings = load_cli_settings()
+    what = f"site {name}" + (" and all its environments" if cascade else "")
+    confirm_or_exit(f"forget {what}? (nothing on disk is deleted)", yes=yes)
+
+    async def body() -> list[registry.Environment]:
+        return await with_ledger(
+            settings, lambda pool: registry_admin.remove_site(pool, name, cascade=cascade)
+        )
+
+    removed = run_command(body)
+    also = f" and {', '.join(e.target for e in removed)}" if removed else ""
+    out.print(f"site {name}{also} removed; databases, files and code left on disk", markup=False)
+
+
+@env_app.command("remove")
+def env_remove(
+    target: Annotated[str, typer.Argument(help="SITE.ENV to forget.")],
+    yes: YesOpt = False,
+) -> None:
+    """Forget an environment; its database, files and code stay on disk.
+
+    Refused while a job holds or waits for its lease, while the ledger holds
+    backups of it (delete them first), or while a rollback point is kept.
+    """
+    settings = load_cli_settings()
+    confirm_or_exit(f"forget environment {target}? (nothing on disk is deleted)", yes=yes)
+
+    async def body() -> registry.Environment:
+        return await with_ledger(
+            settings, lambda pool: registry_admin.remove_environment(pool, target)
+        )
+
+    environment = run_command(body)
+    out.print(
+        f"environment {environment.target} removed; its database {environment.dsn.masked()}, "
+        f"files {environment.files_dir} and code {environment.code_dir} are left as they are",
+        markup=False,
+    )
+
+
+@env_app.command("set")
+def env_set(
+    target: Annotated[str, typer.Argument(help="SITE.ENV to change.")],
+    db: Annotated[str | None, typer.Option("--db", help="A new database DSN.")] = None,
+    files: Annotated[
+        Path | None, typer.Option("--files", help="A new uploaded-files directory.")
+    ] = None,
+    code: Annotated[
+        Path | None, typer.Option("--code", help="A new code directory (a git working tree).")
+    ] = None,
+    url: Annotated[str | None, typer.Option("--url", help="A new base URL.")] = None,
+    protected: Annotated[
+        bool | None,
+        typer.Option("--protected/--unprotected", help="Refuse direct restores unless forced."),
+    ] = None,
+) -> None:
+    """Change only the given fields of an environment.
+
+    Refused while a job holds or waits for its lease; a new database or
+    directory also while a rollback point still refers to the old one.
+    """
+    settings = load_cli_settings()
+
+    async def body() -> tuple[registry.Environment, list[str]]:
+        for role, path in (("files", files), ("code", code)):
+            if path is not None:
+                paths.check_dangerous(path, role=role)
+        if files is not None and not files.is_dir():
+            raise BadInput(f"files directory {files} does not exist or is not a directory")
+        if code is not None:
+            if not code.is_dir():
+                raise BadInput(f"code directory {code} does not exist or is not a directory")
+            from envrestore.pipelines.archives.git import ensure_repo
+
+            await ensure_repo(code)
+        return await with_ledger(
+            settings,
+            lambda pool: registry_admin.set_environment(
+                pool,
+                target,
+                db=db,
+                files=files,
+                code=code,
+                url=url,
+                protected=protected,
+                state_dir=settings.state_dir,
+            ),
+        )
+
+    environment, changed = run_command(body)
+    out.print(f"environment {environment.target} updated: {', '.join(changed)}", markup=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tomllib
 from dataclasses import dataclass
@@ -12,10 +13,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from envrestore.pipelines import paths
 from envrestore.pipelines.dsn import Dsn, parse_dsn
-from envrestore.pipelines.errors import BadInput, NotFound
+from envrestore.pipelines.errors import BadInput, Conflict, NotFound
 from envrestore.pipelines.ledger.queries import sql
-from envrestore.pipelines.ledger.types import Row
+from envrestore.pipelines.ledger.types import Conn, Row
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 #: Environments protected unless said otherwise: restoring them directly is refused.
@@ -110,10 +112,15 @@ async def add_environment(
     code: Path,
     protected: bool | None = None,
     url: str | None = None,
+    state_dir: Path | None = None,
 ) -> tuple[Environment, bool]:
     """Register (or update) an environment; returns it and whether it is new.
 
-    `url` is its base URL; None keeps the one already recorded.
+    `url` is its base URL; None keeps the one already recorded. The directories
+    are checked (`pipelines.paths`: no system or shared directory, files and code
+    apart, no other environment's, not `state_dir`). An update is refused while a
+    job holds or waits for the environment's lease, and a move (another database
+    or directory) while a rollback point still refers to the old ones.
     """
     site, env = parse_target(target)
     url = None if url is None else check_base_url(url)
@@ -128,6 +135,13 @@ async def add_environment(
             raise NotFound(
                 f"site {site!r} is not registered; add it first with: envrestore site add {site}",
                 site=site,
+            )
+        await check_paths_in_ledger(conn, target, files, code, state_dir=state_dir)
+        existing = await conn.fetchrow(sql("get_environment"), site, env)
+        if existing is not None:
+            current = Environment.from_row(existing)
+            await guard_change(
+                conn, current, doing="updating", moves=moves(current, dsn, files, code)
             )
         row = await conn.fetchrow(
             sql("upsert_environment"),
@@ -144,6 +158,63 @@ async def add_environment(
         await conn.execute(sql("ensure_lease_row"), row["id"])
         created = bool(row["created"])
     return await get_environment(pool, target), created
+
+
+def moves(current: Environment, dsn: Dsn, files: Path, code: Path) -> bool:
+    """Whether a change points the environment at another database or directory."""
+    where = (dsn.engine, dsn.host, dsn.port, dsn.socket, dsn.database)
+    was = current.dsn
+    return (
+        where != (was.engine, was.host, was.port, was.socket, was.database)
+        or files != current.files_dir
+        or code != current.code_dir
+    )
+
+
+async def check_paths_in_ledger(
+    conn: Conn, target: str, files: Path, code: Path, *, state_dir: Path | None
+) -> None:
+    """`pipelines.paths` rules, against every other registered environment."""
+    others = [
+        paths.UsedPaths(f"{r['site']}.{r['env']}", Path(r["files_dir"]), Path(r["code_dir"]))
+        for r in await conn.fetch(sql("list_environments"), None)
+    ]
+    await asyncio.to_thread(
+        paths.check_environment_paths, target, files, code, others=others, state_dir=state_dir
+    )
+
+
+async def refuse_if_busy(
+    conn: asyncpg.Pool | Conn, environment: Environment, *, doing: str
+) -> None:
+    """Conflict naming the job that holds the environment's lease or waits for it."""
+    busy = await conn.fetchrow(sql("environment_busy"), environment.id)
+    if busy is None:
+        return
+    how = "holds the lease on" if busy["holds_lease"] else f"is {busy['status']} for"
+    raise Conflict(
+        f"{doing} {environment.target} is refused: job {busy['id']} ({busy['kind']}) {how} it; "
+        f"try again when it ends (envrestore job show {busy['id']} --wait)",
+        job_id=str(busy["id"]),
+        target=environment.target,
+    )
+
+
+async def guard_change(conn: Conn, environment: Environment, *, doing: str, moves: bool) -> None:
+    """In the caller's transaction: hold the lease row (no job starts until commit) and
+    refuse while a job has it or waits; a move also while a rollback point is kept."""
+    await conn.fetchrow(sql("lock_lease_row"), environment.id)
+    await refuse_if_busy(conn, environment, doing=doing)
+    if moves:
+        point = await conn.fetchval(sql("newest_kept_rollback_point"), environment.id)
+        if point is not None:
+            raise Conflict(
+                f"{doing} {environment.target} is refused: the rollback point of job {point} "
+                "refers to its current database and directories; drop it first "
+                f"(envrestore rollback drop {point})",
+                job_id=str(point),
+                target=environment.target,
+            )
 
 
 def check_base_url(url: str) -> str:
@@ -165,7 +236,7 @@ def check_base_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
 
 
-async def get_environment(pool: asyncpg.Pool | asyncpg.Connection, target: str) -> Environment:
+async def get_environment(pool: asyncpg.Pool | Conn, target: str) -> Environment:
     """The environment `SITE.ENV`, or NotFound naming what is missing."""
     site, env = parse_target(target)
     row = await pool.fetchrow(sql("get_environment"), site, env)

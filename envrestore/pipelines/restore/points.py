@@ -33,6 +33,7 @@ from envrestore.pipelines.registry import (
     get_environment,
     get_environment_by_id,
     parse_target,
+    refuse_if_busy,
 )
 
 if TYPE_CHECKING:
@@ -263,22 +264,6 @@ async def check_droppable(pool: asyncpg.Pool, job_id: uuid.UUID) -> Environment:
     environment = await get_environment_by_id(pool, point["environment_id"])
     await refuse_if_busy(pool, environment, doing="dropping a rollback point of")
     return environment
-
-
-async def refuse_if_busy(
-    pool: asyncpg.Pool | asyncpg.Connection, environment: Environment, *, doing: str
-) -> None:
-    """Conflict naming the job that holds the environment's lease or waits for it."""
-    busy = await pool.fetchrow(sql("environment_busy"), environment.id)
-    if busy is None:
-        return
-    how = "holds the lease on" if busy["holds_lease"] else f"is {busy['status']} for"
-    raise Conflict(
-        f"{doing} {environment.target} is refused: job {busy['id']} ({busy['kind']}) {how} it; "
-        f"try again when it ends (envrestore job show {busy['id']} --wait)",
-        job_id=str(busy["id"]),
-        target=environment.target,
-    )
 
 
 async def submit_drop(producer: Producer, job_id: uuid.UUID, *, key: str | None) -> Submitted:

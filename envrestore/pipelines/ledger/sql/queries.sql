@@ -499,3 +499,27 @@ WHERE j.environment_id = $1
              WHERE s.job_id = j.id AND s.status IN ('pending', 'running'))))
 ORDER BY (l.job_id IS NOT NULL AND l.job_id = j.id) DESC, j.created_at
 LIMIT 1;
+
+-- ---------------------------------------------------------------- registry changes (issue 9)
+
+-- name: lock_lease_row
+-- Held until the registry change commits: no job can take the lease meanwhile.
+SELECT job_id FROM env_leases WHERE environment_id = $1 FOR UPDATE;
+
+-- name: lock_site
+SELECT id, name FROM sites WHERE name = $1 FOR UPDATE;
+
+-- name: list_sites
+SELECT s.name, s.created_at,
+       COALESCE(array_agg(e.name ORDER BY e.name) FILTER (WHERE e.id IS NOT NULL), '{}') AS envs
+FROM sites s LEFT JOIN environments e ON e.site_id = s.id
+GROUP BY s.id ORDER BY s.name;
+
+-- name: count_backups_of_environment
+SELECT count(*) FROM backups WHERE environment_id = $1;
+
+-- name: delete_environment
+DELETE FROM environments WHERE id = $1;
+
+-- name: delete_site
+DELETE FROM sites WHERE id = $1;
