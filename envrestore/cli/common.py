@@ -23,7 +23,7 @@ from envrestore.cli.errors import err as err  # re-exported: every command modul
 from envrestore.cli.errors import fail as fail
 from envrestore.cli.errors import print_json as print_json
 from envrestore.cli.exit_codes import ExitCode
-from envrestore.cli.follow import follow_job
+from envrestore.cli.follow import StoppedFollowing, follow_job
 from envrestore.config.settings import Settings, describe_settings_error, load_settings
 from envrestore.pipelines import registry
 from envrestore.pipelines.errors import EnvrestoreError, NotFound
@@ -116,9 +116,10 @@ def run_command(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run an async command body; turn its errors into one line and an exit code."""
     try:
         return asyncio.run(body())
+    except StoppedFollowing as exc:
+        fail(str(exc), code="interrupted", exit_code=ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
-        raise typer.Exit(130) from None
+        fail("interrupted", code="interrupted", exit_code=ExitCode.INTERRUPTED)
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # noqa: BLE001 - every error leaves as one line (cli/errors.py)

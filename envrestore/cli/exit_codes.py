@@ -13,3 +13,4 @@ class ExitCode(enum.IntEnum):
     CONFLICT = 4  # idempotency key reused for another request; refused by policy
     JOB_FAILED = 5  # the job ran and failed (or was cancelled)
     UNAVAILABLE = 6  # a service (ledger, S3, database server) cannot be reached
+    INTERRUPTED = 130  # Ctrl-C (a followed job goes on on the workers)

@@ -1,78 +1,198 @@
-"""`--wait`: follow a job in the ledger, a progress bar per running step."""
+"""`--wait`: follow a job in the ledger, one line per step, redrawn from the ledger's view.
+
+Each frame is drawn from the job view alone (`render_frame`), so what is
+shown is what the ledger has — also the last frame, drawn again after the job
+ended, when cleanup steps may still have changed. Rules of a frame:
+
+* a bar and `done / total` only for a step that moves bytes; `done` is never
+  shown above `total` (an estimate that fell short shows no total);
+* the rate is bytes per second since the step started (from the ledger's
+  times, so it does not depend on how often we poll);
+* a step that moves no bytes shows a spinner while it runs, and its state.
+
+Ctrl-C stops following, not the job: `StoppedFollowing` says how to follow it
+again or cancel it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
+from rich.console import Console, RenderableType
+from rich.filesize import decimal
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
 
 from envrestore.pipelines.jobs.views import show_job
 from envrestore.pipelines.text import clean_text
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+#: After the job ended, how long to wait for its cleanup steps to settle before the last frame.
+SETTLE_SECONDS = 5.0
+_STATUS_STYLE = {
+    "done": "green",
+    "failed": "bold red",
+    "running": "cyan",
+    "pending": "dim",
+    "skipped": "dim",
+}
+
+
+class StoppedFollowing(Exception):
+    """The operator pressed Ctrl-C while following; the job itself goes on."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"stopped following job {job_id}; it goes on on the workers. "
+            f"Follow it again with: envrestore job show {job_id} --wait; "
+            f"cancel it with: envrestore job cancel {job_id}"
+        )
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _clock(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def step_amounts(step: dict[str, Any]) -> tuple[int, int | None]:
+    """(done, total) as shown: a total below done (a short estimate) is no total, and a
+    finished step with no total is complete."""
+    done = max(0, int(step.get("bytes_done") or 0))
+    total = step.get("bytes_total")
+    if total is not None and (total <= 0 or done > total):
+        total = None
+    if step["status"] == "done" and total is not None:
+        done = total
+    return done, total
+
+
+def moves_bytes(step: dict[str, Any]) -> bool:
+    return bool(step.get("bytes_done") or step.get("bytes_total"))
+
+
+def amount_text(step: dict[str, Any]) -> str:
+    """`12.3 MB / 40.0 MB`, `12.3 MB` without a total, or '' for a step that moves no bytes."""
+    if not moves_bytes(step):
+        return ""
+    done, total = step_amounts(step)
+    return f"{decimal(done)} / {decimal(total)}" if total is not None else decimal(done)
+
+
+def rate_text(step: dict[str, Any], now: datetime) -> str:
+    """Bytes per second since the step started, e.g. `4.1 MB/s`; '' when there is none."""
+    started = _when(step.get("started_at"))
+    if not moves_bytes(step) or started is None or step["status"] == "pending":
+        return ""
+    end = _when(step.get("finished_at")) if step["status"] != "running" else None
+    seconds = ((end or now) - started).total_seconds()
+    if seconds < 0.1:
+        return ""
+    done, _ = step_amounts(step)
+    return f"{decimal(int(done / seconds))}/s"
+
+
+def elapsed_text(step: dict[str, Any], now: datetime) -> str:
+    started = _when(step.get("started_at"))
+    if started is None or step["status"] == "pending":
+        return ""
+    end = _when(step.get("finished_at")) if step["status"] != "running" else None
+    return _clock(((end or now) - started).total_seconds())
+
+
+class FrameRenderer:
+    """Draws frames; keeps one spinner per step so spinners turn between frames."""
+
+    def __init__(self) -> None:
+        self._spinners: dict[str, Spinner] = {}
+
+    def _progress_cell(self, step: dict[str, Any]) -> RenderableType:
+        status = step["status"]
+        if not moves_bytes(step):
+            if status == "running":
+                return self._spinners.setdefault(step["name"], Spinner("dots"))
+            return Text("")
+        done, total = step_amounts(step)
+        if total is None and status == "running":
+            return ProgressBar(total=None)  # no total: a pulse, not a wrong bar
+        return ProgressBar(total=total or 1, completed=done if total else 1)
+
+    def render(self, view: dict[str, Any], now: datetime | None = None) -> Table:
+        """One frame of a job view: every step as the ledger has it."""
+        now = now or datetime.now(UTC)
+        # The bar takes what the other columns leave (they are never cut).
+        table = Table.grid(padding=(0, 1), expand=True)
+        table.add_column("step", no_wrap=True)
+        table.add_column("progress", no_wrap=True, ratio=1, min_width=4)
+        table.add_column("amount", no_wrap=True, justify="right")
+        table.add_column("rate", no_wrap=True, justify="right")
+        table.add_column("status", no_wrap=True)
+        table.add_column("elapsed", no_wrap=True, justify="right")
+        for step in view["steps"]:
+            status = clean_text(step["status"], 20, newlines=False)
+            table.add_row(
+                Text(clean_text(step["name"], 40, newlines=False)),
+                self._progress_cell(step),
+                Text(amount_text(step)),
+                Text(rate_text(step, now)),
+                Text(status, style=_STATUS_STYLE.get(status, "")),
+                Text(elapsed_text(step, now)),
+            )
+        return table
+
+
+def render_frame(view: dict[str, Any], now: datetime | None = None) -> Table:
+    """A single frame (tests, and `job show` could use it)."""
+    return FrameRenderer().render(view, now)
+
+
+async def _settled(pool: asyncpg.Pool, job_id: uuid.UUID, interval: float) -> dict[str, Any]:
+    """The view once the job ended and its cleanup steps stopped running (bounded wait)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_SECONDS
+    view = await show_job(pool, job_id)
+    while any(s["status"] == "running" for s in view["steps"]) and loop.time() < deadline:
+        await asyncio.sleep(interval)
+        view = await show_job(pool, job_id)
+    return view
 
 
 async def follow_job(
     pool: asyncpg.Pool, job_id: uuid.UUID, *, quiet: bool = False, interval: float = 0.5
 ) -> dict[str, Any]:
-    """Poll the job until it ends; draw bars unless quiet. Returns the final view."""
-    console = Console(stderr=True)
-    if quiet:
-        while True:
-            view = await show_job(pool, job_id)
-            if view["status"] in TERMINAL:
-                return view
-            await asyncio.sleep(interval)
-    columns = (
-        TextColumn("{task.description:<16}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("{task.fields[status]:<9}"),
-        TimeElapsedColumn(),
-    )
-    tasks: dict[str, TaskID] = {}
-    with Progress(*columns, console=console, transient=False, disable=not sys.stderr) as bars:
-        while True:
-            view = await show_job(pool, job_id)
-            for step in view["steps"]:
-                if step["status"] == "pending" and step["name"] not in tasks:
-                    continue
-                if step["status"] == "skipped" and step["name"] not in tasks:
-                    continue
-                if step["name"] not in tasks:
-                    # The description is drawn as rich markup: escape it, and
-                    # never print control characters.
-                    tasks[step["name"]] = bars.add_task(
-                        escape(clean_text(step["name"], 80, newlines=False)),
-                        total=step["bytes_total"],
-                        status=escape(clean_text(step["status"], 20, newlines=False)),
-                    )
-                total = step["bytes_total"]
-                done = step["bytes_done"]
-                if step["status"] == "done" and total is None:
-                    total = done or 1
-                    done = total
-                bars.update(
-                    tasks[step["name"]],
-                    completed=done,
-                    total=total,
-                    status=escape(clean_text(step["status"], 20, newlines=False)),
-                )
-            if view["status"] in TERMINAL:
-                return view
-            await asyncio.sleep(interval)
+    """Poll the job until it ends; draw frames unless quiet. Returns the final view.
+
+    Raises StoppedFollowing on Ctrl-C (the job is not touched)."""
+    try:
+        if quiet:
+            while True:
+                view = await show_job(pool, job_id)
+                if view["status"] in TERMINAL:
+                    return await _settled(pool, job_id, interval)
+                await asyncio.sleep(interval)
+        renderer = FrameRenderer()
+        console = Console(stderr=True)
+        view = await show_job(pool, job_id)
+        with Live(renderer.render(view), console=console, refresh_per_second=8) as live:
+            while view["status"] not in TERMINAL:
+                await asyncio.sleep(interval)
+                view = await show_job(pool, job_id)
+                live.update(renderer.render(view))
+            # The job row ends before its cleanup steps do: draw the steps as the
+            # ledger has them once they settled, so a failure's last frame is true.
+            view = await _settled(pool, job_id, interval)
+            live.update(renderer.render(view), refresh=True)
+        return view
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise StoppedFollowing(job_id) from None

@@ -22,7 +22,7 @@ from envrestore.cli.common import (
     with_ledger,
 )
 from envrestore.cli.exit_codes import ExitCode
-from envrestore.cli.follow import follow_job
+from envrestore.cli.follow import amount_text, follow_job
 from envrestore.cli.tables import print_table
 from envrestore.pipelines.catalog import job_kinds
 from envrestore.pipelines.jobs import views
@@ -71,8 +71,7 @@ def _print_job(view: dict[str, Any]) -> None:
         out.print(f"error: {shown(view['error'])}", markup=False)
     table = Table("step", "status", "attempts", "progress", "error")
     for s in view["steps"]:
-        total = s["bytes_total"]
-        progress = f"{s['bytes_done']:,}" + (f" / {total:,}" if total else "")
+        progress = amount_text(s)
         table.add_row(
             _cell(s["name"]), _cell(s["status"]), str(s["attempts"]), progress, _cell(s["error"])
         )

@@ -56,17 +56,30 @@ async def _upload(ctx: StepContext, part: Part, source: AsyncIterator[bytes]) ->
     return {"part": part.value, "key": result.key, "size": result.size, "sha256": result.sha256}
 
 
+_BLOCK = 512
+# What tar --format=posix writes per member besides its data: a ustar header and a
+# pax header (a header block and at least one block of records).
+_MEMBER_OVERHEAD = 3 * _BLOCK
+# tar pads the archive to whole records of 20 blocks.
+_RECORD = 20 * _BLOCK
+
+
 def _tree_size(path: Path) -> int:
-    """Bytes under `path` (not following links): the total for the progress bar."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
+    """The tar stream's size, estimated from `path` (not following links): the total
+    for the progress bar, which counts the tar bytes. Data is padded to blocks and
+    every member, directories too, has headers: the files' sizes alone fall short
+    (a step's `done` would pass its `total`)."""
+    total = 2 * _BLOCK + _MEMBER_OVERHEAD  # the end-of-archive blocks, the top folder
+    for root, dirs, files in os.walk(path):
+        total += _MEMBER_OVERHEAD * (len(dirs) + len(files))
         for name in files:
             try:
                 # os.path in this hot loop: Path objects per file cost more.
-                total += os.lstat(os.path.join(root, name)).st_size  # noqa: PTH118
+                size = os.lstat(os.path.join(root, name)).st_size  # noqa: PTH118
             except OSError:
                 continue
-    return total
+            total += -(-size // _BLOCK) * _BLOCK
+    return -(-total // _RECORD) * _RECORD
 
 
 async def dump_db(ctx: StepContext) -> dict[str, Any]:

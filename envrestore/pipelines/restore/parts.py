@@ -24,11 +24,20 @@ class PartStream:
         self.ctx = ctx
         self.ref = ref
         self.max_output = max_output
-        self.meter = StreamMeter(on_progress=lambda done: ctx.progress.set(done, ref.size))
+        self._counted = 0
+        self.meter = StreamMeter(on_progress=self._count)
+
+    def _count(self, done: int) -> None:
+        """Add this stream's new bytes to the step's progress: a step reading several
+        parts at once (verify, in place) counts their sum against the sum of their
+        sizes, instead of each stream overwriting the other's numbers."""
+        self.ctx.progress.advance(done - self._counted)
+        self._counted = done
 
     def raw(self) -> AsyncIterator[bytes]:
-        """The compressed bytes as stored."""
-        self.ctx.progress.set(0, self.ref.size)
+        """The compressed bytes as stored, counted against the compressed size."""
+        if self.ctx.progress.total is None:
+            self.ctx.progress.set(0, self.ref.size)
         source = self.ctx.store.get_stream(self.ref.key)
         return self.meter.wrap(
             self._pausable(rate_limited(source, self.ctx.settings.stream_rate_limit))
