@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -259,3 +260,33 @@ async def require_known(pool: asyncpg.Pool, target: str) -> None:
         await registry.get_environment(pool, target)
     elif await pool.fetchrow(sql("get_site"), site) is None:
         raise NotFound(f"site {site!r} is not registered (envrestore site add {site})", site=site)
+
+
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        "-y",
+        help="Do not ask before a risky option (--force-live, --in-place, live content) takes "
+        "effect. Only a terminal is asked; off a terminal (scripts, CI) nothing is asked and "
+        "the command goes on.",
+    ),
+]
+
+
+def stdin_is_terminal() -> bool:
+    """Whether someone can answer a question (tests replace this)."""
+    return sys.stdin.isatty()
+
+
+def confirm_risk(warning: str, *, yes: bool) -> None:
+    """On a terminal, ask before a risky option takes effect (no: exit 1, nothing done).
+
+    Off a terminal the command goes on as it always did, so scripts that already
+    pass --force-live or --in-place keep working; --yes skips the question.
+    """
+    if yes or not stdin_is_terminal():
+        return
+    err.print(f"warning: {warning}", markup=False)
+    if not typer.confirm("Go on?", default=False, err=True):
+        fail("not confirmed; nothing done", code="not_confirmed", exit_code=ExitCode.ERROR)

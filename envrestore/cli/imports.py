@@ -31,14 +31,18 @@ from envrestore.cli.common import (
     NoSearchReplaceOpt,
     SearchReplaceOpt,
     WaitOpt,
+    YesOpt,
+    confirm_risk,
     err,
     from_setting,
     load_cli_settings,
     print_json,
     run_command,
+    stdin_is_terminal,
     submit_command,
     with_ledger,
 )
+from envrestore.pipelines import registry
 from envrestore.pipelines.errors import BadInput
 from envrestore.pipelines.jobs.principal import Principal
 from envrestore.pipelines.jobs.submit import Submitted
@@ -75,7 +79,12 @@ FileOpt = Annotated[
     Path | None, typer.Option("--file", help="Upload this file (resumes if interrupted).")
 ]
 ForceOpt = Annotated[
-    bool, typer.Option("--force-live", help="Allow importing into a protected environment.")
+    bool,
+    typer.Option(
+        "--force-live",
+        help="Allow importing into a protected environment (asked to confirm on a terminal, "
+        "unless --yes).",
+    ),
 ]
 IncompleteOpt = Annotated[
     bool,
@@ -135,9 +144,12 @@ def _import(
     code_strategy: str | None = None,
     search_replace: list[str] | None = None,
     no_search_replace: bool = False,
+    yes: bool = False,
 ) -> None:
     settings = load_cli_settings()
     pairs = parse_pairs(search_replace or [])  # refused before anything is uploaded
+    if force_live:
+        confirm_risk(f"--force-live replaces content of {target} even if protected", yes=yes)
 
     async def submit(producer: Producer) -> Submitted:
         inputs = [
@@ -177,6 +189,7 @@ def import_db(
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Replace the database with a dump: .sql, .sql.gz, .sql.zst, .sql.bz2 or a .zip of one
     .sql (recognised by content). Imported beside the live one, swapped in at the end."""
@@ -189,6 +202,7 @@ def import_db(
         idempotency_key=idempotency_key,
         wait=wait,
         as_json=as_json,
+        yes=yes,
         search_replace=search_replace,
         no_search_replace=no_search_replace,
     )
@@ -203,6 +217,7 @@ def import_files(
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Replace the files (uploads) directory with an archive: .tar, .tar.gz/.tgz, .tar.zst,
     .tar.bz2 or .zip. A single top folder files/ or files_<env>/ is unwrapped."""
@@ -215,6 +230,7 @@ def import_files(
         idempotency_key=idempotency_key,
         wait=wait,
         as_json=as_json,
+        yes=yes,
     )
 
 
@@ -236,6 +252,7 @@ def import_site(
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Import a whole site (e.g. the three files of a Pantheon backup) as one job."""
     given = {"code": code, "database": database, "files": files}
@@ -251,6 +268,7 @@ def import_site(
         idempotency_key=idempotency_key,
         wait=wait,
         as_json=as_json,
+        yes=yes,
         code_strategy=code_strategy,
         search_replace=search_replace,
         no_search_replace=no_search_replace,
@@ -274,6 +292,7 @@ def import_code(
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Bring another site's code (a code archive: a repository with its .git)."""
     if code_strategy not in ("overwrite", "merge"):
@@ -290,6 +309,7 @@ def import_code(
         idempotency_key=idempotency_key,
         wait=wait,
         as_json=as_json,
+        yes=yes,
         code_strategy=code_strategy,
     )
 
@@ -308,12 +328,13 @@ def clone_content(
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Copy an environment's database and files into another, through shadow and switch.
 
     The way to bring checked content to live: allowed into a protected
-    environment, with a rollback point. URLs are rewritten from the source's to
-    the target's (env add --url).
+    environment, with a rollback point (asked to confirm on a terminal, unless
+    --yes). URLs are rewritten from the source's to the target's (env add --url).
     """
     if db_only and files_only:
         err.print("error: give --db-only or --files-only, not both", markup=False)
@@ -322,6 +343,10 @@ def clone_content(
     settings = load_cli_settings()
 
     async def submit(producer: Producer) -> Submitted:
+        if not yes and stdin_is_terminal():
+            environment = await registry.get_environment(producer.pool, target)
+            if environment.protected:
+                confirm_risk(f"{target} is protected: its live content will be replaced", yes=yes)
         request = CloneRequest(
             source,
             target,

@@ -13,8 +13,11 @@ from envrestore.cli.common import (
     NoSearchReplaceOpt,
     SearchReplaceOpt,
     WaitOpt,
+    YesOpt,
+    confirm_risk,
     err,
     load_cli_settings,
+    stdin_is_terminal,
     submit_command,
 )
 from envrestore.pipelines.jobs.submit import Submitted
@@ -47,11 +50,17 @@ def restore(
         typer.Option(
             "--in-place",
             help="Wipe the live targets first, then import into them (no room for a second "
-            "copy). A failure then leaves the environment empty; there is no rollback point.",
+            "copy). A failure then leaves the environment empty; there is no rollback point. "
+            "Asked to confirm on a terminal, unless --yes.",
         ),
     ] = False,
     force_live: Annotated[
-        bool, typer.Option("--force-live", help="Allow restoring a protected environment.")
+        bool,
+        typer.Option(
+            "--force-live",
+            help="Allow restoring a protected environment (asked to confirm on a terminal, "
+            "unless --yes).",
+        ),
     ] = False,
     allow_incomplete_dump: Annotated[
         bool,
@@ -67,6 +76,7 @@ def restore(
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Restore an environment from a backup (its own, or --from another environment's).
 
@@ -75,12 +85,16 @@ def restore(
     environment as it was.
     """
     settings = load_cli_settings()
-    if in_place and not as_json:
-        err.print(
-            "warning: --in-place wipes the live database and directories BEFORE importing; "
-            "if the restore fails the environment stays empty and there is no rollback point",
-            markup=False,
+    if in_place:
+        warning = (
+            f"--in-place wipes {target}'s live database and directories BEFORE importing; "
+            "if the restore fails the environment stays empty and there is no rollback point"
         )
+        if not as_json and (yes or not stdin_is_terminal()):
+            err.print(f"warning: {warning}", markup=False)
+        confirm_risk(warning, yes=yes)
+    if force_live:
+        confirm_risk(f"--force-live replaces the content of {target} even if protected", yes=yes)
 
     async def submit(producer: Producer) -> Submitted:
         request = RestoreRequest(
