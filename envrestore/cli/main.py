@@ -25,7 +25,7 @@ from envrestore.cli.registry_cmds import env_app, site_app
 from envrestore.cli.restores import restore
 from envrestore.cli.rollbacks import rollback_app
 from envrestore.cli.schedule import schedule_app, scheduler
-from envrestore.config.logging import configure_logging
+from envrestore.config.logging import LOG_FORMAT_VARIABLE, configure_logging
 from envrestore.pipelines.ledger.connection import connect
 from envrestore.pipelines.ledger.migrate import migrate
 from envrestore.workers.shutdown import THREADS_SHARE
@@ -135,7 +135,11 @@ def worker(
         "--queues",
         *(queues or [settings.queue_name]),
     ]
-    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with the worker
+    # Dramatiq's worker processes log into a pipe, not this terminal: tell them
+    # which format the operator's stderr wants (README "Configuration").
+    env = dict(os.environ)
+    env.setdefault(LOG_FORMAT_VARIABLE, "console" if sys.stderr.isatty() else "json")
+    os.execvpe(argv[0], argv, env)  # noqa: S606 - replaces this process with the worker
 
 
 def main() -> None:

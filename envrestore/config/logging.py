@@ -1,4 +1,5 @@
-"""structlog, configured once: JSON lines off a TTY, a readable console on one.
+"""structlog, configured once: JSON lines off a TTY, a readable console on one
+(ENVRESTORE_LOG_FORMAT=json|console overrides the guess).
 
 Every line carries the context bound for the work at hand (job_id, step,
 site, env, attempt) through structlog's contextvars.
@@ -68,6 +69,25 @@ def escape_controls(
     return cleaned
 
 
+#: auto (JSON off a terminal, readable on one), json, or console.
+LOG_FORMAT_VARIABLE = "ENVRESTORE_LOG_FORMAT"
+
+
+def _json_wanted(stream: TextIO) -> bool:
+    """JSON unless ENVRESTORE_LOG_FORMAT says otherwise or the stream is a terminal.
+
+    A Dramatiq worker process writes into a pipe its main process reads, never a
+    terminal: `envrestore worker` looks at its own terminal and sets the variable
+    for the processes it starts (cli/main.py).
+    """
+    chosen = os.environ.get(LOG_FORMAT_VARIABLE, "auto").strip().lower()
+    if chosen == "json":
+        return True
+    if chosen == "console":
+        return False
+    return not stream.isatty()
+
+
 def configure_logging(
     *, level: str | None = None, stream: TextIO | None = None, json: bool | None = None
 ) -> None:
@@ -79,7 +99,7 @@ def configure_logging(
     if not isinstance(numeric, int):
         numeric = logging.INFO
     if json is None:
-        json = not stream.isatty()
+        json = _json_wanted(stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
