@@ -239,7 +239,10 @@ def backup_delete(
     settings = load_cli_settings()
 
     async def build() -> DeleteBackupRequest:
-        return DeleteBackupRequest(target, backup_id)  # a malformed id: one line, exit 2
+        request = DeleteBackupRequest(target, backup_id)  # a malformed id: one line, exit 2
+        # A missing backup is named before anyone is asked to confirm its deletion.
+        await with_ledger(settings, lambda pool: inspect.backup_of(pool, target, backup_id))
+        return request
 
     request = run_command(build)
     confirm_delete(f"Delete backup {backup_id} of {target} (every part, for good)?", yes=yes)

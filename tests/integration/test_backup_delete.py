@@ -226,3 +226,36 @@ async def test_a_cancelled_delete_gives_the_backup_back(runtime, make_env):
     assert view["status"] == "cancelled", view
     assert (await get_backup(runtime.pool, backup_id)).status == "ready"
     assert len(await keys_under(runtime, f"backups/shop/dev/{backup_id}/")) == 4
+
+
+async def test_expiry_finishes_a_delete_that_ended_midway(runtime, make_env):
+    from envrestore.pipelines.jobs.cancel import cancel_job
+
+    await make_env("shop.dev")
+    backup_id = await make_backup(runtime, "shop.dev", keep_days=1)
+    prefix = f"backups/shop/dev/{backup_id}/"
+    first = await delete(runtime, "shop.dev", backup_id)
+    await drive_steps(runtime, first.job_id, {"mark_deleting"})
+    await cancel_job(runtime.pool, first.job_id, runtime.kinds)
+    await drive(runtime, first.job_id)
+    # As a delete that failed after removing a part leaves it: marked, partly gone.
+    [part, *_] = [k for k in await keys_under(runtime, prefix) if not k.endswith("manifest.json")]
+    await runtime.store.delete(part)
+    await runtime.pool.execute(
+        "UPDATE backups SET status = 'deleting', deleting_job_id = $2 WHERE id = $1",
+        backup_id,
+        first.job_id,
+    )
+    system = producer(runtime, principal=Principal.system("scheduler"))
+    later = datetime.now(UTC) + timedelta(days=2)
+
+    assert await expire_backups(runtime.pool, system, now=later) == 1
+    assert await expire_backups(runtime.pool, system, now=later) == 0
+
+    [row] = await runtime.pool.fetch(
+        "SELECT id FROM jobs WHERE kind = 'delete_backup' AND id <> $1", first.job_id
+    )
+    view = await drive(runtime, row["id"])
+    assert view["status"] == "succeeded", view
+    assert await keys_under(runtime, prefix) == []
+    assert await list_backups(runtime.pool, "shop.dev") == []

@@ -33,17 +33,21 @@ async def expire_backups(pool: asyncpg.Pool, producer: Producer, *, now: datetim
     """Submit one delete job per backup whose expires_at <= now; how many were new.
 
     The idempotency key `expire-backup:<id>` makes a second call (another tick,
-    another scheduler) find the same job instead of queueing a second one.
+    another scheduler) find the same job instead of queueing a second one. A
+    backup that a failed or cancelled delete left 'deleting' gets a new job
+    (keyed by the one that ended), so no half-deleted backup stays forever.
     """
     submitted = 0
     rows = await pool.fetch(sql("backups_due_for_expiry"), now, EXPIRE_BATCH)
     for row in rows:
         backup_id: str = row["id"]
         target: str = row["target"]
+        key = f"expire-backup:{backup_id}"
+        if row["status"] == "deleting":  # an earlier delete ended midway: a new job finishes it
+            key += f":after-{row['deleting_job_id']}"
         try:
             result = await producer.submit(
-                DeleteBackupRequest(target, backup_id, reason="expired"),
-                idempotency_key=f"expire-backup:{backup_id}",
+                DeleteBackupRequest(target, backup_id, reason="expired"), idempotency_key=key
             )
         except PermanentError as exc:
             # Deleted or taken by a manual delete meanwhile: not this tick's business.

@@ -424,9 +424,14 @@ FROM schedule_slots WHERE environment_id = $1 ORDER BY slot;
 -- Backup deletion (pipelines/backup/delete.py, lifecycle.py).
 
 -- name: backups_due_for_expiry
-SELECT id, site || '.' || env AS target FROM backups
-WHERE status = 'ready' AND expires_at IS NOT NULL AND expires_at <= $1
-ORDER BY expires_at, id LIMIT $2;
+-- Ready backups past their time, and those a delete job left 'deleting' when it
+-- failed or was cancelled midway (their objects may be partly gone: finish them).
+SELECT b.id, b.site || '.' || b.env AS target, b.status, b.deleting_job_id
+FROM backups b LEFT JOIN jobs j ON j.id = b.deleting_job_id
+WHERE b.expires_at IS NOT NULL AND b.expires_at <= $1
+  AND (b.status = 'ready'
+       OR (b.status = 'deleting' AND (j.id IS NULL OR j.status NOT IN ('queued', 'running'))))
+ORDER BY b.expires_at, b.id LIMIT $2;
 
 -- name: lock_backup
 SELECT id, status, deleting_job_id, manifest_key FROM backups WHERE id = $1 FOR UPDATE;
