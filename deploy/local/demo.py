@@ -598,12 +598,18 @@ def _relative(path: Path) -> str:
 
 
 def run(state_dir: Path) -> None:
-    _heading("Starting the embedded stack (PostgreSQL, Redis, SeaweedFS S3, one worker)")
+    _heading(
+        "Starting the embedded stack (PostgreSQL, Redis, SeaweedFS S3, one worker, the scheduler)"
+    )
     env = stack.up(state_dir)
     pg = postgres.running(stack.StackPaths(state_dir).pg_data)
     if pg is None:
         raise SystemExit("PostgreSQL stopped right after the stack started; see its log")
     _say(f"settings: {_relative(stack.StackPaths(state_dir).env_file)}")
+    _say(
+        "scheduler: running; every environment is backed up daily at "
+        "ENVRESTORE_SCHEDULE_DEFAULT_HOUR (UTC) from its first day on"
+    )
 
     _heading(f"Building site {SITE!r}: databases, uploaded files, git code for {', '.join(ENVS)}")
     envs = asyncio.run(build_site(state_dir, pg))
@@ -694,7 +700,9 @@ def run(state_dir: Path) -> None:
         f"""\
 A PostgreSQL, a Redis and a SeaweedFS S3 gateway started from Python wheels on free
 loopback ports, with their data under {_relative(state_dir)}/ (nothing else on this
-machine was touched), and one envrestore worker. The site {SITE!r} got three
+machine was touched), one envrestore worker and the scheduler (it backs every
+environment up daily, keeps dailies 8 days and weeklies 32, and queues the
+deletion of expired backups; `envrestore schedule show`). The site {SITE!r} got three
 environments; `backup create --wait` queued a job whose steps the worker ran: it
 dumped demo_dev with pg_dump, archived the uploads and the git repository, streamed
 the three parts to S3 with their sha256, and recorded backup {backup_id}.
@@ -720,7 +728,8 @@ Look around:
   envrestore backup link {SITE}.dev {backup_id} --all
   envrestore job list {SITE}
   envrestore env list
-  tail -f {logs}/worker.log
+  envrestore schedule show                 # daily backups: next and last slot
+  tail -f {logs}/worker.log {logs}/scheduler.log
   python -m deploy.local.stack status
 
 Stop everything this demo started:  make demo-stop"""

@@ -1,10 +1,11 @@
-"""The embedded local stack: PostgreSQL, Redis, SeaweedFS S3 and one worker, from wheels.
+"""The embedded local stack: PostgreSQL, Redis, SeaweedFS S3, one worker and the scheduler.
 
     python -m deploy.local.stack up|down|status|env [--state-dir DIR]
 
 Everything lives under the state dir (ENVRESTORE_STATE_DIR, default
 `.envrestore/` in the repository): data, logs, `stack.env` (shell exports of
-the ENVRESTORE_* settings) and `stack.json` (pids and ports). Services listen
+the ENVRESTORE_* settings, and this venv's bin/ put on PATH so `envrestore` is
+found after `source`) and `stack.json` (pids and ports). Services listen
 on free loopback ports chosen here, never on the well-known defaults, so a
 PostgreSQL, Redis or S3 already running on the machine is never touched.
 `down` stops only the processes this module started, by the pids it recorded.
@@ -43,6 +44,8 @@ REGION = "us-east-1"
 LEDGER_DB = "envrestore"
 WORKER_ARGS = ["worker", "--processes", "1", "--threads", "2"]
 WORKER_READY_SECONDS = 20.0
+SCHEDULER_ARGS = ["scheduler"]
+SCHEDULER_READY_SECONDS = 15.0
 # Ports of services that may already run on the machine; never ours, even if free now.
 RESERVED_PORTS = frozenset({3306, 5432, 5672, 6379, 8080, 8333, 8888, 9000, 9333, 18080, 19333})
 
@@ -176,8 +179,20 @@ def stack_env(
     }
 
 
-def render_env(env: dict[str, str]) -> str:
-    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
+def venv_bin() -> Path | None:
+    """The bin/ holding this environment's `envrestore`, if it has one."""
+    beside = Path(sys.executable).parent
+    return beside if (beside / "envrestore").is_file() else None
+
+
+def render_env(env: dict[str, str], *, path_dir: Path | None = None) -> str:
+    """Shell exports of `env`; with `path_dir`, a line putting it first on PATH (once)."""
+    lines = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
+    if path_dir is not None:
+        quoted = shlex.quote(str(path_dir))
+        # `source` it twice and PATH still holds the directory once.
+        lines += f'case ":$PATH:" in *:{quoted}:*) ;; *) export PATH={quoted}:"$PATH" ;; esac\n'
+    return lines
 
 
 def load_env(state_dir: Path | None = None) -> dict[str, str]:
@@ -288,7 +303,7 @@ def _env_fingerprint(env: dict[str, str]) -> str:
     (and, say, know no actor for a step added since).
     """
     digest = hashlib.sha256(render_env(env).encode())
-    for package in ("config", "pipelines", "workers"):
+    for package in ("envrestore",):
         for path in sorted((REPO_ROOT / package).rglob("*")):
             if path.suffix in (".py", ".sql") and path.is_file():
                 digest.update(str(path.relative_to(REPO_ROOT)).encode())
@@ -340,6 +355,63 @@ def _start_worker(paths: StackPaths, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _start_scheduler(paths: StackPaths, env: dict[str, str]) -> dict[str, Any]:
+    """`envrestore scheduler`, detached like the worker: scheduled backups and retention."""
+    log_path = paths.logs / "scheduler.log"
+    with log_path.open("ab") as out:
+        offset = out.tell()
+        proc = subprocess.Popen(
+            [*envrestore_command(), *SCHEDULER_ARGS],
+            env={**os.environ, "ENVRESTORE_LOG_LEVEL": "INFO", **env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=paths.root,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + SCHEDULER_READY_SECONDS
+    while time.monotonic() < deadline:
+        with log_path.open("rb") as fh:
+            fh.seek(offset)
+            written = fh.read().decode(errors="replace")
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the scheduler did not start (exit {proc.returncode}); {log_path} ends with:\n"
+                f"{written[-3000:]}"
+            )
+        if "scheduler.leader" in written or "scheduler.follower" in written:
+            break
+        time.sleep(0.1)
+    else:
+        log.warning("scheduler.not_ready_yet", seconds=SCHEDULER_READY_SECONDS, log=str(log_path))
+    log.info("scheduler.started", pid=proc.pid, log=str(log_path))
+    return {
+        "pid": proc.pid,
+        "create_time": psutil.Process(proc.pid).create_time(),
+        "env_fingerprint": _env_fingerprint(env),
+        "log": str(log_path),
+    }
+
+
+def _ensure_process(
+    record: dict[str, Any],
+    name: str,
+    start: Any,
+    paths: StackPaths,
+    env: dict[str, str],
+) -> None:
+    """Reuse the recorded process if it runs the same settings and code, else (re)start it."""
+    old = record.get(name, {})
+    proc = _same_process(old.get("pid"), old.get("create_time"))
+    if proc is not None and old.get("env_fingerprint") == _env_fingerprint(env):
+        log.info(f"{name}.reused", pid=proc.pid)
+        return
+    if proc is not None:  # settings or code changed under it: restart it
+        terminate(proc, group=True)
+    record[name] = start(paths, env)
+    _write_private(paths.json_file, json.dumps(record, indent=2) + "\n")
+
+
 # ---------------------------------------------------------------- seaweedfs
 
 
@@ -377,7 +449,7 @@ def _start_seaweed(paths: StackPaths) -> seaweed.SeaweedHandle:
 
 
 def up(state_dir: Path | None = None, *, worker: bool = True) -> dict[str, str]:
-    """Start (or reuse) every service and one worker; return the stack's settings."""
+    """Start (or reuse) every service, one worker and the scheduler; return the settings."""
     paths = StackPaths(state_dir or default_state_dir())
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.logs.mkdir(parents=True, exist_ok=True)
@@ -402,7 +474,7 @@ def up(state_dir: Path | None = None, *, worker: bool = True) -> dict[str, str]:
         access_key=sw.access_key,
         secret_key=sw.secret_key,
     )
-    _write_private(paths.env_file, render_env(env))
+    _write_private(paths.env_file, render_env(env, path_dir=venv_bin()))
     record = {
         **record,
         "state_dir": str(paths.root),
@@ -416,28 +488,22 @@ def up(state_dir: Path | None = None, *, worker: bool = True) -> dict[str, str]:
     _migrate(env)
 
     if worker:
-        old = record.get("worker", {})
-        proc = _same_process(old.get("pid"), old.get("create_time"))
-        if proc is not None and old.get("env_fingerprint") == _env_fingerprint(env):
-            log.info("worker.reused", pid=proc.pid)
-        else:
-            if proc is not None:  # settings or code changed under it: restart it
-                terminate(proc, group=True)
-            record["worker"] = _start_worker(paths, env)
-            _write_private(paths.json_file, json.dumps(record, indent=2) + "\n")
+        _ensure_process(record, "worker", _start_worker, paths, env)
+        _ensure_process(record, "scheduler", _start_scheduler, paths, env)
     return env
 
 
 def down(state_dir: Path | None = None, *, timeout: float = 15.0) -> list[str]:
-    """Stop the worker and every service this stack started; return what was stopped."""
+    """Stop the scheduler, the worker and every service this stack started; say which."""
     paths = StackPaths(state_dir or default_state_dir())
     record = _read_json(paths.json_file)
     stopped: list[str] = []
-    old = record.get("worker", {})
-    proc = _same_process(old.get("pid"), old.get("create_time"))
-    if proc is not None:
-        terminate(proc, timeout=timeout, group=True)
-        stopped.append("worker")
+    for name in ("scheduler", "worker"):
+        old = record.get(name, {})
+        proc = _same_process(old.get("pid"), old.get("create_time"))
+        if proc is not None:
+            terminate(proc, timeout=timeout, group=True)
+            stopped.append(name)
     sw = _seaweed_handle(paths)
     if sw is not None:
         sw.stop()
@@ -447,6 +513,7 @@ def down(state_dir: Path | None = None, *, timeout: float = 15.0) -> list[str]:
     if postgres.stop(paths.pg_data, timeout=timeout):
         stopped.append("postgres")
     record.pop("worker", None)
+    record.pop("scheduler", None)
     if record:
         _write_private(paths.json_file, json.dumps(record, indent=2) + "\n")
     log.info("stack.down", stopped=stopped)
@@ -461,6 +528,7 @@ def status(state_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     rd = redis.running(paths.redis_data)
     sw = _seaweed_handle(paths)
     wk = record.get("worker", {})
+    sc = record.get("scheduler", {})
     return {
         "postgres": {"running": pg is not None, "pid": pg and pg.pid, "port": pg and pg.port},
         "redis": {"running": rd is not None, "pid": rd and rd.pid, "port": rd and rd.port},
@@ -473,6 +541,11 @@ def status(state_dir: Path | None = None) -> dict[str, dict[str, Any]]:
             "running": _same_process(wk.get("pid"), wk.get("create_time")) is not None,
             "pid": wk.get("pid"),
             "log": wk.get("log"),
+        },
+        "scheduler": {
+            "running": _same_process(sc.get("pid"), sc.get("create_time")) is not None,
+            "pid": sc.get("pid"),
+            "log": sc.get("log"),
         },
     }
 
@@ -488,7 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where the stack keeps its data (env: ENVRESTORE_STATE_DIR; default .envrestore/)",
     )
-    parser.add_argument("--no-worker", action="store_true", help="up: start the services only")
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="up: start the services only (no worker, scheduler)",
+    )
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve() if args.state_dir else None
     paths = StackPaths(state_dir or default_state_dir())
@@ -520,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    sys.stdout.write(render_env(env))
+    sys.stdout.write(render_env(env, path_dir=venv_bin()))
     return 0
 
 
