@@ -187,6 +187,14 @@ async def check_many(
     ]
     for target, files, code in entries:
         others = known + [u for u in in_file if u.target != target]
-        await asyncio.to_thread(
-            paths.check_environment_paths, target, files, code, others=others, state_dir=state_dir
-        )
+        try:
+            await asyncio.to_thread(
+                paths.check_environment_paths,
+                target,
+                files,
+                code,
+                others=others,
+                state_dir=state_dir,
+            )
+        except (BadInput, Conflict) as exc:  # name the entry: a file holds many
+            raise type(exc)(f"{target}: {exc.message}", **exc.data) from None

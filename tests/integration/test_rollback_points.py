@@ -8,6 +8,8 @@ protocol.
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from envrestore.pipelines.restore import points
 from tests.integration import test_restore_job as restores
 from tests.support.driver import drive
 from tests.support.producing import producer, submit_backup, submit_restore
+from tests.support.workers import ENVRESTORE
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +197,45 @@ async def pg_database_size_or_none(dsn, name: str) -> int | None:
     finally:
         await conn.close()
     return None if exists is None else await pg_database_size(dsn, name)
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ENVRESTORE, *args],
+        env={**env, "COLUMNS": "80"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
+async def test_rollback_list_and_drop_from_the_cli(runtime, backed_up, cli_env):
+    job_id = await restore(runtime)
+    shown = cli(cli_env, "rollback", "list", "shop.dev")
+    assert shown.returncode == 0, shown.stderr
+    assert str(job_id) in shown.stdout  # whole, at 80 columns
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80
+    [item] = json.loads(cli(cli_env, "rollback", "list", "--json").stdout)
+    assert item["job_id"] == str(job_id) and item["target"] == "shop.dev"
+    assert item["disk_bytes"] > 0 and item["db_bytes"] > 0
+    assert set(item["elements"]) == {"database", "files", "code"}
+
+    missing = cli(cli_env, "rollback", "list", "nosuch")
+    assert missing.returncode == 3 and "nosuch" in missing.stderr
+    unknown = cli(cli_env, "rollback", "drop", str(uuid.uuid4()), "--yes")
+    assert unknown.returncode == 3 and "does not exist" in unknown.stderr
+    unasked = cli(cli_env, "rollback", "drop", str(job_id))
+    assert unasked.returncode == 2 and "--yes" in unasked.stderr
+    assert await kept(runtime) == {job_id: "kept"}  # not confirmed: nothing queued
+
+    queued = cli(cli_env, "rollback", "drop", str(job_id), "--yes", "--no-wait", "--json")
+    assert queued.returncode == 0, queued.stderr
+    drop_id = uuid.UUID(json.loads(queued.stdout)["id"])
+    again = cli(cli_env, "rollback", "drop", str(job_id), "--yes")
+    assert again.returncode == 4 and str(drop_id) in again.stderr  # it waits for the lease
+    assert (await drive(runtime, drop_id))["status"] == "succeeded"
+    assert await kept(runtime) == {job_id: "expired"}
+    assert "no rollback points kept" in cli(cli_env, "rollback", "list").stdout
