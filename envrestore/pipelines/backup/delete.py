@@ -59,15 +59,14 @@ async def prepare_delete(pool: asyncpg.Pool, request: DeleteBackupRequest) -> Pr
             f"backup {backup.id} belongs to {backup.site}.{backup.env}, not {request.target}",
             backup_id=backup.id,
         )
-    if backup.status == "deleting" and backup.deleting_job_id is not None:
-        active = await pool.fetchval(sql("job_is_active"), backup.deleting_job_id)
-        if active:
-            raise Conflict(
-                f"backup {backup.id} is already being deleted by job {backup.deleting_job_id}; "
-                f"follow it with: envrestore job show {backup.deleting_job_id} --wait",
-                backup_id=backup.id,
-                job_id=str(backup.deleting_job_id),
-            )
+    deleting = await pool.fetchval(sql("active_delete_of"), backup.id)
+    if deleting is not None:
+        raise Conflict(
+            f"backup {backup.id} is already being deleted by job {deleting}; "
+            f"follow it with: envrestore job show {deleting} --wait",
+            backup_id=backup.id,
+            job_id=str(deleting),
+        )
     scope = SYSTEM_SCOPE if request.reason == "expired" else None
     return Prepared(DELETE_BACKUP, None, to_params(request), idempotency_scope=scope)
 

@@ -459,6 +459,12 @@ WHERE id = $1 AND deleting_job_id = $2;
 -- name: job_is_active
 SELECT status IN ('queued', 'running') FROM jobs WHERE id = $1;
 
+-- name: active_delete_of
+-- An unfinished delete of the backup, marked or still queued.
+SELECT id FROM jobs
+WHERE kind = 'delete_backup' AND status IN ('queued', 'running') AND params ->> 'backup_id' = $1
+ORDER BY created_at LIMIT 1;
+
 -- name: backup_ids_in
 SELECT id FROM backups WHERE id = ANY($1::text[]);
 
