@@ -11,6 +11,7 @@ import typer
 
 from envrestore.cli.common import (
     JsonOpt,
+    check_schema,
     load_cli_settings,
     out,
     print_json,
@@ -179,6 +180,7 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event) -> None:
     holder = new_holder_id()
     pool = await create_pool(settings.database_url, max_size=4)
     try:
+        await check_schema(pool)  # not migrated: one line and exit 6, not a log loop
         async with open_object_store(settings) as store:
             producer = Producer(
                 pool, settings, store, Principal("scheduler", holder), preflight=False
