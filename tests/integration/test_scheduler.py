@@ -337,3 +337,27 @@ class _Refusing:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+async def test_live_is_backed_up_by_default_with_the_weekly_retention_on_sunday(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    rt = runtime
+    live = await register(rt, tmp_path, "shop.live")
+    start = first_sunday_after(datetime.now(UTC))
+    scheduler = make_scheduler(rt, FakeClock(start + timedelta(hours=2, minutes=1)), "sched-a")
+    assert (await scheduler.tick()).submitted == ["shop.live"]
+    [slot] = await slots_of(rt.pool, live.id)
+    assert (slot["weekly"], slot["keep_days"]) == (True, 32)
+    params = await rt.pool.fetchval("SELECT params FROM jobs WHERE id = $1", slot["job_id"])
+    request = BackupRequest.from_params(params)
+    assert (request.target, request.keep_days, request.backup_kind) == (
+        "shop.live",
+        32,
+        "automatic",
+    )
+    # Monday's is a daily: kept 8 days.
+    scheduler.clock = FakeClock(start + timedelta(days=1, hours=2, minutes=1))
+    assert (await scheduler.tick()).submitted == ["shop.live"]
+    monday = (await slots_of(rt.pool, live.id))[-1]
+    assert (monday["weekly"], monday["keep_days"]) == (False, 8)
