@@ -34,6 +34,7 @@ from envrestore.cli.common import (
     YesOpt,
     confirm_risk,
     err,
+    fail,
     from_setting,
     load_cli_settings,
     print_json,
@@ -42,6 +43,7 @@ from envrestore.cli.common import (
     submit_command,
     with_ledger,
 )
+from envrestore.cli.exit_codes import ExitCode
 from envrestore.pipelines import registry
 from envrestore.pipelines.errors import BadInput
 from envrestore.pipelines.jobs.principal import Principal
@@ -172,8 +174,11 @@ def _import(
 
 def _one_part(kind: str, url: str | None, file: Path | None) -> tuple[str, str, bool]:
     if (url is None) == (file is None):
-        err.print(f"error: import {kind} needs exactly one of --url or --file", markup=False)
-        raise typer.Exit(2)
+        fail(
+            f"import {kind} needs exactly one of --url or --file",
+            code="usage",
+            exit_code=ExitCode.USAGE,
+        )
     return (_ELEMENT_OF[kind], url or str(file), url is not None)
 
 
@@ -258,8 +263,11 @@ def import_site(
     given = {"code": code, "database": database, "files": files}
     parts = [(element, value, None) for element, value in given.items() if value is not None]
     if not parts:
-        err.print("error: give at least one of --code, --database, --files", markup=False)
-        raise typer.Exit(2)
+        fail(
+            "give at least one of --code, --database, --files",
+            code="usage",
+            exit_code=ExitCode.USAGE,
+        )
     _import(
         target,
         parts,
@@ -296,11 +304,13 @@ def import_code(
 ) -> None:
     """Bring another site's code (a code archive: a repository with its .git)."""
     if code_strategy not in ("overwrite", "merge"):
-        err.print("error: --code-strategy must be overwrite or merge", markup=False)
-        raise typer.Exit(2)
+        fail("--code-strategy must be overwrite or merge", code="usage", exit_code=ExitCode.USAGE)
     if (url is None) == (file is None):
-        err.print("error: import code needs exactly one of --url or --file", markup=False)
-        raise typer.Exit(2)
+        fail(
+            "import code needs exactly one of --url or --file",
+            code="usage",
+            exit_code=ExitCode.USAGE,
+        )
     _import(
         target,
         [("code", url or str(file), url is not None)],
@@ -337,8 +347,7 @@ def clone_content(
     --yes). URLs are rewritten from the source's to the target's (env add --url).
     """
     if db_only and files_only:
-        err.print("error: give --db-only or --files-only, not both", markup=False)
-        raise typer.Exit(2)
+        fail("give --db-only or --files-only, not both", code="usage", exit_code=ExitCode.USAGE)
     elements = ("database",) if db_only else ("files",) if files_only else ("database", "files")
     settings = load_cli_settings()
 
@@ -379,8 +388,7 @@ def backup_link(
     """Print temporary links (presigned GETs) to a backup's parts; curl and wget can use
     them until they expire. Each link is recorded: part, expiry, who asked."""
     if all_parts == (part is not None):
-        err.print("error: give --part code|database|files, or --all", markup=False)
-        raise typer.Exit(2)
+        fail("give --part code|database|files, or --all", code="usage", exit_code=ExitCode.USAGE)
     parts = ELEMENTS if all_parts else (part or "",)
     settings = load_cli_settings()
 

@@ -10,7 +10,7 @@ import typer
 
 from envrestore.cli.common import (
     JsonOpt,
-    err,
+    fail,
     load_cli_settings,
     out,
     print_json,
@@ -37,8 +37,7 @@ def site_add(name: Annotated[str, typer.Argument(help="Site name, e.g. mysite.")
         return await with_ledger(settings, lambda pool: registry.add_site(pool, name))
 
     if not run_command(body):
-        err.print(f"error: site {name!r} already exists", markup=False)
-        raise typer.Exit(ExitCode.CONFLICT)
+        fail(f"site {name!r} already exists", code="conflict", exit_code=ExitCode.CONFLICT)
     out.print(f"site {name} added")
 
 
