@@ -102,3 +102,14 @@ def test_settings_take_a_weekly_day_by_name(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ENVRESTORE_SCHEDULE_DEFAULT_HOUR", "24")
     with pytest.raises(ValueError, match="schedule_default_hour"):
         load_settings()
+
+
+def test_a_missed_weekly_slot_makes_the_slot_taken_instead_weekly() -> None:
+    # Last taken Saturday the 2nd; the scheduler was down over Sunday the 3rd (weekly).
+    slot = due_slot(at(5, 9), hour=2, weekly_day=0, last_taken=at(2, 2))
+    assert slot is not None and slot.at == at(5, 2) and slot.weekly and slot.keep_days == 32
+    # Sunday's was taken: Monday's is a plain daily.
+    slot = due_slot(at(4, 9), hour=2, weekly_day=0, last_taken=at(3, 2))
+    assert slot is not None and not slot.weekly
+    # A first slot ever is what its day makes it.
+    assert not due_slot(at(5, 9), hour=2, weekly_day=0, last_taken=None).weekly  # type: ignore[union-attr]

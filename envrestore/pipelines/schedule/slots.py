@@ -110,11 +110,18 @@ def due_slot(
     The latest slot is due unless a slot at or after it was taken already (a
     schedule moved to a later hour does not give a second backup that day), or
     it lies before `not_before` (an environment added after today's slot gets
-    its first backup at the next one, not the moment it is registered).
+    its first backup at the next one, not the moment it is registered). When
+    the week's weekly slot was among those missed, the slot taken is weekly.
     """
     slot = latest_slot(now, hour=hour, weekly_day=weekly_day)
     if last_taken is not None and _utc(last_taken) >= slot.at:
         return None
     if not_before is not None and slot.at < _utc(not_before):
         return None
+    if not slot.weekly and last_taken is not None:
+        # The week's weekly slot went by untaken (no scheduler ran then): this
+        # one stands in for it, so the week still has a backup kept 32 days.
+        back = (weekday_of(slot.at) - weekly_day) % 7
+        if slot.at - timedelta(days=back) > _utc(last_taken):
+            return Slot(slot.at, True)
     return slot
