@@ -361,3 +361,29 @@ async def test_live_is_backed_up_by_default_with_the_weekly_retention_on_sunday(
     assert (await scheduler.tick()).submitted == ["shop.live"]
     monday = (await slots_of(rt.pool, live.id))[-1]
     assert (monday["weekly"], monday["keep_days"]) == (False, 8)
+
+
+async def test_a_failing_retention_does_not_stop_the_schedules(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    rt = runtime
+    await register(rt, tmp_path, "shop.dev")
+    start = first_sunday_after(datetime.now(UTC))
+    clock = FakeClock(start + timedelta(hours=2, minutes=1))
+    calls: list[str] = []
+
+    async def broken_expire(*_: Any, **__: Any) -> int:
+        calls.append("expire")
+        raise RuntimeError("the store said no")
+
+    async def broken_sweep(*_: Any, **__: Any) -> int:
+        calls.append("sweep")
+        raise OSError("connection reset")
+
+    scheduler = make_scheduler(rt, clock, "sched-a")
+    scheduler.expire, scheduler.sweep = broken_expire, broken_sweep
+    assert (await scheduler.tick()).submitted == ["shop.dev"]
+    clock.now += timedelta(days=1)
+    assert (await scheduler.tick()).submitted == ["shop.dev"]
+    # Expiry is tried every tick; the failed sweep again at the next tick too.
+    assert calls == ["expire", "sweep", "expire", "sweep"]

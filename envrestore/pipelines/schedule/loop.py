@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 
 from envrestore.config.settings import Settings
-from envrestore.pipelines.errors import EnvrestoreError, PermanentError
+from envrestore.pipelines.errors import EnvrestoreError, PermanentError, TransientError
 from envrestore.pipelines.ledger.queries import sql
 from envrestore.pipelines.objectstore import ObjectStore
 from envrestore.pipelines.producer import Producer
@@ -134,8 +134,15 @@ class Scheduler:
                 slot = Slot(schedule.last_slot, bool(schedule.last_weekly))
             else:
                 continue
-            if await self._submit(schedule, slot):
-                submitted.append(schedule.target)
+            try:
+                if await self._submit(schedule, slot):
+                    submitted.append(schedule.target)
+            except TransientError as exc:
+                # This environment's submit failed for now (the slot stays claimed
+                # and unsubmitted: retried next tick); the others still go.
+                self._log.warning(
+                    "schedule.submit_failed", target=schedule.target, error=exc.message
+                )
         return submitted
 
     @staticmethod
@@ -177,17 +184,19 @@ class Scheduler:
         if expire is None or sweep is None:
             default_expire, default_sweep = _lifecycle()
             expire, sweep = expire or default_expire, sweep or default_sweep
+        # Retention never stops the schedules: whatever it raises is logged and
+        # tried again next tick (or next hour).
         try:
             report.expired = await expire(self.pool, self.producer, now=now)
-        except OUTAGES as exc:
-            self._log.warning("retention.expire_failed", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - logged, retried next tick
+            self._log.warning("retention.expire_failed", error=str(exc), exc_info=True)
         if self.last_sweep is None or now - self.last_sweep >= SWEEP_EVERY:
             try:
                 min_age = timedelta(hours=self.settings.backup_orphan_min_age_hours)
                 report.swept = await sweep(self.pool, self.store, now=now, min_age=min_age)
                 self.last_sweep = now
-            except OUTAGES as exc:
-                self._log.warning("retention.sweep_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - logged, retried next tick
+                self._log.warning("retention.sweep_failed", error=str(exc), exc_info=True)
         if report.expired or report.swept:
             self._log.info("retention.done", expired=report.expired, swept=report.swept)
 
