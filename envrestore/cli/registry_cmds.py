@@ -74,8 +74,10 @@ def env_add(
     settings = load_cli_settings()
 
     async def body() -> tuple[registry.Environment, bool]:
-        # The dangerous-path rules first: their message is the one that matters.
-        paths.check_environment_paths(target, files, code, state_dir=settings.state_dir)
+        # Dangerous directories first, before anything looks at them; files and code
+        # apart, and other environments', when registering (after the git check).
+        paths.check_alone(files, role="files", state_dir=settings.state_dir)
+        paths.check_alone(code, role="code", state_dir=settings.state_dir)
         _check_env_paths(files, code)
         from envrestore.pipelines.archives.git import ensure_repo
 
@@ -157,9 +159,8 @@ def env_load(
         from envrestore.pipelines.archives.git import ensure_repo
 
         for spec in specs:
-            paths.check_environment_paths(
-                spec.target, spec.files, spec.code, state_dir=settings.state_dir
-            )
+            paths.check_alone(spec.files, role="files", state_dir=settings.state_dir)
+            paths.check_alone(spec.code, role="code", state_dir=settings.state_dir)
             _check_env_paths(spec.files, spec.code)
             await ensure_repo(spec.code)
 
@@ -294,7 +295,7 @@ def env_set(
     async def body() -> tuple[registry.Environment, list[str]]:
         for role, path in (("files", files), ("code", code)):
             if path is not None:
-                paths.check_dangerous(path, role=role)
+                paths.check_alone(path, role=role, state_dir=settings.state_dir)
         if files is not None and not files.is_dir():
             raise BadInput(f"files directory {files} does not exist or is not a directory")
         if code is not None:

@@ -131,6 +131,27 @@ def check_dangerous(path: Path, *, role: str) -> None:
             )
 
 
+def check_state_dir(path: Path, *, role: str, state_dir: Path) -> None:
+    """Refuse the state directory, what contains it, and what is inside it (but `demo/`)."""
+    for p in _forms(path):
+        for s in _forms(state_dir):
+            how = _overlap(p, s)
+            if how is None or (how == "is inside" and _inside(p, s / STATE_DIR_SITES)):
+                continue
+            raise BadInput(
+                f"{role} directory {path} {how} envrestore's state directory {s} "
+                "(ENVRESTORE_STATE_DIR: the embedded stack's data)",
+                path=str(path),
+            )
+
+
+def check_alone(path: Path, *, role: str, state_dir: Path | None = None) -> None:
+    """The rules one directory breaks by itself (before it is even looked at on disk)."""
+    check_dangerous(path, role=role)
+    if state_dir is not None:
+        check_state_dir(path, role=role, state_dir=state_dir)
+
+
 def check_environment_paths(
     target: str,
     files: Path,
@@ -156,18 +177,8 @@ def check_environment_paths(
                     target=target,
                 )
     if state_dir is not None:
-        state_forms = _forms(state_dir)
-        for role, path in (("files", files), ("code", code)):
-            for p in _forms(path):
-                for s in state_forms:
-                    how = _overlap(p, s)
-                    if how is None or (how == "is inside" and _inside(p, s / STATE_DIR_SITES)):
-                        continue
-                    raise BadInput(
-                        f"{role} directory {path} {how} envrestore's state directory {s} "
-                        "(ENVRESTORE_STATE_DIR: the embedded stack's data)",
-                        target=target,
-                    )
+        check_state_dir(files, role="files", state_dir=state_dir)
+        check_state_dir(code, role="code", state_dir=state_dir)
     for other in others:
         if other.target == target:
             continue

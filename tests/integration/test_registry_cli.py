@@ -59,6 +59,7 @@ def site_dirs(root: Path) -> tuple[Path, Path]:
 def test_env_add_refuses_dangerous_directories_in_one_line(shell, tmp_path):
     assert cli(shell, "site", "add", "shop").returncode == 0
     files, code = site_dirs(tmp_path / "dev")
+    (code / "uploads").mkdir()
     link = tmp_path / "etc-link"
     link.symlink_to("/etc")
     for bad_files, bad_code, code_, words in (
