@@ -60,11 +60,12 @@ async def toy(runtime, tmp_path: Path, postgres_db):
     )
     rt = dataclasses.replace(runtime, kinds={"toy": kind})
     await registry.add_site(rt.pool, "toy")
+    (tmp_path / "files").mkdir()  # apart from the code: a files dir may not contain it
     env, _ = await registry.add_environment(
         rt.pool,
         "toy.dev",
         db=f"postgresql://postgres@127.0.0.1:5432/{postgres_db.database}",
-        files=tmp_path,
+        files=tmp_path / "files",
         code=make_repo(tmp_path / "code", commits=1),
     )
 
