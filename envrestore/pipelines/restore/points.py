@@ -234,8 +234,9 @@ async def _measure_late(
         disk, db = await record_sizes(
             pool, point.job_id, environment, point.details, settings=settings
         )
-    except EnvrestoreError as exc:
-        log.warning("rollback_point.measure_failed", job_id=str(point.job_id), error=exc.message)
+    except (EnvrestoreError, OSError) as exc:  # listed as not measured ("?"), not a traceback
+        message = exc.message if isinstance(exc, EnvrestoreError) else str(exc)
+        log.warning("rollback_point.measure_failed", job_id=str(point.job_id), error=message)
         return point
     return dataclasses.replace(point, disk_bytes=disk, db_bytes=db)
 
