@@ -15,9 +15,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from envrestore.cli import common, imports, restores
+from envrestore.cli.follow import follow_job, render_frame
 from envrestore.cli.main import app
 from envrestore.config.settings import load_settings
 from envrestore.pipelines import registry
@@ -344,3 +346,55 @@ async def test_ctrl_c_while_waiting_says_the_job_goes_on(shop: asyncpg.Pool, led
     assert f"envrestore job cancel {job_id}" in err
     status = await shop.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(job_id))
     assert status == "queued"  # not touched
+
+
+# ---------------------------------------------------------- the last frame
+
+
+async def test_the_last_frame_of_a_failed_job_shows_the_steps_once_cleanup_settled(
+    shop: asyncpg.Pool, ledger_url: str
+):
+    """The job row ends before its cleanup steps do: the last frame waits for them and
+    draws every step as the ledger finally has it."""
+    [job_id] = await queue_backups(shop, ledger_url, 1)
+    uid = uuid.UUID(job_id)
+    names = [r["name"] for r in await shop.fetch(
+        "SELECT name FROM job_steps WHERE job_id = $1 ORDER BY position", uid
+    )]  # fmt: skip
+    failing, cleanup = names[0], names[-1]
+    await shop.execute(
+        "UPDATE job_steps SET status = 'failed', started_at = now() - interval '3 s', "
+        "finished_at = now(), bytes_done = 9000, bytes_total = 4000, error = 'boom' "
+        "WHERE job_id = $1 AND name = $2",
+        uid,
+        failing,
+    )
+    await shop.execute(
+        "UPDATE job_steps SET status = 'running', started_at = now() "
+        "WHERE job_id = $1 AND name = $2",
+        uid,
+        cleanup,
+    )
+    await shop.execute("UPDATE jobs SET status = 'failed', error = 'boom' WHERE id = $1", uid)
+
+    async def cleanup_finishes() -> None:
+        await asyncio.sleep(1.0)
+        await shop.execute(
+            "UPDATE job_steps SET status = 'done', finished_at = now() "
+            "WHERE job_id = $1 AND name = $2",
+            uid,
+            cleanup,
+        )
+
+    finishing = asyncio.create_task(cleanup_finishes())
+    view = await follow_job(shop, uid, quiet=False, interval=0.1)
+    await finishing
+    statuses = {s["name"]: s["status"] for s in view["steps"]}
+    assert statuses[failing] == "failed" and statuses[cleanup] == "done"
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render_frame(view))
+    lines = console.export_text().splitlines()
+    failed_line = next(line for line in lines if line.startswith(failing + " "))
+    assert "failed" in failed_line and "9.0 kB" in failed_line and "4.0 kB" not in failed_line
+    assert "done" in next(line for line in lines if line.startswith(cleanup + " "))
+    assert not any("running" in line for line in lines)
