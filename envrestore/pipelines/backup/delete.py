@@ -127,7 +127,7 @@ async def delete_objects(ctx: StepContext) -> dict[str, Any]:
     """Every object under the backup's prefix: parts first, manifest.json last."""
     request = _request(ctx)
     prefix = _prefix(request)
-    row = await ctx.runtime.pool.fetchrow(sql("lock_backup"), request.backup_id)
+    row = await ctx.runtime.pool.fetchrow(sql("get_backup"), request.backup_id)
     if row is not None and not str(row["manifest_key"]).startswith(prefix):
         raise BadInput(
             f"backup {request.backup_id}: its manifest {row['manifest_key']} is not under "
