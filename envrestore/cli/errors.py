@@ -13,6 +13,7 @@ escape, so commands added anywhere inherit the same behaviour.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any, NoReturn
 
@@ -99,6 +100,10 @@ def describe(exc: BaseException) -> tuple[str, ExitCode, str]:
         return "bad_input", ExitCode.USAGE, f"bad ENVRESTORE_DATABASE_URL: {exc}"
     if isinstance(exc, (ConnectionError, TimeoutError, asyncpg.InterfaceError)):
         return "unavailable", ExitCode.UNAVAILABLE, f"a service cannot be reached: {exc}"
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return "bad_input", ExitCode.USAGE, str(exc)
+    if isinstance(exc, OSError):
+        return "error", ExitCode.ERROR, str(exc)
     if isinstance(exc, asyncpg.PostgresError):
         return "unavailable", ExitCode.UNAVAILABLE, f"the ledger refused a query: {exc}"
     name = type(exc).__name__
@@ -111,8 +116,8 @@ def describe(exc: BaseException) -> tuple[str, ExitCode, str]:
 
 def fail_for(exc: BaseException) -> NoReturn:
     code, exit_code, message = describe(exc)
-    if code == "internal":
-        log.debug("cli.unexpected_error", exc_info=exc)
+    if code == "internal" and logging.getLogger().isEnabledFor(logging.DEBUG):
+        log.debug("cli.unexpected_error", exc_info=exc)  # --log-level DEBUG: the traceback
     fail(message, code=code, exit_code=exit_code)
 
 

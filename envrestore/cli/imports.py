@@ -125,7 +125,7 @@ async def _part_input(
         disable=quiet,
         transient=False,
     ) as bar:
-        task = bar.add_task("upload", total=None)
+        task = bar.add_task("upload", total=path.stat().st_size)
 
         def show(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
