@@ -63,7 +63,7 @@ def human_bytes(size: int | None) -> str:
 
 
 def _when(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
 @rollback_app.command("list")
@@ -90,7 +90,7 @@ def rollback_list(
         return
     print_table(
         out,
-        ["job", "target", "elements", "disk", "database", "created", "expires"],
+        ["job", "target", "elements", "disk", "database", "created (UTC)", "expires (UTC)"],
         [
             (
                 str(p.job_id),

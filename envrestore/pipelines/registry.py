@@ -210,7 +210,7 @@ async def guard_change(conn: Conn, environment: Environment, *, doing: str, move
         if point is not None:
             raise Conflict(
                 f"{doing} {environment.target} is refused: the rollback point of job {point} "
-                "refers to its current database and directories; drop it first "
+                "is kept and names its current database and directories; drop it first "
                 f"(envrestore rollback drop {point})",
                 job_id=str(point),
                 target=environment.target,
