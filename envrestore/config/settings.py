@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_seconds: float = Field(default=2.0, ge=0)
     idempotency_scope: str = "default"
+    # Outages (issue 9): after Redis or the ledger comes back, work goes on within
+    # about reconnect_max_delay_seconds (the cap of every reconnect backoff). A step
+    # waits ledger_retry_seconds for an unreachable ledger to record its result (or
+    # to start) before giving up; Redis calls time out after redis_socket_timeout.
+    reconnect_max_delay_seconds: float = Field(default=1.0, gt=0, le=30)
+    ledger_retry_seconds: float = Field(default=300.0, ge=0)
+    redis_socket_timeout: float = Field(default=10.0, gt=0)
 
     # Engines: where the clients live (empty: found on PATH)
     pg_bin_dir: Path | None = None

@@ -4,21 +4,54 @@ Left out on purpose: Dramatiq's TimeLimit (its 10-minute default kills long
 imports; steps heartbeat instead), Retries (the ledger counts attempts, a
 SIGKILLed worker's message is not a Dramatiq retry), Pipelines and Results
 (the outbox carries continuation, the ledger holds outputs).
+
+The Redis client is bounded (issue 9): every call times out
+(`ENVRESTORE_REDIS_SOCKET_TIMEOUT`), and a call on a connection that Redis
+dropped (it restarted) reconnects at once, backing off up to
+`ENVRESTORE_RECONNECT_MAX_DELAY_SECONDS`. Without that, the first ack after a
+restart failed and Dramatiq's worker thread slept 5 s before acking again.
 """
 
 from __future__ import annotations
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, ShutdownNotifications
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from envrestore.config.settings import Settings
 from envrestore.workers.ledger_loops import LedgerLoops
 
+#: Reconnects per Redis call before it fails (then Dramatiq or the relay tries again).
+REDIS_RETRIES = 3
+#: The first reconnect's pause; each next one doubles, up to the settings' cap.
+REDIS_FIRST_DELAY_SECONDS = 0.05
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client whose calls neither hang nor wait long after Redis comes back."""
+    retry = Retry(
+        ExponentialBackoff(
+            cap=settings.reconnect_max_delay_seconds, base=REDIS_FIRST_DELAY_SECONDS
+        ),
+        retries=REDIS_RETRIES,
+        supported_errors=(redis.ConnectionError, redis.TimeoutError),
+    )
+    pool = redis.ConnectionPool.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_keepalive=True,
+        retry=retry,
+    )
+    return redis.Redis(connection_pool=pool)
+
 
 def build_broker(settings: Settings) -> RedisBroker:
     """A Redis broker with envrestore's middleware; also made the global broker."""
-    broker = RedisBroker(url=settings.redis_url, middleware=[])  # type: ignore[no-untyped-call]  # dramatiq ships RedisBroker untyped
+    broker = RedisBroker(client=redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]  # dramatiq ships RedisBroker untyped
     broker.add_middleware(ShutdownNotifications())
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(AsyncIO())

@@ -7,6 +7,11 @@
 5. Work, heartbeating; permanent errors fail the job, others are retried.
 6. Mark done and queue the next steps in one transaction (the outbox).
 
+Every ledger call of the protocol rides out a ledger outage (`ledger_retry`):
+a message taken while the ledger is away waits for it instead of being
+dropped, and a step whose work ended meanwhile records it when the ledger
+returns instead of being run again.
+
 Recording a failure never fails because of its text: errors, events and
 outputs are cleaned (`pipelines.text`) before they are written, and a write
 the ledger still refuses is made again with a short ASCII form of the real
@@ -30,6 +35,7 @@ import structlog
 from envrestore.pipelines.errors import EnvrestoreError, PermanentError
 from envrestore.pipelines.jobs.advance import advance_job, stop_job
 from envrestore.pipelines.jobs.context import StepContext
+from envrestore.pipelines.jobs.ledger_retry import is_connection_error, retry_ledger
 from envrestore.pipelines.jobs.model import JobStatus, StepStatus, ready_steps
 from envrestore.pipelines.jobs.records import JobRecord, StepRecord
 from envrestore.pipelines.jobs.runtime import Runtime
@@ -60,48 +66,24 @@ async def run_step(runtime: Runtime, job_id: uuid.UUID | str, step: str) -> None
         await _run_step(runtime, job_id, step)
 
 
-async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
-    pool = runtime.pool
-    job_row = await pool.fetchrow(sql("get_job"), job_id)
-    step_row = await pool.fetchrow(sql("get_step"), job_id, step)
-    if job_row is None or step_row is None:
-        log.warning("step.unknown", reason="no such job or step in the ledger")
-        return
-    job = JobRecord.from_row(job_row)
-    record = StepRecord.from_row(step_row)
-    structlog.contextvars.bind_contextvars(site=job.site, env=job.env)
-    if record.status.settled:
-        log.info("step.duplicate_delivery", status=record.status.value)
-        return
-    if not _runs_in(job.status, record):
-        log.info("step.not_for_this_job_status", job_status=job.status.value)
-        return
-    if record.status == StepStatus.PENDING and not await _is_ready(runtime, job, record):
-        await _unsent(runtime, job_id, step)
-        log.info("step.not_ready")
-        return
-
-    if not record.on_failure and job.environment_id is not None:
-        # The lease first: a step that must wait is not claimed, so its
-        # attempts and start time stay untouched while it waits its turn.
-        token = await _hold_lease(runtime, job)
-        if token is None:
-            await pool.execute(sql("insert_outbox"), job_id, step, LEASE_RETRY_SECONDS)
-            log.info("step.waiting_for_lease", target=job.target)
-            return
-        job = dataclasses.replace(job, lease_token=token)
-
-    if runtime.running.stopping:
-        # This worker is stopping: leave the step unclaimed and send it again now.
-        await _send_again(pool, job_id, step)
-        log.info("step.not_claimed", reason="worker shutting down")
-        return
-    claim = await pool.fetchrow(
-        sql("claim_step"), job_id, step, runtime.worker_id, runtime.settings.stale_after_seconds
+async def _retrying(runtime: Runtime, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, retried through a ledger outage (given up when this worker stops)."""
+    return await retry_ledger(
+        call,
+        what=what,
+        give_up_after=runtime.settings.ledger_retry_seconds,
+        max_delay=runtime.settings.reconnect_max_delay_seconds,
+        stop=lambda: runtime.running.stopping,
     )
-    if claim is None:
-        log.info("step.not_claimed", reason="running elsewhere or not due yet")
+
+
+async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
+    # Everything up to the claim is safe to repeat; a claim whose reply was lost is
+    # not claimed twice (the retry finds it running) and goes stale like a dead one.
+    claimed = await _retrying(runtime, "claim", lambda: _claim(runtime, job_id, step))
+    if claimed is None:
         return
+    job, record, claim = claimed
     attempt: int = claim["attempts"]
     structlog.contextvars.bind_contextvars(attempt=attempt)
     if attempt > claim["max_attempts"]:
@@ -115,7 +97,9 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
         )
         return
     if not record.on_failure:
-        await pool.execute(sql("set_job_running"), job_id)
+        await _retrying(
+            runtime, "set_job_running", lambda: runtime.pool.execute(sql("set_job_running"), job_id)
+        )
 
     ctx = StepContext(
         job=job,
@@ -126,6 +110,54 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
         log=log.bind(),
     )
     await _execute(runtime, ctx)
+
+
+async def _claim(
+    runtime: Runtime, job_id: uuid.UUID, step: str
+) -> tuple[JobRecord, StepRecord, asyncpg.Record] | None:
+    """Steps 1-4 of the protocol: the job, the step, the lease, the claim (None: not ours)."""
+    pool = runtime.pool
+    job_row = await pool.fetchrow(sql("get_job"), job_id)
+    step_row = await pool.fetchrow(sql("get_step"), job_id, step)
+    if job_row is None or step_row is None:
+        log.warning("step.unknown", reason="no such job or step in the ledger")
+        return None
+    job = JobRecord.from_row(job_row)
+    record = StepRecord.from_row(step_row)
+    structlog.contextvars.bind_contextvars(site=job.site, env=job.env)
+    if record.status.settled:
+        log.info("step.duplicate_delivery", status=record.status.value)
+        return None
+    if not _runs_in(job.status, record):
+        log.info("step.not_for_this_job_status", job_status=job.status.value)
+        return None
+    if record.status == StepStatus.PENDING and not await _is_ready(runtime, job, record):
+        await _unsent(runtime, job_id, step)
+        log.info("step.not_ready")
+        return None
+
+    if not record.on_failure and job.environment_id is not None:
+        # The lease first: a step that must wait is not claimed, so its
+        # attempts and start time stay untouched while it waits its turn.
+        token = await _hold_lease(runtime, job)
+        if token is None:
+            await pool.execute(sql("insert_outbox"), job_id, step, LEASE_RETRY_SECONDS)
+            log.info("step.waiting_for_lease", target=job.target)
+            return None
+        job = dataclasses.replace(job, lease_token=token)
+
+    if runtime.running.stopping:
+        # This worker is stopping: leave the step unclaimed and send it again now.
+        await _send_again(pool, job_id, step)
+        log.info("step.not_claimed", reason="worker shutting down")
+        return None
+    claim = await pool.fetchrow(
+        sql("claim_step"), job_id, step, runtime.worker_id, runtime.settings.stale_after_seconds
+    )
+    if claim is None:
+        log.info("step.not_claimed", reason="running elsewhere or not due yet")
+        return None
+    return job, record, claim
 
 
 def _runs_in(job_status: JobStatus, record: StepRecord) -> bool:
@@ -189,7 +221,7 @@ async def _execute(runtime: Runtime, ctx: StepContext) -> None:
     kind = runtime.kind(ctx.job.kind)
     function = kind.steps[ctx.step]
     started = time.monotonic()
-    await ctx.event("step.started", attempt=ctx.attempt)
+    await _retrying(runtime, "step.started", lambda: ctx.event("step.started", attempt=ctx.attempt))
     work = asyncio.create_task(function(ctx))
     interrupt: list[_Interrupt] = []
     beat = asyncio.create_task(_heartbeat(runtime, ctx, work, interrupt))
@@ -243,15 +275,16 @@ async def _heartbeat(
                 ctx.progress.done,
                 ctx.progress.total,
             )
+            if job_status not in (None, JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+                step_row = await runtime.pool.fetchrow(sql("get_step"), ctx.job.id, ctx.step)
+                if step_row is not None and step_row["on_failure"]:
+                    continue
         except Exception as exc:  # noqa: BLE001 - a ledger hiccup must not kill the work
             log.warning("step.heartbeat_failed", error=str(exc))
             continue
         if job_status is None:
             interrupt.append(_Interrupt.CLAIM_LOST)
         elif job_status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
-            step_row = await runtime.pool.fetchrow(sql("get_step"), ctx.job.id, ctx.step)
-            if step_row is not None and step_row["on_failure"]:
-                continue
             interrupt.append(_Interrupt.JOB_STOPPED)
         else:
             continue
@@ -266,10 +299,14 @@ async def _interrupted(runtime: Runtime, ctx: StepContext, why: _Interrupt) -> N
     if why == _Interrupt.SHUTDOWN:
         await _release(runtime, ctx)
         return
-    async with runtime.pool.acquire() as conn, conn.transaction():
-        await conn.execute(sql("lock_job"), ctx.job.id)
-        await conn.execute(sql("skip_step"), ctx.job.id, ctx.step)
-        await advance_job(conn, ctx.job.id)
+
+    async def skip() -> None:
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql("lock_job"), ctx.job.id)
+            await conn.execute(sql("skip_step"), ctx.job.id, ctx.step)
+            await advance_job(conn, ctx.job.id)
+
+    await _retrying(runtime, "step.skip", skip)
 
 
 async def _release(runtime: Runtime, ctx: StepContext) -> None:
@@ -292,50 +329,35 @@ async def _release(runtime: Runtime, ctx: StepContext) -> None:
 async def _done(
     runtime: Runtime, ctx: StepContext, outputs: dict[str, Any], seconds: float
 ) -> None:
-    async with runtime.pool.acquire() as conn, conn.transaction():
-        await conn.execute(sql("lock_job"), ctx.job.id)
-        marked = await conn.fetchrow(
-            sql("finish_step_done"),
-            ctx.job.id,
-            ctx.step,
-            ctx.attempt,
-            outputs,
-            ctx.progress.done,
-            ctx.progress.total,
-        )
-        if marked is None:
-            log.warning("step.finished_but_superseded")
-            return
-        await conn.execute(
-            sql("insert_event"),
-            ctx.job.id,
-            ctx.step,
-            "step.finished",
-            {"attempt": ctx.attempt, "seconds": round(seconds, 3)},
-        )
-        await advance_job(conn, ctx.job.id)
+    async def record() -> bool:
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql("lock_job"), ctx.job.id)
+            marked = await conn.fetchrow(
+                sql("finish_step_done"),
+                ctx.job.id,
+                ctx.step,
+                ctx.attempt,
+                outputs,
+                ctx.progress.done,
+                ctx.progress.total,
+            )
+            if marked is None:
+                return False
+            await conn.execute(
+                sql("insert_event"),
+                ctx.job.id,
+                ctx.step,
+                "step.finished",
+                {"attempt": ctx.attempt, "seconds": round(seconds, 3)},
+            )
+            await advance_job(conn, ctx.job.id)
+        return True
+
+    # Fenced by the attempt: a retry after a lost reply finds the step done already.
+    if not await _retrying(runtime, "step.finished", record):
+        log.warning("step.finished_but_superseded")
+        return
     log.info("step.finished", seconds=round(seconds, 3))
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """A lost or refused connection to the ledger: transient, the delivery is retried.
-
-    Anything else the ledger raises while recording (bad data, bad encoding)
-    will not go away by retrying the same text.
-    """
-    if isinstance(exc, ValueError):  # asyncpg's client-side DataError (a bad argument)
-        return False
-    return isinstance(
-        exc,
-        (
-            OSError,
-            TimeoutError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.exceptions.InsufficientResourcesError,
-            asyncpg.InterfaceError,
-        ),
-    )
 
 
 async def _write_with_fallback(
@@ -349,7 +371,7 @@ async def _write_with_fallback(
     try:
         return await write(message), message
     except Exception as exc:  # any refusal of the text; connection errors re-raised
-        if _is_connection_error(exc):
+        if is_connection_error(exc):
             raise
         fallback = ascii_text(message)
         log.error(
@@ -375,8 +397,11 @@ async def _fail(
             await conn.execute(sql("finish_step_failed"), job.id, step, attempt, text)
             await stop_job(conn, job.id, status=JobStatus.FAILED, error=text, step=step)
 
-    _, message = await _write_with_fallback(
-        record, clean_text(message, ERROR_LIMIT), what="step.failure"
+    text = clean_text(message, ERROR_LIMIT)
+    _, message = await _retrying(
+        runtime,
+        "step.failure",
+        lambda: _write_with_fallback(record, text, what="step.failure"),
     )
     data = exc.data if isinstance(exc, EnvrestoreError) else {}
     log.error("step.failed", error=message, **{k: str(v) for k, v in data.items()})
@@ -427,6 +452,9 @@ async def _retry_or_fail(runtime: Runtime, ctx: StepContext, exc: Exception) -> 
             )
             return True
 
-    marked, message = await _write_with_fallback(record, message, what="step.retry")
+    text = message
+    marked, message = await _retrying(
+        runtime, "step.retry", lambda: _write_with_fallback(record, text, what="step.retry")
+    )
     if marked:
         log.warning("step.retrying", error=message, delay=delay, exc_info=exc)

@@ -534,3 +534,10 @@ DELETE FROM environments WHERE id = $1;
 
 -- name: delete_site
 DELETE FROM sites WHERE id = $1;
+
+-- name: forget_sends_before
+-- The broker restarted $1 seconds ago and lost what it held: pending steps sent before
+-- that count as never sent, so the reconciler sends them again at its next pass.
+UPDATE job_steps SET enqueued_at = NULL
+WHERE status = 'pending' AND enqueued_at < now() - make_interval(secs => $1)
+RETURNING job_id, name;
