@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from envrestore.config.settings import Settings
 from tests.e2e.conftest import snap
 from tests.support.outages import RedisServer, idle_gaps, ledger_now, proxied, step_events
 from tests.support.workers import run_cli, run_json, wait_for
@@ -120,7 +121,9 @@ def test_restore_goes_on_after_a_ledger_outage(cli_env, worker_pool, site):
         # The pause ends while the ledger is away: the worker finishes the import and
         # takes the next ones during the outage.
         proxy.cut()
-        time.sleep(PAUSE_SECONDS + 5)
+        # Longer than the stale-after time: the heartbeats missed in the outage must
+        # not make the reconciler take the running step over when the ledger returns.
+        time.sleep(max(PAUSE_SECONDS, Settings.model_fields["stale_after_seconds"].default) + 2)
         proxy.open()
         back_at = ledger_now(cli_env["ENVRESTORE_DATABASE_URL"])
         finish_and_check(cli_env, worker_pool, site, job_id, back_at)
