@@ -6,12 +6,15 @@ Removing forgets rows only: the directories (and databases) stay on disk.
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
 
 from envrestore.pipelines import registry, registry_admin
 from envrestore.pipelines.errors import BadInput, Conflict, NotFound
+from envrestore.pipelines.jobs.outbox import relay_once
+from envrestore.pipelines.jobs.runner import run_step
 from tests.integration import test_restore_job as restores
 from tests.support.driver import drive
 from tests.support.producing import submit_backup, submit_restore
@@ -161,3 +164,28 @@ async def test_changes_are_refused_while_a_job_waits_backups_or_points_are_kept(
         )
     changed, _ = await registry_admin.set_environment(runtime.pool, "shop.dev", protected=True)
     assert changed.protected and changed.files_dir == site["files"]
+
+
+@pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
+async def test_changes_are_refused_while_a_running_job_holds_the_lease(runtime, backed_up):
+    job = await submit_backup(runtime, "shop.dev")
+    sent: list[tuple[uuid.UUID, str]] = []
+    await relay_once(runtime.pool, lambda j, s: sent.append((j, s)))
+    first_job, first_step = next((j, s) for j, s in sent if j == job.job_id)
+    await run_step(runtime, first_job, first_step)  # one step done, the others pending
+    lease = await runtime.pool.fetchval(
+        "SELECT l.job_id FROM env_leases l JOIN environments e ON e.id = l.environment_id "
+        "WHERE e.name = 'dev'"
+    )
+    assert lease == job.job_id
+    holds = re.escape(f"job {job.job_id} (backup) holds the lease on it")
+    with pytest.raises(Conflict, match=holds):
+        await registry_admin.set_environment(runtime.pool, "shop.dev", protected=True)
+    with pytest.raises(Conflict, match=holds):
+        await registry_admin.remove_site(runtime.pool, "shop", cascade=True)
+    for other_job, other_step in sent:  # deliver what was relayed but not run yet
+        if (other_job, other_step) != (first_job, first_step):
+            await run_step(runtime, other_job, other_step)
+    assert (await drive(runtime, job.job_id))["status"] == "succeeded"
+    changed, _ = await registry_admin.set_environment(runtime.pool, "shop.dev", protected=True)
+    assert changed.protected
