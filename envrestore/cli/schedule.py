@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -146,9 +147,9 @@ def schedule_show(
     rows = []
     for s in schedules:
         view = s.public(now)
-        last = view["last_slot"] or "-"
+        last = _when(view["last_slot"]) or "-"
         if view["last_slot"]:
-            last += f" ({view['last_slot_kind']})"
+            last += f" {view['last_slot_kind']}"
             if view["last_error"]:
                 last += f": refused: {view['last_error']}"
         rows.append(
@@ -159,7 +160,9 @@ def schedule_show(
                 WEEKDAYS[s.weekly_day] + ("" if s.own_weekly_day else " (default)")
                 if s.enabled
                 else "",
-                f"{view['next_slot']} ({view['next_slot_kind']})" if view["next_slot"] else "-",
+                f"{_when(view['next_slot'])} {view['next_slot_kind']}"
+                if view["next_slot"]
+                else "-",
                 last,
                 view["last_job_id"] or "",
             ]
@@ -170,6 +173,11 @@ def schedule_show(
         rows,
         ids=("environment", "job"),
     )
+
+
+def _when(iso: str | None) -> str:
+    """A slot as a table shows it: `2026-12-03 02:00` (slots are whole UTC hours)."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M") if iso else ""
 
 
 # ------------------------------------------------------------------ scheduler
