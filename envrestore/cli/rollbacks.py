@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from typer._click import Context
+from typer.core import TyperGroup
 
 from envrestore.cli.common import (
     JsonOpt,
@@ -27,8 +29,29 @@ from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.requests import RollbackRequest
 from envrestore.pipelines.restore import points
 
+
+class _RollbackGroup(TyperGroup):
+    """`envrestore rollback JOB` (the spelling before the group) means `rollback run JOB`;
+    anything else that is not a command is still "No such command"."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and _is_job_id(args[0]):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def _is_job_id(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 rollback_app = typer.Typer(
-    help="Rollback points: the content a restore replaced, kept to undo it.",
+    cls=_RollbackGroup,
+    help="Rollback points: the content a restore replaced, kept to undo it "
+    "(`rollback JOB` is `rollback run JOB`).",
     no_args_is_help=True,
 )
 

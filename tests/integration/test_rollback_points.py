@@ -227,6 +227,12 @@ async def test_rollback_list_and_drop_from_the_cli(runtime, backed_up, cli_env):
     assert missing.returncode == 3 and "nosuch" in missing.stderr
     unknown = cli(cli_env, "rollback", "drop", str(uuid.uuid4()), "--yes")
     assert unknown.returncode == 3 and "does not exist" in unknown.stderr
+    # The spelling before the group existed, `rollback JOB`, is `rollback run JOB`.
+    nothing = str(uuid.uuid4())
+    for spelling in (("rollback", nothing), ("rollback", "run", nothing)):
+        old = cli(cli_env, *spelling)
+        assert old.returncode == 3 and f"job {nothing} does not exist" in old.stderr, old.stderr
+    assert cli(cli_env, "rollback", "lst").returncode == 2  # a typo is not a job id
     unasked = cli(cli_env, "rollback", "drop", str(job_id))
     assert unasked.returncode == 2 and "--yes" in unasked.stderr
     assert await kept(runtime) == {job_id: "kept"}  # not confirmed: nothing queued
