@@ -277,42 +277,59 @@ def backup_sweep(
         float | None,
         typer.Option(
             "--min-age-hours",
-            help="Only prefixes whose newest object is this old [env: "
+            help="Only what is this old (a prefix by its newest object) [env: "
             "ENVRESTORE_BACKUP_ORPHAN_MIN_AGE_HOURS, default 24].",
         ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove S3 prefixes under backups/ that have no ledger row (left by killed or cancelled
-    backup jobs), once older than the minimum age."""
+    """Remove what killed, cancelled or abandoned work left in S3, once older than the minimum
+    age: prefixes under backups/ with no ledger row, unfinished multipart uploads of backups no
+    job is writing, and import uploads under staging/uploads/ no unfinished job reads."""
     settings = load_cli_settings()
     hours = settings.backup_orphan_min_age_hours if min_age_hours is None else min_age_hours
 
-    async def body() -> dict[str, list[str]]:
+    async def body() -> lifecycle.Swept:
         if hours < 0:
             raise BadInput(f"--min-age-hours must be 0 or more, not {hours}")
         now = datetime.now(UTC)
         age = timedelta(hours=hours)
         async with open_object_store(settings) as store:
 
-            async def sweep(pool: asyncpg.Pool) -> dict[str, list[str]]:
-                found = await lifecycle.find_orphans(pool, store, now=now, min_age=age)
-                if not dry_run:
-                    await lifecycle.sweep_orphans(pool, store, now=now, min_age=age)
-                return found
+            async def sweep(pool: asyncpg.Pool) -> lifecycle.Swept:
+                return await lifecycle.sweep_leftovers(
+                    pool, store, now=now, min_age=age, dry_run=dry_run
+                )
 
             return await with_ledger(settings, sweep)
 
-    found = run_command(body)
+    swept = run_command(body)
     if as_json:
         print_json(
             {
                 "dry_run": dry_run,
-                "prefixes": [{"prefix": p, "objects": len(k)} for p, k in sorted(found.items())],
+                "prefixes": [
+                    {"prefix": p, "objects": len(k)} for p, k in sorted(swept.prefixes.items())
+                ],
+                "multipart_uploads": [
+                    {"key": u.key, "upload_id": u.upload_id, "initiated": u.initiated}
+                    for u in [*swept.backup_uploads, *swept.upload_pending]
+                ],
+                "uploads": swept.upload_keys,
             }
         )
         return
     verb = "would remove" if dry_run else "removed"
-    for prefix, keys in sorted(found.items()):
+    abort = "would abort" if dry_run else "aborted"
+    for prefix, keys in sorted(swept.prefixes.items()):
         out.print(f"{verb} {prefix} ({len(keys)} objects)", markup=False)
-    out.print(f"{len(found)} orphaned backup prefixes {verb}", markup=False)
+    for upload in [*swept.backup_uploads, *swept.upload_pending]:
+        out.print(f"{abort} unfinished upload of {upload.key}", markup=False)
+    for key in swept.upload_keys:
+        out.print(f"{verb} unused import upload {key}", markup=False)
+    out.print(
+        f"{len(swept.prefixes)} orphaned backup prefixes {verb}, "
+        f"{len(swept.backup_uploads) + len(swept.upload_pending)} unfinished uploads {abort}, "
+        f"{len(swept.upload_keys)} unused import uploads {verb}",
+        markup=False,
+    )

@@ -114,7 +114,7 @@ def test_show_get_and_delete_a_backup(cli_env, worker_pool, site, tmp_path):
     assert gone.returncode == 3, gone.stderr
 
     swept = run_json(cli_env, "backup", "sweep", "--dry-run", "--min-age-hours", "0")
-    assert swept == {"dry_run": True, "prefixes": []}
+    assert swept == {"dry_run": True, "prefixes": [], "multipart_uploads": [], "uploads": []}
 
 
 def expire(settings, now: datetime) -> int:

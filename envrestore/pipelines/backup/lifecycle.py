@@ -1,9 +1,10 @@
 """The end of a backup's life: expiry becomes delete jobs; the orphan sweep removes leftovers.
 
-Both are called by the scheduler's leader each tick (and the sweep by
-`envrestore backup sweep`); both are safe to run twice or from two processes:
-expiry through idempotency keys, the sweep because deleting a missing key is fine
-and it never touches a prefix that has a ledger row or an unfinished job.
+Both are called by the scheduler's leader (and the sweep by `envrestore backup
+sweep`); both are safe to run twice or from two processes: expiry through
+idempotency keys, the sweep because deleting a missing key or aborting a gone
+upload is fine and it never touches a prefix that has a ledger row, nor
+anything an unfinished job names (see `leftovers` for uploads).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
+from envrestore.pipelines.backup import leftovers
 from envrestore.pipelines.backup.delete import BACKUPS_PREFIX
+from envrestore.pipelines.backup.leftovers import backup_id_of
 from envrestore.pipelines.errors import PermanentError
 from envrestore.pipelines.ledger.queries import sql
-from envrestore.pipelines.objectstore import ObjectStore
+from envrestore.pipelines.objectstore import ObjectStore, PendingUpload
 from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.requests import DeleteBackupRequest
 
@@ -67,14 +70,6 @@ class _Prefix:
     newest: datetime | None = None
 
 
-def _backup_id_of(key: str) -> tuple[str, str] | None:
-    """(prefix, id) of a key shaped `backups/<site>/<env>/<id>/<name>`, else None."""
-    parts = key.split("/")
-    if len(parts) < 5 or parts[0] != BACKUPS_PREFIX.rstrip("/") or not all(parts[1:4]):
-        return None
-    return "/".join(parts[:4]) + "/", parts[3]
-
-
 async def find_orphans(
     pool: asyncpg.Pool, store: ObjectStore, *, now: datetime, min_age: timedelta
 ) -> dict[str, list[str]]:
@@ -83,7 +78,7 @@ async def find_orphans(
     seen: dict[str, _Prefix] = defaultdict(_Prefix)
     ids: dict[str, str] = {}
     async for info in store.list(BACKUPS_PREFIX):
-        found = _backup_id_of(info.key)
+        found = backup_id_of(info.key)
         if found is None:
             continue  # not a backup's object: never ours to judge
         prefix, backup_id = found
@@ -109,6 +104,72 @@ async def find_orphans(
     return orphans
 
 
+@dataclass(frozen=True)
+class Swept:
+    """What one sweep removed (or, in a dry run, would remove)."""
+
+    #: Backup prefix → its keys.
+    prefixes: dict[str, list[str]] = field(default_factory=dict)
+    #: Unfinished multipart uploads under `backups/` (see `leftovers`).
+    backup_uploads: list[PendingUpload] = field(default_factory=list)
+    #: Import uploads under `staging/uploads/`: finished objects, unfinished uploads.
+    upload_keys: list[str] = field(default_factory=list)
+    upload_pending: list[PendingUpload] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return (
+            len(self.prefixes)
+            + len(self.backup_uploads)
+            + len(self.upload_keys)
+            + len(self.upload_pending)
+        )
+
+
+async def sweep_leftovers(
+    pool: asyncpg.Pool,
+    store: ObjectStore,
+    *,
+    now: datetime,
+    min_age: timedelta = DEFAULT_ORPHAN_MIN_AGE,
+    dry_run: bool = False,
+) -> Swept:
+    """Remove orphaned backup prefixes, abandoned multipart uploads and stale import uploads.
+
+    What a cancelled or killed backup job, or an import never submitted, left
+    behind. Only keys under `backups/<site>/<env>/<id>/` and `staging/uploads/`
+    are considered; each one is checked again just before it goes (a row or a
+    job may have appeared meanwhile), and the result holds only what went.
+    """
+    orphans = await find_orphans(pool, store, now=now, min_age=min_age)
+    backup_uploads = await leftovers.abandoned_backup_uploads(pool, store, now=now, min_age=min_age)
+    stale = await leftovers.stale_import_uploads(pool, store, now=now, min_age=min_age)
+    if dry_run:
+        for prefix, keys in sorted(orphans.items()):
+            log.info("backup.orphan_found", prefix=prefix, objects=len(keys))
+        return Swept(orphans, backup_uploads, stale.keys, stale.pending)
+    swept = Swept()
+    for prefix, keys in sorted(orphans.items()):
+        backup_id = prefix.rstrip("/").rsplit("/", 1)[1]
+        if await pool.fetchval(sql("backup_ids_in"), [backup_id]) is not None:
+            continue
+        if await leftovers.named_by_unfinished_jobs(pool, [backup_id]):
+            continue
+        count = await store.delete_prefix(prefix)
+        log.info("backup.orphan_removed", prefix=prefix, objects=count)
+        swept.prefixes[prefix] = keys
+    for upload in backup_uploads:
+        if await leftovers.abort_backup_upload(pool, store, upload):
+            swept.backup_uploads.append(upload)
+    for key in stale.keys:
+        if await leftovers.remove_import_upload(pool, store, key, now=now, min_age=min_age):
+            swept.upload_keys.append(key)
+    for upload in stale.pending:
+        if await leftovers.abort_import_upload(pool, store, upload):
+            swept.upload_pending.append(upload)
+    return swept
+
+
 async def sweep_orphans(
     pool: asyncpg.Pool,
     store: ObjectStore,
@@ -117,24 +178,6 @@ async def sweep_orphans(
     min_age: timedelta = DEFAULT_ORPHAN_MIN_AGE,
     dry_run: bool = False,
 ) -> int:
-    """Remove backup prefixes with no ledger row, older than `min_age`; how many prefixes.
-
-    What a cancelled or killed backup job left behind. Only keys under
-    `backups/<site>/<env>/<id>/` are considered; each prefix is checked again
-    just before it is removed (a row or a job may have appeared meanwhile).
-    """
-    orphans = await find_orphans(pool, store, now=now, min_age=min_age)
-    removed = 0
-    for prefix, keys in sorted(orphans.items()):
-        backup_id = prefix.rstrip("/").rsplit("/", 1)[1]
-        if await pool.fetchval(sql("backup_ids_in"), [backup_id]) is not None:
-            continue
-        if await pool.fetchval(sql("active_job_params_naming"), [backup_id]) is not None:
-            continue
-        if dry_run:
-            log.info("backup.orphan_found", prefix=prefix, objects=len(keys))
-        else:
-            count = await store.delete_prefix(prefix)
-            log.info("backup.orphan_removed", prefix=prefix, objects=count)
-        removed += 1
-    return removed
+    """`sweep_leftovers` for the scheduler: how many prefixes, uploads and objects went."""
+    swept = await sweep_leftovers(pool, store, now=now, min_age=min_age, dry_run=dry_run)
+    return swept.total

@@ -6,6 +6,7 @@ from envrestore.pipelines.objectstore.base import (
     DEFAULT_CHUNK_SIZE,
     ObjectInfo,
     ObjectStore,
+    PendingUpload,
     PutResult,
 )
 from envrestore.pipelines.objectstore.memory import MemoryObjectStore
@@ -16,6 +17,7 @@ __all__ = [
     "MemoryObjectStore",
     "ObjectInfo",
     "ObjectStore",
+    "PendingUpload",
     "PutResult",
     "S3ObjectStore",
     "open_object_store",

@@ -30,6 +30,16 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class PendingUpload:
+    """An unfinished multipart upload: its parts cost storage yet no `list` shows them."""
+
+    key: str
+    upload_id: str
+    #: None when the store does not say (the sweep then never judges it old).
+    initiated: datetime | None
+
+
+@dataclass(frozen=True)
 class PutResult:
     """The outcome of an upload; sha256 is computed in the same pass as the upload."""
 
@@ -87,6 +97,14 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Every object under prefix, in key order, across all pages."""
+        ...
+
+    def list_pending_uploads(self, prefix: str) -> AsyncIterator[PendingUpload]:
+        """Every unfinished multipart upload of a key under prefix, across all pages."""
+        ...
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort an unfinished multipart upload, freeing its parts; a missing one is fine."""
         ...
 
     async def presign_get(self, key: str, ttl_seconds: int) -> str:

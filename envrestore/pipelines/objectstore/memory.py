@@ -13,6 +13,7 @@ from envrestore.pipelines.errors import NotFound, Refused
 from envrestore.pipelines.objectstore.base import (
     DEFAULT_CHUNK_SIZE,
     ObjectInfo,
+    PendingUpload,
     PutResult,
     Sha256Counter,
     check_range,
@@ -114,6 +115,16 @@ class MemoryObjectStore:
             stored = self._objects.get(key)
             if stored is not None:
                 yield self._info(key, stored)
+
+    async def list_pending_uploads(self, prefix: str) -> AsyncIterator[PendingUpload]:
+        """Uploads here are whole or nothing: never one unfinished."""
+        self._require_bucket()
+        none: list[PendingUpload] = []
+        for upload in none:
+            yield upload
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        self._require_bucket()
 
     async def presign_get(self, key: str, ttl_seconds: int) -> str:
         self._require_bucket()

@@ -41,6 +41,7 @@ from envrestore.pipelines.errors import (
 from envrestore.pipelines.objectstore.base import (
     DEFAULT_CHUNK_SIZE,
     ObjectInfo,
+    PendingUpload,
     PutResult,
     Sha256Counter,
     check_range,
@@ -329,6 +330,32 @@ class S3ObjectStore:
                     if newest is None or None in (initiated, newest[0]) or initiated >= newest[0]:
                         newest = (initiated, str(upload["UploadId"]))
         return None if newest is None else newest[1]
+
+    async def list_pending_uploads(
+        self, prefix: str, *, page_size: int = 1000
+    ) -> AsyncIterator[PendingUpload]:
+        """Paginated by key and upload id markers; no order is assumed (SeaweedFS differs)."""
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+        )
+        with self._translated():
+            async for page in pages:
+                for upload in page.get("Uploads", []):
+                    yield PendingUpload(
+                        key=str(upload["Key"]),
+                        upload_id=str(upload["UploadId"]),
+                        initiated=upload.get("Initiated"),
+                    )
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            with self._translated(key=key):
+                await self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
+        except NotFound:
+            return  # aborted, completed or expired meanwhile
+        log.info("objectstore.multipart_aborted", key=key, bucket=self.bucket)
 
     async def list_uploaded_parts(self, key: str, upload_id: str) -> builtins.list[UploadedPart]:
         """Every part of an unfinished multipart upload, across pages, by part number.
