@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import asyncpg
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from envrestore.cli.common import (
@@ -69,13 +68,17 @@ def _print_job(view: dict[str, Any]) -> None:
     )
     if view["error"]:
         out.print(f"error: {shown(view['error'])}", markup=False)
-    table = Table("step", "status", "attempts", "progress", "error")
-    for s in view["steps"]:
-        progress = amount_text(s)
-        table.add_row(
-            _cell(s["name"]), _cell(s["status"]), str(s["attempts"]), progress, _cell(s["error"])
+    rows = [
+        (
+            _cell(s["name"]),
+            _cell(s["status"]),
+            str(s["attempts"]),
+            amount_text(s),
+            _cell(s["error"]),
         )
-    out.print(table)
+        for s in view["steps"]
+    ]
+    print_table(out, ["step", "status", "attempts", "progress", "error"], rows, ids=("step",))
 
 
 @job_app.command("cancel")

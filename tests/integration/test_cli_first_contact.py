@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -23,6 +24,7 @@ from envrestore.cli.follow import follow_job, render_frame
 from envrestore.cli.main import app
 from envrestore.config.settings import load_settings
 from envrestore.pipelines import registry
+from envrestore.pipelines.backup.naming import new_backup_id
 from envrestore.pipelines.ledger.connection import connect, create_pool
 from envrestore.pipelines.ledger.migrate import available_migrations
 from envrestore.pipelines.ledger.queries import sql
@@ -398,3 +400,45 @@ async def test_the_last_frame_of_a_failed_job_shows_the_steps_once_cleanup_settl
     assert "failed" in failed_line and "9.0 kB" in failed_line and "4.0 kB" not in failed_line
     assert "done" in next(line for line in lines if line.startswith(cleanup + " "))
     assert not any("running" in line for line in lines)
+
+
+async def test_backup_list_and_job_show_at_80_columns_print_whole_ids(
+    shop: asyncpg.Pool, ledger_url: str
+):
+    job_ids = await queue_backups(shop, ledger_url, 2)
+    environment = await registry.get_environment(shop, "shop.dev")
+    backup_ids = []
+    for index, job_id in enumerate(job_ids):
+        moment = datetime(2026, 12, 1, 3, index, tzinfo=UTC)
+        backup_id = new_backup_id(moment, uuid.UUID(job_id))
+        await shop.execute(
+            sql("insert_backup"),
+            backup_id,
+            environment.id,
+            "shop",
+            "dev",
+            "manual",
+            "postgresql",
+            "0123456789abcdef0123456789abcdef01234567",
+            f"sites/shop/dev/{backup_id}/manifest.json",
+            uuid.UUID(job_id),
+            moment,
+            moment + timedelta(days=30),
+        )
+        for part, size in (("database", 123_456_789), ("files", 98_765_432_100), ("code", 42)):
+            await shop.execute(
+                sql("insert_backup_part"), backup_id, part, f"k/{part}", size, "0" * 64
+            )
+        backup_ids.append(backup_id)
+    env = shell_env(ledger_url)
+    listed = await cli(env, "backup", "list", "shop.dev")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for backup_id in backup_ids:
+        assert any(backup_id in line for line in lines), listed.stdout
+
+    shown_job = await cli(env, "job", "show", job_ids[0])
+    assert shown_job.exit_code == 0
+    assert any(job_ids[0] in line for line in shown_job.stdout.splitlines())
+    assert "…" not in shown_job.stdout
