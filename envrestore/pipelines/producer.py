@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from envrestore.config.settings import Settings
-from envrestore.pipelines.backup.delete import prepare_delete
+from envrestore.pipelines.backup.delete import earlier_delete, prepare_delete
 from envrestore.pipelines.backup.service import get_backup, latest_backup, prepare_backup
 from envrestore.pipelines.errors import BadInput, Conflict
 from envrestore.pipelines.jobs.prepared import Prepared
@@ -70,6 +70,16 @@ class Producer:
 
     async def submit(self, request: Request, *, idempotency_key: str | None = None) -> Submitted:
         """Queue the job `request` asks for (or find the one its idempotency key names)."""
+        if isinstance(request, DeleteBackupRequest) and idempotency_key is not None:
+            # Its checks refuse a backup already being deleted, this very job's doing too.
+            earlier = await earlier_delete(
+                self.pool,
+                request,
+                key=idempotency_key,
+                default_scope=self.settings.idempotency_scope,
+            )
+            if earlier is not None:
+                return earlier
         prepared = await self.prepare(request)
         return await submit_job(
             self.pool,

@@ -87,6 +87,44 @@ async def test_a_second_delete_of_the_same_backup_is_refused_while_the_first_run
     assert view["status"] == "succeeded", view
 
 
+async def test_a_retried_delete_with_its_key_gets_the_same_job(runtime, make_env):
+    await make_env("shop.dev")
+    backup_id = await make_backup(runtime, "shop.dev")
+    other = await make_backup(runtime, "shop.dev")
+    ask = producer(runtime)
+    request = DeleteBackupRequest("shop.dev", backup_id)
+
+    first = await ask.submit(request, idempotency_key="del-1")
+    assert first.created
+    # Retried while queued, then while marking the backup: the same job, not a refusal.
+    assert await ask.submit(request, idempotency_key="del-1") == dataclasses.replace(
+        first, created=False
+    )
+    await drive_steps(runtime, first.job_id, {"mark_deleting"})
+    again = await ask.submit(request, idempotency_key="del-1")
+    assert (again.job_id, again.created) == (first.job_id, False)
+
+    # Another key (or none) for the backup being deleted is still refused, naming the job.
+    for key in ("del-2", None):
+        with pytest.raises(Conflict, match=f"already being deleted by job {first.job_id}"):
+            await ask.submit(request, idempotency_key=key)
+    # The same key for another request is refused as for every kind.
+    with pytest.raises(Conflict, match="already used for a different request"):
+        await ask.submit(DeleteBackupRequest("shop.dev", other), idempotency_key="del-1")
+    count = "SELECT count(*) FROM jobs WHERE kind = 'delete_backup'"
+    assert await runtime.pool.fetchval(count) == 1
+
+    view = await drive(runtime, first.job_id)
+    assert view["status"] == "succeeded", view
+    # Done and the backup gone: the retry still answers with the job that did it.
+    done = await ask.submit(request, idempotency_key="del-1")
+    assert (done.job_id, done.created) == (first.job_id, False)
+    with pytest.raises(NotFound):
+        await ask.submit(request, idempotency_key="del-3")
+    assert await runtime.pool.fetchval(count) == 1
+    assert [b.id for b in await list_backups(runtime.pool, "shop.dev")] == [other]
+
+
 async def drive_steps(rt: Runtime, job_id: Any, names: set[str]) -> None:
     """Deliver only the named steps of a job (the others stay queued in the outbox)."""
     from envrestore.pipelines.jobs.outbox import relay_once

@@ -26,9 +26,11 @@ from envrestore.pipelines.errors import BadInput, Conflict
 from envrestore.pipelines.failpoints import failpoint
 from envrestore.pipelines.jobs.cancel import enter_irreversible
 from envrestore.pipelines.jobs.context import StepContext
+from envrestore.pipelines.jobs.fingerprint import request_fingerprint
 from envrestore.pipelines.jobs.kinds import JobKind
 from envrestore.pipelines.jobs.model import Plan, StepSpec
 from envrestore.pipelines.jobs.prepared import Prepared
+from envrestore.pipelines.jobs.submit import Submitted
 from envrestore.pipelines.ledger.queries import sql
 from envrestore.pipelines.registry import get_environment, parse_target
 from envrestore.pipelines.requests import DeleteBackupRequest, to_params
@@ -69,6 +71,26 @@ async def prepare_delete(pool: asyncpg.Pool, request: DeleteBackupRequest) -> Pr
         )
     scope = SYSTEM_SCOPE if request.reason == "expired" else None
     return Prepared(DELETE_BACKUP, None, to_params(request), idempotency_scope=scope)
+
+
+async def earlier_delete(
+    pool: asyncpg.Pool, request: DeleteBackupRequest, *, key: str, default_scope: str
+) -> Submitted | None:
+    """The job an identical earlier request under idempotency `key` made, else None.
+
+    Looked up before `prepare_delete`, which refuses a backup being deleted (or
+    gone): a retry of the request that started the delete gets its job back, as
+    with every other kind. Another key, or another request, still meets the
+    refusal. The fingerprint is computed as `submit_job` stored it (no target,
+    the parameters as asked).
+    """
+    scope = SYSTEM_SCOPE if request.reason == "expired" else default_scope
+    row = await pool.fetchrow(sql("get_idempotency_key"), scope, key)
+    if row is None:
+        return None
+    if row["fingerprint"] != request_fingerprint(DELETE_BACKUP.name, None, to_params(request)):
+        return None
+    return Submitted(row["job_id"], created=False)
 
 
 def _request(ctx: StepContext) -> DeleteBackupRequest:
