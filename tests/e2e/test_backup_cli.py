@@ -129,6 +129,9 @@ def test_bad_input_is_one_clear_line_and_a_named_exit_code(cli_env, tmp_path, po
         str(paths["code"]),
     )
     assert no_files.returncode == 2 and "absent" in no_files.stderr
+    plain_files, plain_code = tmp_path / "test-files", tmp_path / "test-code"
+    plain_files.mkdir()
+    plain_code.mkdir()  # a directory, but not a git working tree
     not_git = run_cli(
         cli_env,
         "env",
@@ -137,9 +140,9 @@ def test_bad_input_is_one_clear_line_and_a_named_exit_code(cli_env, tmp_path, po
         "--db",
         paths["dsn"],
         "--files",
-        str(paths["files"]),
+        str(plain_files),
         "--code",
-        str(paths["files"]),
+        str(plain_code),
     )
     assert not_git.returncode == 2 and "git" in not_git.stderr
     bad_job = run_cli(cli_env, "job", "show", "not-a-uuid")
