@@ -103,11 +103,13 @@ async def pending(rt: Runtime, prefix: str) -> set[str]:
 async def test_sweep_aborts_abandoned_backup_uploads_only(runtime, make_env):
     await make_env("shop.dev")
     live = await make_backup(runtime, "shop.dev")
-    queued = await submit_backup(runtime, "shop.dev")  # not started: its id is in its params
-    [writing_id] = [
-        r["params"]["backup_id"]
-        for r in await runtime.pool.fetch("SELECT params FROM jobs WHERE id = $1", queued.job_id)
-    ]
+    # A backup job that has dumped its database and is still running (files next).
+    running = await submit_backup(runtime, "shop.dev")
+    await drive_steps(runtime, running.job_id, {"dump_db"})
+    status = "SELECT status, params FROM jobs WHERE id = $1"
+    row = await runtime.pool.fetchrow(status, running.job_id)
+    assert row["status"] == "running"
+    writing_id = row["params"]["backup_id"]
     dead = "backups/shop/dev/20260101T000000Z-dead01/shop_database.sql.gz"
     leftover = f"backups/shop/dev/{live}/retry_leftover_files.tar.gz"  # a dead attempt's
     writing = f"backups/shop/dev/{writing_id}/shop_files.tar.gz"
@@ -139,10 +141,12 @@ async def test_sweep_aborts_abandoned_backup_uploads_only(runtime, make_env):
     assert await sweep_orphans(runtime.pool, runtime.store, now=now) == 0
 
     # Once the job is gone, what it left goes too, a day later.
-    await runtime.pool.execute("UPDATE jobs SET status = 'cancelled' WHERE id = $1", queued.job_id)
+    await runtime.pool.execute("UPDATE jobs SET status = 'cancelled' WHERE id = $1", running.job_id)
     later = now + DAY + timedelta(minutes=1)
-    assert await sweep_orphans(runtime.pool, runtime.store, now=later) == 2
+    # Its prefix (the database part) and the two uploads.
+    assert await sweep_orphans(runtime.pool, runtime.store, now=later) == 3
     assert await pending(runtime, "backups/") == {outside[0]}
+    assert await keys_under(runtime, f"backups/shop/dev/{writing_id}/") == []
 
 
 async def test_sweep_removes_import_uploads_no_unfinished_job_reads(runtime, make_env):
