@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     # for the jobs that read its backup looks again (seconds), and how old an
     # object under backups/ with no ledger row must be before the orphan sweep
     # removes it (hours; younger ones may belong to a backup still being written).
+    # The same age applies to unfinished multipart uploads and to unused
+    # staging/uploads/ objects (pipelines/backup/leftovers.py).
     backup_delete_poll_seconds: float = Field(default=5.0, gt=0, le=300)
     backup_orphan_min_age_hours: float = Field(default=24.0, ge=0)
 
