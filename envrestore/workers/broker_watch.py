@@ -16,6 +16,12 @@ from dataclasses import dataclass
 
 import redis
 
+#: Redis counts its uptime in whole seconds of a clock it caches, so it can say up
+#: to a second more than it has run. The cut-off is taken this much later than the
+#: uptime says: a message sent shortly after the restart is sent again too (twice
+#: is harmless, lost is not).
+UPTIME_SLACK_SECONDS = 1.5
+
 
 @dataclass(frozen=True)
 class RedisStart:
@@ -23,6 +29,11 @@ class RedisStart:
 
     run_id: str
     uptime_seconds: float
+
+    @property
+    def lost_if_sent_before(self) -> float:
+        """Seconds ago: a message sent earlier than this may have been lost."""
+        return max(self.uptime_seconds - UPTIME_SLACK_SECONDS, 0.0)
 
 
 class BrokerRestarts:

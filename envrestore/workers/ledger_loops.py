@@ -155,7 +155,7 @@ class LedgerLoops(Middleware):
                 start = await asyncio.to_thread(restarts.new_start)
                 if start is not None:
                     runtime = await process_runtime.get_runtime()
-                    lost = await forget_sends_before(runtime.pool, start.uptime_seconds)
+                    lost = await forget_sends_before(runtime.pool, start.lost_if_sent_before)
                     restarts.accounted(start)
                     if lost:
                         log.warning("broker.restarted", lost_messages=lost, run_id=start.run_id)

@@ -22,7 +22,7 @@ from envrestore.pipelines.jobs.reconciler import reconcile_once
 from envrestore.pipelines.jobs.runner import run_step
 from envrestore.pipelines.jobs.views import show_job
 from envrestore.pipelines.ledger.connection import create_pool
-from envrestore.workers.broker_watch import BrokerRestarts
+from envrestore.workers.broker_watch import UPTIME_SLACK_SECONDS, BrokerRestarts
 from tests.integration.test_step_protocol import Script, submit, toy_kind
 from tests.support.outages import RedisServer, TcpProxy, proxied
 from tests.support.sites import make_repo
@@ -141,7 +141,8 @@ async def test_messages_lost_in_a_redis_restart_are_sent_again_at_once(toy, scri
     try:
         client = redis.Redis(port=server.port, socket_timeout=2)
         restarts = BrokerRestarts(client)
-        await asyncio.sleep(1.2)  # the message below is sent after this server started
+        # The message below is sent well after this server started.
+        await asyncio.sleep(UPTIME_SLACK_SECONDS + 1.2)
         job = await submit(rt, kind, env)
         sent: list[str] = []
         await relay_once(rt.pool, lambda j, s: sent.append(s))
@@ -149,7 +150,7 @@ async def test_messages_lost_in_a_redis_restart_are_sent_again_at_once(toy, scri
 
         start = restarts.new_start()  # what a worker sees when it boots: nothing lost
         assert start is not None
-        assert await forget_sends_before(rt.pool, start.uptime_seconds) == 0
+        assert await forget_sends_before(rt.pool, start.lost_if_sent_before) == 0
         restarts.accounted(start)
         assert restarts.new_start() is None
         # A message sent a moment ago may simply wait its turn: not sent again yet.
@@ -159,7 +160,7 @@ async def test_messages_lost_in_a_redis_restart_are_sent_again_at_once(toy, scri
         server.start()
         start = restarts.new_start()
         assert start is not None and start.uptime_seconds < 5
-        assert await forget_sends_before(rt.pool, start.uptime_seconds) == 1
+        assert await forget_sends_before(rt.pool, start.lost_if_sent_before) == 1
         restarts.accounted(start)
         assert (await reconcile_once(rt)).resent == 1
         sent.clear()

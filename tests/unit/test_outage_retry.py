@@ -14,6 +14,7 @@ from envrestore.pipelines.errors import Unavailable
 from envrestore.pipelines.jobs.ledger_retry import backoff_delays, is_connection_error, retry_ledger
 from envrestore.pipelines.jobs.reconciler import LedgerContact
 from envrestore.workers.broker import redis_client
+from envrestore.workers.broker_watch import UPTIME_SLACK_SECONDS, RedisStart
 from tests.support.outages import free_port
 
 
@@ -115,3 +116,10 @@ def test_redis_calls_time_out_and_fail_fast_while_redis_is_away():
     # Each retry's pause is capped: the call fails in about a second, not in 14 s
     # (redis-py's own default backoff), so Dramatiq and the relay try again soon.
     assert time.monotonic() - started < 3
+
+
+def test_after_a_redis_restart_the_cut_off_errs_towards_sending_again():
+    # Redis may say a second more than it has run: the cut-off is later, never earlier.
+    assert RedisStart("a", 10.0).lost_if_sent_before == pytest.approx(10.0 - UPTIME_SLACK_SECONDS)
+    assert RedisStart("a", 10.0).lost_if_sent_before <= 9.0
+    assert RedisStart("b", 0.0).lost_if_sent_before == 0.0
