@@ -328,8 +328,8 @@ def backup_sweep(
     for key in swept.upload_keys:
         out.print(f"{verb} unused import upload {key}", markup=False)
     out.print(
-        f"{len(swept.prefixes)} orphaned backup prefixes {verb}, "
-        f"{len(swept.backup_uploads) + len(swept.upload_pending)} unfinished uploads {abort}, "
-        f"{len(swept.upload_keys)} unused import uploads {verb}",
+        f"{'would sweep' if dry_run else 'swept'}: {len(swept.prefixes)} orphaned backup "
+        f"prefixes, {len(swept.backup_uploads) + len(swept.upload_pending)} unfinished "
+        f"uploads, {len(swept.upload_keys)} unused import uploads",
         markup=False,
     )

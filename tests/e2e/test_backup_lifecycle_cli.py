@@ -115,6 +115,11 @@ def test_show_get_and_delete_a_backup(cli_env, worker_pool, site, tmp_path):
 
     swept = run_json(cli_env, "backup", "sweep", "--dry-run", "--min-age-hours", "0")
     assert swept == {"dry_run": True, "prefixes": [], "multipart_uploads": [], "uploads": []}
+    said = run_cli(cli_env, "backup", "sweep", "--dry-run", "--min-age-hours", "0")
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.strip().endswith(
+        "would sweep: 0 orphaned backup prefixes, 0 unfinished uploads, 0 unused import uploads"
+    ), said.stdout
 
 
 def expire(settings, now: datetime) -> int:
