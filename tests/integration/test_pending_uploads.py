@@ -42,3 +42,18 @@ async def test_every_unfinished_upload_is_listed_across_pages_and_aborted(
 
     assert [u async for u in object_store.list_pending_uploads("backups/")] == []
     assert [u.key async for u in object_store.list_pending_uploads("")] == ["zz/z"]
+
+
+async def test_aborting_a_stale_upload_keeps_the_finished_object_of_the_same_key(
+    object_store: S3ObjectStore,
+):
+    # A backup step killed mid-upload, then retried to completion: same key, two uploads.
+    key = "backups/a/b/id1/shop_files.tar.gz"
+    stale = await object_store._create_multipart(key, None)
+    await object_store._upload_part(key, stale, 1, b"first attempt")
+    await object_store.put_bytes(key, b"the finished part")
+
+    await object_store.abort_upload(key, stale)
+
+    assert await object_store.get_bytes(key, max_size=1024) == b"the finished part"
+    assert [u async for u in object_store.list_pending_uploads("backups/")] == []
