@@ -541,3 +541,37 @@ DELETE FROM sites WHERE id = $1;
 UPDATE job_steps SET enqueued_at = NULL
 WHERE status = 'pending' AND enqueued_at < now() - make_interval(secs => $1)
 RETURNING job_id, name;
+
+-- name: insert_token
+-- API tokens (issue 10, pipelines/auth/tokens.py): only the secret's digest is stored.
+INSERT INTO tokens (id, name, hash, sites, scopes, expires_at, created_by)
+VALUES ($1, $2, $3, $4, $5, CASE WHEN $6::int IS NULL THEN NULL ELSE now() + make_interval(days => $6::int) END, $7)
+ON CONFLICT (name) DO NOTHING
+RETURNING id, created_at, expires_at;
+
+-- name: get_token_for_auth
+SELECT id, name, hash, sites, scopes, expires_at, revoked_at, last_used_at,
+       (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())) AS usable,
+       (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds') AS touch
+FROM tokens WHERE id = $1;
+
+-- name: touch_token
+-- At most one write a minute per token: polling clients do not turn reads into writes.
+UPDATE tokens SET last_used_at = now()
+WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds');
+
+-- name: list_tokens
+SELECT id, name, sites, scopes, created_at, expires_at, revoked_at, last_used_at, created_by
+FROM tokens ORDER BY created_at, name;
+
+-- name: revoke_token
+-- By id, else by name (exactly one token); revoking twice keeps the first time.
+UPDATE tokens SET revoked_at = COALESCE(revoked_at, now())
+WHERE id = (SELECT id FROM (
+    SELECT id, 0 AS rank FROM tokens WHERE id = $1
+    UNION ALL SELECT id, 1 FROM tokens WHERE name = $1
+) AS found ORDER BY rank LIMIT 1)
+RETURNING id, name, revoked_at, (revoked_at < now()) AS already;
+
+-- name: existing_site_names
+SELECT name FROM sites WHERE name = ANY($1::text[]);

@@ -1,0 +1,1 @@
+"""API authentication: scoped bearer tokens and failed-auth rate limiting (issue 10)."""
