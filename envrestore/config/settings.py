@@ -131,6 +131,21 @@ class Settings(BaseSettings):
     backup_delete_poll_seconds: float = Field(default=5.0, gt=0, le=300)
     backup_orphan_min_age_hours: float = Field(default=24.0, ge=0)
 
+    # API failed-auth limiting (pipelines/auth/ratelimit.py): a client (address)
+    # with this many failed authentications in a minute is answered 429 until
+    # the oldest leaves the minute; at most max_clients clients are remembered
+    # per API process (the longest quiet is forgotten first).
+    api_auth_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
+    api_auth_max_clients: int = Field(default=10_000, ge=1, le=10_000_000)
+
+    # HTTP API (envrestore/api, `envrestore api`): where uvicorn listens; the part
+    # size of direct uploads (MiB; grown so no upload needs more than 10,000
+    # parts) and how long their presigned part URLs stay valid (seconds).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    api_upload_part_size_mb: int = Field(default=64, ge=5, le=5120)
+    api_upload_url_ttl: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+
     # Tests only: named pauses (pipelines/failpoints.py), as JSON.
     failpoints: dict[str, str] = Field(default_factory=dict)
 
