@@ -33,6 +33,7 @@ import asyncpg
 import structlog
 
 from envrestore.pipelines.errors import EnvrestoreError, PermanentError
+from envrestore.pipelines.jobs import observing
 from envrestore.pipelines.jobs.advance import advance_job, stop_job
 from envrestore.pipelines.jobs.context import StepContext
 from envrestore.pipelines.jobs.ledger_retry import is_connection_error, retry_ledger
@@ -57,6 +58,14 @@ class _Interrupt(enum.Enum):
     CLAIM_LOST = "claim_lost"  # another attempt took the step over
     JOB_STOPPED = "job_stopped"  # the job failed or was cancelled meanwhile
     SHUTDOWN = "shutdown"  # this worker is stopping: hand the attempt back
+
+
+#: The step-duration outcome of an attempt the heartbeat stopped.
+_INTERRUPT_OUTCOME = {
+    _Interrupt.CLAIM_LOST: "superseded",
+    _Interrupt.JOB_STOPPED: "skipped",
+    _Interrupt.SHUTDOWN: "released",
+}
 
 
 async def run_step(runtime: Runtime, job_id: uuid.UUID | str, step: str) -> None:
@@ -87,6 +96,7 @@ async def _run_step(runtime: Runtime, job_id: uuid.UUID, step: str) -> None:
     attempt: int = claim["attempts"]
     structlog.contextvars.bind_contextvars(attempt=attempt)
     if attempt > claim["max_attempts"]:
+        observing.worker_died(job.kind, step)
         await _fail(
             runtime,
             job,
@@ -142,6 +152,7 @@ async def _claim(
         token = await _hold_lease(runtime, job)
         if token is None:
             await pool.execute(sql("insert_outbox"), job_id, step, LEASE_RETRY_SECONDS)
+            observing.lease_deferred(job.kind, step, LEASE_RETRY_SECONDS)
             log.info("step.waiting_for_lease", target=job.target)
             return None
         job = dataclasses.replace(job, lease_token=token)
@@ -242,12 +253,18 @@ async def _execute(runtime: Runtime, ctx: StepContext) -> None:
     except asyncio.CancelledError:
         if not interrupt:
             raise  # cancelled from outside: the reconciler resumes the step once it is stale
+        observing.attempt_ended(ctx, _INTERRUPT_OUTCOME[interrupt[0]], time.monotonic() - started)
         await _interrupted(runtime, ctx, interrupt[0])
         return
     except PermanentError as exc:
+        observing.attempt_ended(ctx, "failed", time.monotonic() - started, exc)
         await _fail(runtime, ctx.job, ctx.step, ctx.attempt, exc.message, exc)
         return
     except Exception as exc:  # noqa: BLE001 - anything else is transient by definition
+        last = ctx.attempt >= ctx.max_attempts
+        observing.attempt_ended(
+            ctx, "failed" if last else "retrying", time.monotonic() - started, exc
+        )
         await _retry_or_fail(runtime, ctx, exc)
         return
     finally:
@@ -329,7 +346,10 @@ async def _release(runtime: Runtime, ctx: StepContext) -> None:
 async def _done(
     runtime: Runtime, ctx: StepContext, outputs: dict[str, Any], seconds: float
 ) -> None:
+    ended: list[bool] = []
+
     async def record() -> bool:
+        ended.clear()
         async with runtime.pool.acquire() as conn, conn.transaction():
             await conn.execute(sql("lock_job"), ctx.job.id)
             marked = await conn.fetchrow(
@@ -350,7 +370,9 @@ async def _done(
                 "step.finished",
                 {"attempt": ctx.attempt, "seconds": round(seconds, 3)},
             )
-            await advance_job(conn, ctx.job.id)
+            status = await advance_job(conn, ctx.job.id)
+            # A regular step of an active job that made it succeed ended the job.
+            ended.append(ctx.job.status.active and status == JobStatus.SUCCEEDED)
         return True
 
     # Fenced by the attempt: a retry after a lost reply finds the step done already.
@@ -358,6 +380,10 @@ async def _done(
         log.warning("step.finished_but_superseded")
         return
     log.info("step.finished", seconds=round(seconds, 3))
+    observing.attempt_ended(ctx, "succeeded", seconds)
+    observing.outputs_recorded(ctx, outputs)
+    if any(ended):
+        await observing.job_ended(runtime.pool, ctx.job.id)
 
 
 async def _write_with_fallback(
@@ -391,18 +417,20 @@ async def _fail(
     message: str,
     exc: BaseException | None = None,
 ) -> None:
-    async def record(text: str) -> None:
+    async def record(text: str) -> bool:
         async with runtime.pool.acquire() as conn, conn.transaction():
             await conn.execute(sql("lock_job"), job.id)
             await conn.execute(sql("finish_step_failed"), job.id, step, attempt, text)
-            await stop_job(conn, job.id, status=JobStatus.FAILED, error=text, step=step)
+            return await stop_job(conn, job.id, status=JobStatus.FAILED, error=text, step=step)
 
     text = clean_text(message, ERROR_LIMIT)
-    _, message = await _retrying(
+    stopped, message = await _retrying(
         runtime,
         "step.failure",
         lambda: _write_with_fallback(record, text, what="step.failure"),
     )
+    if stopped:
+        await observing.job_ended(runtime.pool, job.id)
     data = exc.data if isinstance(exc, EnvrestoreError) else {}
     log.error("step.failed", error=message, **{k: str(v) for k, v in data.items()})
 

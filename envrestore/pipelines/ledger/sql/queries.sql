@@ -575,3 +575,15 @@ RETURNING id, name, revoked_at, (revoked_at < now()) AS already;
 
 -- name: existing_site_names
 SELECT name FROM sites WHERE name = ANY($1::text[]);
+
+-- name: metrics_queue
+-- Queue gauges at scrape time (observability/ledger_gauges.py): queued jobs and
+-- the age of the oldest, read through the partial index jobs_active_idx.
+SELECT count(*) AS depth,
+       COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest_age
+FROM jobs WHERE status = 'queued';
+
+-- name: metrics_job_end
+-- A job that just ended: its kind, outcome and seconds from submission (ledger clock).
+SELECT kind, status, EXTRACT(EPOCH FROM finished_at - created_at)::float8 AS seconds
+FROM jobs WHERE id = $1 AND finished_at IS NOT NULL;
