@@ -25,6 +25,7 @@ from envrestore.cli.errors import fail as fail
 from envrestore.cli.errors import print_json as print_json
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.follow import StoppedFollowing, follow_job
+from envrestore.client import Envrestore
 from envrestore.config.settings import Settings, describe_settings_error, load_settings
 from envrestore.pipelines import registry
 from envrestore.pipelines.errors import EnvrestoreError, NotFound
@@ -154,6 +155,16 @@ async def with_ledger(settings: Settings, use: Callable[[asyncpg.Pool], Awaitabl
         return await use(pool)
     finally:
         await pool.close()
+
+
+async def with_client(settings: Settings, use: Callable[[Envrestore], Awaitable[T]]) -> T:
+    """The producer API (envrestore.client) for the operator at this shell, for one command."""
+
+    async def run(pool: asyncpg.Pool) -> T:
+        async with open_object_store(settings) as store:
+            return await use(Envrestore(settings, pool, store, Principal.operator()))
+
+    return await with_ledger(settings, run)
 
 
 def shown(value: Any) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import asyncpg
 import typer
 from rich.text import Text
 
@@ -18,14 +17,14 @@ from envrestore.cli.common import (
     require_known,
     run_command,
     shown,
+    with_client,
     with_ledger,
 )
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.follow import amount_text, follow_job
 from envrestore.cli.tables import print_table
-from envrestore.pipelines.catalog import job_kinds
+from envrestore.client import Envrestore
 from envrestore.pipelines.jobs import views
-from envrestore.pipelines.jobs.cancel import cancel_job
 
 job_app = typer.Typer(help="Jobs: show, list, follow.", no_args_is_help=True)
 
@@ -44,7 +43,7 @@ def job_show(
         if wait:
             view = await with_ledger(settings, lambda pool: follow_job(pool, uid, quiet=as_json))
             return report_final(view, as_json=as_json)
-        view = await with_ledger(settings, lambda pool: views.show_job(pool, uid))
+        view = (await with_client(settings, lambda client: client.job(uid))).view
         if as_json:
             print_json(view)
         else:
@@ -88,7 +87,7 @@ def job_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> No
 
     async def body() -> None:
         uid = views.parse_job_id(job_id)
-        await with_ledger(settings, lambda pool: cancel_job(pool, uid, job_kinds()))
+        await with_client(settings, lambda client: client.cancel(uid))
 
     run_command(body)
     out.print(f"job {job_id} cancelled; its cleanup runs on the workers")
@@ -109,12 +108,12 @@ def job_list(
             site, _, env_part = target.partition(".")
             env = env_part or None
 
-        async def listing(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+        async def listing(client: Envrestore) -> list[dict[str, Any]]:
             if target:
-                await require_known(pool, target)
-            return await views.list_jobs(pool, site=site, env=env, limit=limit)
+                await require_known(client.pool, target)
+            return await client.jobs(site=site, env=env, limit=limit)
 
-        return await with_ledger(settings, listing)
+        return await with_client(settings, listing)
 
     jobs = run_command(body)
     if as_json:

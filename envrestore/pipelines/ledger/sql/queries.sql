@@ -576,6 +576,39 @@ RETURNING id, name, revoked_at, (revoked_at < now()) AS already;
 -- name: existing_site_names
 SELECT name FROM sites WHERE name = ANY($1::text[]);
 
+-- name: api_job_with_steps
+-- The producer API's job view (GET /jobs/{id}): the job and its steps in one
+-- primary-key query (a job with no steps yet still gives its one row).
+SELECT j.id, j.kind, j.status, j.environment_id, j.site, j.env, j.params, j.outputs, j.error,
+       j.error_step, j.created_at, j.started_at, j.finished_at, j.lease_token, j.requested_by,
+       s.name AS s_name, s.position AS s_position, s.depends_on AS s_depends_on,
+       s.on_failure AS s_on_failure, s.status AS s_status, s.attempts AS s_attempts,
+       s.max_attempts AS s_max_attempts, s.heartbeat_at AS s_heartbeat_at,
+       s.started_at AS s_started_at, s.finished_at AS s_finished_at,
+       s.bytes_done AS s_bytes_done, s.bytes_total AS s_bytes_total, s.outputs AS s_outputs,
+       s.error AS s_error, s.enqueued_at AS s_enqueued_at
+FROM jobs j LEFT JOIN job_steps s ON s.job_id = j.id
+WHERE j.id = $1 ORDER BY s.position;
+
+-- name: api_events_after
+-- Events of a job after a given event id (SSE resumption with Last-Event-ID).
+SELECT id, at, step, event, data FROM job_events
+WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3;
+
+-- name: api_insert_upload
+INSERT INTO api_uploads (id, environment_id, element, key, s3_upload_id, size, part_size,
+                         requested_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: api_get_upload
+SELECT u.id, u.environment_id, u.element, u.key, u.s3_upload_id, u.size, u.part_size,
+       u.created_at, u.requested_by, u.job_id, s.name AS site, e.name AS env
+FROM api_uploads u JOIN environments e ON e.id = u.environment_id JOIN sites s ON s.id = e.site_id
+WHERE u.id = $1;
+
+-- name: api_set_upload_job
+UPDATE api_uploads SET job_id = $2 WHERE id = $1;
+
 -- name: metrics_queue
 -- Queue gauges at scrape time (observability/ledger_gauges.py): queued jobs and
 -- the age of the oldest, read through the partial index jobs_active_idx.
