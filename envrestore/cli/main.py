@@ -25,6 +25,7 @@ from envrestore.cli.registry_cmds import env_app, site_app
 from envrestore.cli.restores import restore
 from envrestore.cli.rollbacks import rollback_app
 from envrestore.cli.schedule import schedule_app, scheduler
+from envrestore.cli.tokens import token_app
 from envrestore.config.logging import LOG_FORMAT_VARIABLE, configure_logging
 from envrestore.pipelines.ledger.connection import connect
 from envrestore.pipelines.ledger.migrate import migrate
@@ -56,6 +57,7 @@ backup_app.command("link")(backup_link)
 env_app.command("clone-content")(clone_content)
 app.command("restore")(restore)
 app.add_typer(rollback_app, name="rollback")
+app.add_typer(token_app, name="token")
 
 
 def _print_version(value: bool) -> None:

@@ -37,6 +37,7 @@ MAX_EXPIRES_DAYS = 3650
 _ID_HEX = 16
 _SECRET_BYTES = 32
 _TOKEN = re.compile(rf"^{PREFIX}(?P<id>[0-9a-f]{{{_ID_HEX}}})_(?P<secret>[A-Za-z0-9_-]{{43}})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")  # a Principal's name
 # Hashed when the id is unknown, so an unknown id costs what a known one does.
 _DUMMY_DIGEST = hashlib.sha256(b"envrestore-no-such-token").hexdigest()
 
@@ -156,7 +157,13 @@ async def create_token(
     `sites` None reaches every site. Unknown sites and scopes, a name in use, and
     a lifetime outside 1..MAX_EXPIRES_DAYS days are refused before anything is stored.
     """
-    principal = Principal("token", name)  # validates the name
+    if not _NAME.match(name):
+        raise BadInput(
+            f"token name {name!r} is not valid: up to 100 letters, digits and ._@+- "
+            "(starting with a letter or digit)",
+            name=name,
+        )
+    principal = Principal("token", name)
     clean_scopes = validate_scopes(scopes)
     if expires_days is not None and not 1 <= expires_days <= MAX_EXPIRES_DAYS:
         raise BadInput(
@@ -179,7 +186,9 @@ async def create_token(
         )
     if row is None:
         raise Conflict(
-            f"a token named {name!r} exists already; revoke it or choose another name", name=name
+            f"a token named {name!r} exists already (revoked tokens keep their names, "
+            "so job records stay unambiguous); choose another name",
+            name=name,
         )
     log.info("token.created", token_id=token_id, name=name, sites=clean_sites, scopes=clean_scopes)
     grant = TokenGrant(
