@@ -19,6 +19,7 @@ from envrestore.cli.common import (
     run_command,
 )
 from envrestore.cli.errors import EnvrestoreGroup
+from envrestore.cli.health import health
 from envrestore.cli.imports import backup_link, clone_content, import_app
 from envrestore.cli.jobs import job_app
 from envrestore.cli.registry_cmds import env_app, site_app
@@ -27,6 +28,7 @@ from envrestore.cli.rollbacks import rollback_app
 from envrestore.cli.schedule import schedule_app, scheduler
 from envrestore.cli.tokens import token_app
 from envrestore.config.logging import LOG_FORMAT_VARIABLE, configure_logging
+from envrestore.observability.worker_exposition import prepare_worker_metrics
 from envrestore.pipelines.ledger.connection import connect
 from envrestore.pipelines.ledger.migrate import migrate
 from envrestore.workers.shutdown import THREADS_SHARE
@@ -57,6 +59,7 @@ backup_app.command("link")(backup_link)
 env_app.command("clone-content")(clone_content)
 app.command("restore")(restore)
 app.add_typer(rollback_app, name="rollback")
+app.command("health")(health)
 app.add_typer(token_app, name="token")
 
 
@@ -141,6 +144,7 @@ def worker(
     # which format the operator's stderr wants (README "Configuration").
     env = dict(os.environ)
     env.setdefault(LOG_FORMAT_VARIABLE, "console" if sys.stderr.isatty() else "json")
+    argv[2:2] = prepare_worker_metrics(settings, env)  # observability/worker_exposition.py
     os.execvpe(argv[0], argv, env)  # noqa: S606 - replaces this process with the worker
 
 

@@ -145,6 +145,14 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=1, le=65535)
     api_upload_part_size_mb: int = Field(default=64, ge=5, le=5120)
     api_upload_url_ttl: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # How often an SSE stream (GET /jobs/{id}/events) looks for new events (seconds).
+    api_sse_poll_seconds: float = Field(default=0.5, gt=0, le=10)
+
+    # Worker metrics (observability/worker_exposition.py): `envrestore worker`
+    # serves the Prometheus metrics of all its processes on this port (unset or
+    # 0: no endpoint), bound to metrics_host (loopback unless opened on purpose).
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     # Tests only: named pauses (pipelines/failpoints.py), as JSON.
     failpoints: dict[str, str] = Field(default_factory=dict)
