@@ -1,0 +1,1 @@
+"""The HTTP API (`envrestore api`): a thin ASGI layer over the producer API (envrestore.client)."""

@@ -1,0 +1,104 @@
+"""Who is asking, and what they may see: the bearer token, its sites and its scopes.
+
+A token that may not see a site gets the same `404` as for a site that does
+not exist (same code, same message), so a site's existence never leaks; a
+visible site without the action's scope is `403`. Failed authentication is
+counted per client address and answered `429` with `Retry-After` once a
+client has failed too often (`FailedAuthLimiter`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from envrestore.api.errors import ApiError
+from envrestore.client import Envrestore
+from envrestore.pipelines.auth.ratelimit import FailedAuthLimiter
+from envrestore.pipelines.auth.tokens import TokenGrant, authenticate
+from envrestore.pipelines.errors import NotFound
+from envrestore.pipelines.ledger.queries import sql
+from envrestore.pipelines.registry import parse_target
+
+_bearer = HTTPBearer(auto_error=False, description="An API token: envrestore token create")
+
+#: Job kind → the scope that may act on it (cancel); others need admin.
+KIND_SCOPES = {
+    "backup": "backup",
+    "delete_backup": "backup",
+    "restore": "restore",
+    "clone": "restore",
+    "rollback": "restore",
+    "import": "import",
+}
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def grant_of(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TokenGrant:
+    """The token's grant; 401 for a missing or bad token, 429 for a client failing too often."""
+    limiter: FailedAuthLimiter = request.app.state.limiter
+    address = _client_address(request)
+    wait = limiter.blocked(address)
+    if wait is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many failed authentications from this client; try again later",
+            {"Retry-After": str(math.ceil(wait))},
+        )
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiError(
+            401, "unauthorized", "give a token: Authorization: Bearer <token>", challenge
+        )
+    grant = await authenticate(request.app.state.pool, credentials.credentials)
+    if grant is None:
+        limiter.failed(address)
+        raise ApiError(401, "unauthorized", "the token is unknown, revoked or expired", challenge)
+    limiter.succeeded(address)
+    return grant
+
+
+Grant = Annotated[TokenGrant, Depends(grant_of)]
+
+
+def client_for(request: Request, grant: Grant) -> Envrestore:
+    """The producer API acting for the token (jobs and links record its principal)."""
+    shared: Envrestore = request.app.state.client
+    return shared.acting_for(grant.principal)
+
+
+Client = Annotated[Envrestore, Depends(client_for)]
+
+
+def site_not_found(site: str) -> NotFound:
+    """The one answer for a site that does not exist or that the token may not see."""
+    return NotFound(f"site {site!r} is not registered", site=site)
+
+
+async def require_site(client: Envrestore, grant: TokenGrant, site: str, scope: str) -> None:
+    """404 unless the site exists and the token may see it; then 403 without `scope`."""
+    if not grant.may_see(site) or await client.pool.fetchrow(sql("get_site"), site) is None:
+        raise site_not_found(site)
+    require_scope(grant, scope)
+
+
+async def require_target(client: Envrestore, grant: TokenGrant, target: str, scope: str) -> None:
+    """As `require_site`, for a `SITE.ENV` named in a body (the environment may still be 404)."""
+    site, _env = parse_target(target)
+    await require_site(client, grant, site, scope)
+
+
+def require_scope(grant: TokenGrant, scope: str) -> None:
+    if not grant.may(scope):
+        raise ApiError(403, "forbidden", f"this token may not {scope} (its scopes: "
+                       f"{', '.join(sorted(grant.scopes))})")  # fmt: skip
