@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from envrestore import __version__
+from envrestore.cli.api_cmd import api
 from envrestore.cli.backups import backup_app
 from envrestore.cli.common import (
     from_setting,
@@ -61,6 +62,7 @@ app.command("restore")(restore)
 app.add_typer(rollback_app, name="rollback")
 app.command("health")(health)
 app.add_typer(token_app, name="token")
+app.command("api")(api)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,49 @@
+"""`envrestore api`: the HTTP API (envrestore/api) under uvicorn, until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import asyncpg
+import typer
+import uvicorn
+
+from envrestore.cli.common import from_setting, load_cli_settings, run_command, with_ledger
+from envrestore.config.logging import configure_logging
+
+
+def api(
+    host: Annotated[
+        str | None, typer.Option("--host", help=from_setting("Address to listen on.", "api_host"))
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", help=from_setting("Port to listen on.", "api_port"), min=1, max=65535
+        ),
+    ] = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI document at /openapi.json) for dashboard backends.
+
+    Clients authenticate with a bearer token (envrestore token create).
+    """
+    settings = load_cli_settings()
+    level = os.environ.get("ENVRESTORE_LOG_LEVEL") or "INFO"
+    configure_logging(level=level)
+
+    async def ready(pool: asyncpg.Pool) -> None:
+        return None  # with_ledger has checked the ledger is reachable and migrated
+
+    run_command(lambda: with_ledger(settings, ready))
+    from envrestore.api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level=level.lower(),
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )
