@@ -107,7 +107,7 @@ class JobSnapshot:
         steps = self.view["steps"]
         return {
             "status": self.status,
-            "steps_done": sum(1 for s in steps if s["status"] in ("succeeded", "skipped")),
+            "steps_done": sum(1 for s in steps if s["status"] in ("done", "skipped")),
             "steps_total": len(steps),
             "bytes_done": sum(s["bytes_done"] or 0 for s in steps),
             "bytes_total": sum(s["bytes_total"] or 0 for s in steps),
