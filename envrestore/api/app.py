@@ -58,6 +58,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None) -> FastA
         version=API_VERSION,
         description="Back up, restore, import and clone site environments; follow the jobs.",
         lifespan=lifespan,
+        responses=errors.ERROR_RESPONSES,
     )
     errors.install(app)
     for module in (sites, content, uploads, jobs, links):

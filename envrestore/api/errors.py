@@ -17,6 +17,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from envrestore.pipelines.errors import (
@@ -130,3 +131,33 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("api.unexpected", path=request.url.path, method=request.method)
         return error_response(500, "internal", "internal error; the API's log has the details")
+
+
+# ------------------------------------------------- the errors in the OpenAPI document
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable: not_found, conflict, bad_input, ...")
+    message: str = Field(description="For people; never a stack trace or a secret")
+
+
+class ErrorBody(BaseModel):
+    """What every error answers (the document says so, so clients may rely on it)."""
+
+    error: ErrorDetail
+
+
+_DOCUMENTED = {
+    400: "The body is not JSON",
+    401: "No token, or an unknown, revoked or expired one",
+    403: "The token lacks the action this needs",
+    404: "Not found, or outside the token's sites",
+    409: "Conflict: refused by policy, or the Idempotency-Key was used for another request",
+    422: "Bad input",
+    429: "Too many failed authentications from this client",
+    503: "A service (ledger, broker, object store) is unavailable",
+}
+#: Every route's error answers (found missing by the schemathesis run).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in _DOCUMENTED.items()
+}
