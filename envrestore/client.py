@@ -262,7 +262,12 @@ class Envrestore:
             for r in rows
             if r["s_name"] is not None
         ]
-        return JobSnapshot(views.job_view(job, steps))
+        view = views.job_view(job, steps)
+        view["params"] = _without_url_queries(view["params"])
+        view["outputs"] = _without_url_queries(view["outputs"])
+        for step in view["steps"]:
+            step["outputs"] = _without_url_queries(step["outputs"])
+        return JobSnapshot(view)
 
     async def jobs(
         self, *, site: str | None = None, env: str | None = None, limit: int = 50
@@ -383,3 +388,16 @@ def _uuid(value: uuid.UUID | str, what: str) -> uuid.UUID:
 
 def _job_id(value: uuid.UUID | str) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else views.parse_job_id(value)
+
+
+def _without_url_queries(value: Any) -> Any:
+    """URLs without their query and fragment: a link's signature is a credential."""
+    if isinstance(value, str):
+        if value.startswith(("http://", "https://")):
+            return value.split("#", 1)[0].split("?", 1)[0]
+        return value
+    if isinstance(value, dict):
+        return {k: _without_url_queries(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_url_queries(v) for v in value]
+    return value
