@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import FrameType
 from typing import Annotated
 
 import asyncpg
@@ -38,7 +39,7 @@ def api(
     run_command(lambda: with_ledger(settings, ready))
     from envrestore.api.app import create_app
 
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=host or settings.api_host,
         port=port or settings.api_port,
@@ -47,3 +48,16 @@ def api(
         proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
+    server = _Server(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)  # uvicorn has said why (the port in use, ...)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, except that a stop by SIGTERM/SIGINT ends with exit 0 like `envrestore
+    worker` (uvicorn re-raises the signal after its graceful shutdown: exit -15)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
