@@ -10,7 +10,9 @@ back up `dev` through the queue with `--wait`, list the backup, and checks
 that the three parts in the object store hash to what the manifest says.
 Then it changes dev's content, restores dev from that backup with `--wait`,
 checks that the content is back as it was, and shows that restoring the
-protected `live` is refused. Then content from anywhere: `test` is restored
+protected `live` is refused. The same backup and restore are then done over
+the HTTP API with `curl` (a token for `demo`), and a token for another site
+is refused with 404. Then content from anywhere: `test` is restored
 from `dev`'s backup (`--from`), a temporary link to the database part is
 printed and read with curl, and `test`'s database is imported through that
 link. Last, dev's content is cloned into the protected `live` with dev's
@@ -44,6 +46,7 @@ from deploy.local.demo_console import (
     say,
     show_command,
 )
+from deploy.local.demo_http import over_http
 from deploy.local.demo_moving import (
     clone_into_live,
     content_from_anywhere,
@@ -54,7 +57,8 @@ from deploy.local.demo_site import build_site, url_of
 
 def run(state_dir: Path) -> None:
     heading(
-        "Starting the embedded stack (PostgreSQL, Redis, SeaweedFS S3, one worker, the scheduler)"
+        "Starting the embedded stack (PostgreSQL, Redis, SeaweedFS S3, one worker, the scheduler,"
+        " the HTTP API)"
     )
     env = stack.up(state_dir)
     pg = postgres.running(stack.StackPaths(state_dir).pg_data)
@@ -142,6 +146,11 @@ def run(state_dir: Path) -> None:
         f"then clone its content to {SITE}.live."
     )
 
+    api = stack.status(state_dir)["api"]["url"]
+    over_http(env, api)
+    heading("demo.dev's content after the restore over HTTP")
+    check_content_back(before, look_at_dev(dev))
+
     test = next(item for item in envs if item.name == "test")
     content_from_anywhere(env, backup_id, before, test)
     live = next(item for item in envs if item.name == "live")
@@ -167,6 +176,11 @@ commit) and `restore --wait` put the backup back: the worker checked each part's
 sha256, imported the dump into a shadow database, unpacked the uploads and the code
 beside the live ones, and swapped all three in at the end; a failure before that
 swap would have left dev untouched. The replaced content is the rollback point.
+
+The HTTP API did the same for a dashboard backend: a token scoped to {SITE!r} POSTed
+a backup and a restore of dev (202 and a Location each), followed each job with
+GET /jobs/{{id}} (304 while its ETag had not changed), and a token scoped to another
+site got 404 for dev, as if it did not exist. API log: {logs}/api.log
 
 The same pipeline restored test from dev's backup (`--from`), and imported dev's
 database into test through a temporary link that plain curl could also read; the

@@ -1,4 +1,4 @@
-"""The embedded local stack: PostgreSQL, Redis, SeaweedFS S3, one worker and the scheduler.
+"""The embedded local stack: PostgreSQL, Redis, SeaweedFS S3, one worker, the scheduler, the API.
 
     python -m deploy.local.stack up|down|status|env [--state-dir DIR]
 
@@ -27,13 +27,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 import structlog
 
-from deploy.local import postgres, redis, seaweed
+from deploy.local import daemons, postgres, redis, seaweed
 
 log = structlog.get_logger(__name__)
 
@@ -44,8 +45,6 @@ REGION = "us-east-1"
 LEDGER_DB = "envrestore"
 WORKER_ARGS = ["worker", "--processes", "1", "--threads", "2"]
 WORKER_READY_SECONDS = 20.0
-SCHEDULER_ARGS = ["scheduler"]
-SCHEDULER_READY_SECONDS = 15.0
 # Ports of services that may already run on the machine; never ours, even if free now.
 RESERVED_PORTS = frozenset({3306, 5432, 5672, 6379, 8080, 8333, 8888, 9000, 9333, 18080, 19333})
 
@@ -355,44 +354,6 @@ def _start_worker(paths: StackPaths, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _start_scheduler(paths: StackPaths, env: dict[str, str]) -> dict[str, Any]:
-    """`envrestore scheduler`, detached like the worker: scheduled backups and retention."""
-    log_path = paths.logs / "scheduler.log"
-    with log_path.open("ab") as out:
-        offset = out.tell()
-        proc = subprocess.Popen(
-            [*envrestore_command(), *SCHEDULER_ARGS],
-            env={**os.environ, "ENVRESTORE_LOG_LEVEL": "INFO", **env},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=paths.root,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + SCHEDULER_READY_SECONDS
-    while time.monotonic() < deadline:
-        with log_path.open("rb") as fh:
-            fh.seek(offset)
-            written = fh.read().decode(errors="replace")
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"the scheduler did not start (exit {proc.returncode}); {log_path} ends with:\n"
-                f"{written[-3000:]}"
-            )
-        if "scheduler.leader" in written or "scheduler.follower" in written:
-            break
-        time.sleep(0.1)
-    else:
-        log.warning("scheduler.not_ready_yet", seconds=SCHEDULER_READY_SECONDS, log=str(log_path))
-    log.info("scheduler.started", pid=proc.pid, log=str(log_path))
-    return {
-        "pid": proc.pid,
-        "create_time": psutil.Process(proc.pid).create_time(),
-        "env_fingerprint": _env_fingerprint(env),
-        "log": str(log_path),
-    }
-
-
 def _ensure_process(
     record: dict[str, Any],
     name: str,
@@ -489,7 +450,9 @@ def up(state_dir: Path | None = None, *, worker: bool = True) -> dict[str, str]:
 
     if worker:
         _ensure_process(record, "worker", _start_worker, paths, env)
-        _ensure_process(record, "scheduler", _start_scheduler, paths, env)
+        _ensure_process(record, "scheduler", daemons.start_scheduler, paths, env)
+        port = free_port(record.get("api", {}).get("port"))
+        _ensure_process(record, "api", partial(daemons.start_api, port=port), paths, env)
     return env
 
 
@@ -498,7 +461,7 @@ def down(state_dir: Path | None = None, *, timeout: float = 15.0) -> list[str]:
     paths = StackPaths(state_dir or default_state_dir())
     record = _read_json(paths.json_file)
     stopped: list[str] = []
-    for name in ("scheduler", "worker"):
+    for name in ("api", "scheduler", "worker"):
         old = record.get(name, {})
         proc = _same_process(old.get("pid"), old.get("create_time"))
         if proc is not None:
@@ -512,8 +475,8 @@ def down(state_dir: Path | None = None, *, timeout: float = 15.0) -> list[str]:
         stopped.append("redis")
     if postgres.stop(paths.pg_data, timeout=timeout):
         stopped.append("postgres")
-    record.pop("worker", None)
-    record.pop("scheduler", None)
+    for name in ("worker", "scheduler", "api"):
+        record.pop(name, None)
     if record:
         _write_private(paths.json_file, json.dumps(record, indent=2) + "\n")
     log.info("stack.down", stopped=stopped)
@@ -529,6 +492,7 @@ def status(state_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     sw = _seaweed_handle(paths)
     wk = record.get("worker", {})
     sc = record.get("scheduler", {})
+    api = record.get("api", {})
     return {
         "postgres": {"running": pg is not None, "pid": pg and pg.pid, "port": pg and pg.port},
         "redis": {"running": rd is not None, "pid": rd and rd.pid, "port": rd and rd.port},
@@ -547,6 +511,11 @@ def status(state_dir: Path | None = None) -> dict[str, dict[str, Any]]:
             "pid": sc.get("pid"),
             "log": sc.get("log"),
         },
+        "api": {
+            "running": _same_process(api.get("pid"), api.get("create_time")) is not None,
+            "pid": api.get("pid"),
+            "url": api.get("url"),
+        },
     }
 
 
@@ -564,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-worker",
         action="store_true",
-        help="up: start the services only (no worker, scheduler)",
+        help="up: start the services only (no worker, scheduler, API)",
     )
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve() if args.state_dir else None
@@ -586,7 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         report = status(state_dir)
         for name, info in report.items():
             state = "running" if info["running"] else "stopped"
-            where = info.get("port") or info.get("endpoint_url") or info.get("log") or ""
+            where = (
+                info.get("port") or info.get("endpoint_url") or info.get("url") or info.get("log")
+            )
+            where = where or ""
             print(f"{name:<10} {state:<8} pid={info.get('pid') or '-'} {where}")
         return 0 if all(info["running"] for info in report.values()) else 3
     env = load_env(state_dir)
