@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -88,12 +88,30 @@ def _json_wanted(stream: TextIO) -> bool:
     return not stream.isatty()
 
 
+class _CurrentStderr:
+    """`sys.stderr` as it is at each write, not as it was when logging was set up.
+
+    A caller that swaps stderr for a while (click's CliRunner, pytest's capture)
+    and closes its stand-in afterwards must not leave every later log line
+    writing into a closed file.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(
     *, level: str | None = None, stream: TextIO | None = None, json: bool | None = None
 ) -> None:
     """Set up structlog and the stdlib root logger (Dramatiq logs through it)."""
     global _configured
-    stream = stream or sys.stderr
+    stream = stream or cast(TextIO, _CurrentStderr())
     level_name = (level or os.environ.get("ENVRESTORE_LOG_LEVEL") or "INFO").upper()
     numeric = logging.getLevelName(level_name)
     if not isinstance(numeric, int):

@@ -64,3 +64,19 @@ def test_an_environment_shows_its_dsn_with_the_password_masked():
     shown = json.dumps(env.public())
     assert "s3cret" not in shown
     assert "app:***@db1" in shown
+
+
+def test_logging_set_up_while_stderr_was_swapped_keeps_working_after(monkeypatch):
+    """A CLI run under click's CliRunner sets logging up on a stand-in stderr and closes
+    it: later log lines go to the stderr of their time, not into the closed file."""
+    stand_in = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stand_in)
+    configure_logging(level="INFO", json=True)
+    structlog.get_logger("test").info("during.run")
+    stand_in.close()
+    later = io.StringIO()
+    monkeypatch.setattr("sys.stderr", later)
+    structlog.get_logger("test").info("after.run")
+    logging.getLogger("dramatiq").warning("stdlib after the run")
+    assert '"after.run"' in later.getvalue()
+    assert "stdlib after the run" in later.getvalue()
