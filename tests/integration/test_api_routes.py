@@ -259,7 +259,10 @@ async def test_every_route_does_its_work_and_records_the_token(
         async with http.stream("GET", f"/jobs/{made.json()['id']}/events", headers=shop) as sse:
             assert sse.headers["content-type"].startswith("text/event-stream")
             text = "".join([chunk async for chunk in sse.aiter_text()])
-        assert "event: end" in text and '"status": "succeeded"' in text
+        assert text.endswith(
+            f'event: end\ndata: {{"id":"{made.json()["id"]}","status":"succeeded"}}\n\n'
+        )
+        assert "event: progress" in text
 
         jobs = (await http.get("/jobs", headers=shop)).json()
         assert {j["requested_by"] for j in jobs} >= {"token:shop-admin"}

@@ -4,12 +4,16 @@
 answers, so `If-None-Match` with an unchanged job is `304` without a body.
 `GET /jobs/{id}/events` streams the job's ledger events as SSE, each with
 `id:` the ledger event id: a client that reconnects with `Last-Event-ID`
-gets every later event, none twice; the stream ends (`event: end`) once
-the job has ended and its last events are sent.
+gets every later event, none twice. Between them, `event: progress`
+messages (no id: they are a state, not history) carry steps and bytes done
+whenever they change, and a comment keeps an idle connection open through
+proxies. The stream ends (`event: end`) once the job has ended and its last
+events are sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -117,17 +121,50 @@ async def events(
     start = _last_event_id(last_event_id, after)
     poll = float(client.settings.api_sse_poll_seconds)
 
-    async def stream() -> AsyncIterator[bytes]:
-        yield b"retry: 2000\n\n"
-        async for event in client.follow(snapshot.view["id"], after=start, poll_seconds=poll):
-            data = json.dumps(event.public(), separators=(",", ":"))
-            yield f"id: {event.id}\nevent: {event.event}\ndata: {data}\n\n".encode()
-        final = await client.job(snapshot.view["id"])
-        end = json.dumps({"id": final.view["id"], "status": final.status})
-        yield f"event: end\ndata: {end}\n\n".encode()
-
     return StreamingResponse(
-        stream(),
+        _stream(client, uuid.UUID(snapshot.view["id"]), start, poll),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+#: An idle stream sends a comment this often, so proxies keep it open.
+KEEPALIVE_SECONDS = 15.0
+
+
+def _message(event: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    body = json.dumps(data, separators=(",", ":"))
+    return f"{head}event: {event}\ndata: {body}\n\n".encode()
+
+
+async def _stream(
+    client: Envrestore, job_id: uuid.UUID, after: int, poll: float
+) -> AsyncIterator[bytes]:
+    """Events after `after`, progress when it changes, until the job ended and all is sent.
+
+    The job's state is read before each batch: the stream stops only after a
+    batch read once the job had ended came back empty, so no last event is lost.
+    """
+    yield b"retry: 2000\n\n"
+    last_progress: dict[str, Any] | None = None
+    quiet = 0.0
+    while True:
+        snapshot = await client.job(job_id)
+        batch = await client.events(job_id, after=after)
+        for event in batch:
+            after = event.id
+            yield _message(event.event, event.public(), event.id)
+        progress = snapshot.progress
+        if progress != last_progress:
+            last_progress = progress
+            yield _message("progress", progress)
+        elif not batch and quiet >= KEEPALIVE_SECONDS:
+            quiet = 0.0
+            yield b": keepalive\n\n"
+        if snapshot.final and not batch:
+            break
+        if not batch:
+            await asyncio.sleep(poll)
+            quiet += poll
+    yield _message("end", {"id": str(job_id), "status": snapshot.status})
