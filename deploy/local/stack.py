@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -451,8 +450,13 @@ def up(state_dir: Path | None = None, *, worker: bool = True) -> dict[str, str]:
     if worker:
         _ensure_process(record, "worker", _start_worker, paths, env)
         _ensure_process(record, "scheduler", daemons.start_scheduler, paths, env)
-        port = free_port(record.get("api", {}).get("port"))
-        _ensure_process(record, "api", partial(daemons.start_api, port=port), paths, env)
+        # The port is chosen when the API (re)starts, after an old one let its port go.
+        previous = record.get("api", {}).get("port")
+
+        def start_api(paths: StackPaths, env: dict[str, str]) -> dict[str, Any]:
+            return daemons.start_api(paths, env, port=free_port(previous))
+
+        _ensure_process(record, "api", start_api, paths, env)
     return env
 
 
