@@ -226,7 +226,7 @@ def submit_command(
 
     async def with_producer(pool: asyncpg.Pool) -> Submitted:
         async with open_object_store(settings) as store:
-            return await submit(Producer(pool, settings, store, Principal.operator()))
+            return await submit(Envrestore(settings, pool, store, Principal.operator()).producer)
 
     job_command(settings, with_producer, wait=wait, as_json=as_json)
 
