@@ -102,3 +102,13 @@ def require_scope(grant: TokenGrant, scope: str) -> None:
     if not grant.may(scope):
         raise ApiError(403, "forbidden", f"this token may not {scope} (its scopes: "
                        f"{', '.join(sorted(grant.scopes))})")  # fmt: skip
+
+
+async def require_backup_visible(client: Envrestore, grant: TokenGrant, backup_id: str) -> None:
+    """A backup named by id in a body: another site's answers as a missing one, so the
+    producer's "belongs to SITE.ENV" hint never names a site the token may not see."""
+    if backup_id == "latest":
+        return
+    record = await client.backup(backup_id)
+    if not grant.may_see(record.site):
+        raise NotFound(f"backup {backup_id!r} does not exist", backup_id=backup_id)

@@ -119,6 +119,15 @@ async def test_a_token_for_another_site_gets_404_on_every_route_as_for_a_missing
                 nowhere = await _call(http, method, path.replace("/shop/", "/nosuch/"), body, blog)
                 assert nowhere.status_code == 404
                 assert nowhere.json()["error"]["message"] == "site 'nosuch' is not registered"
+        # a backup of shop named from blog's own routes is as missing as one that never was
+        for method, path, body in [
+            ("POST", "/sites/blog/envs/dev/restores", {"backup": backup["id"]}),
+            ("POST", "/links", {"target": "blog.dev", "backup": backup["id"], "parts": ["code"]}),
+        ]:
+            answer = await _call(http, method, path, body, blog)
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["error"]["message"] == f"backup {backup['id']!r} does not exist"
+            assert "shop" not in answer.text
         # nothing was queued by those calls
         assert (await http.get(f"/jobs/{job_id}", headers=admin)).json()["status"] == "queued"
         jobs = (await http.get("/jobs?site=shop", headers=admin)).json()

@@ -9,7 +9,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from envrestore.api.deps import Client, Grant, require_site, require_target
+from envrestore.api.deps import (
+    Client,
+    Grant,
+    require_backup_visible,
+    require_site,
+    require_target,
+)
 from envrestore.api.models import (
     BackupBody,
     CloneBody,
@@ -85,6 +91,7 @@ async def create_restore(
     await require_site(client, grant, site, "restore")
     if body.source is not None:
         await require_target(client, grant, body.source, "read")
+    await require_backup_visible(client, grant, body.backup)
     request = RestoreRequest(
         target=f"{site}.{env}",
         backup=body.backup,
