@@ -61,6 +61,21 @@ def test_worker_grace_is_longer_than_its_shutdown_grace() -> None:
     assert _container(worker)["args"][0] == "worker"
 
 
+def test_prometheus_scrapes_the_ports_the_pods_serve_metrics_on() -> None:
+    worker = _kind("Deployment", "envrestore-worker")["spec"]["template"]
+    container = _container({"spec": {"template": worker}})
+    env = {item["name"]: item["value"] for item in container["env"]}
+    port = int(env["ENVRESTORE_WORKER_METRICS_PORT"])
+    assert env["ENVRESTORE_METRICS_HOST"] == "0.0.0.0"  # noqa: S104 - scraped from the pod network
+    assert {"name": "metrics", "containerPort": port} in container["ports"]
+    assert worker["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    api = _kind("Deployment", "envrestore-api")["spec"]["template"]
+    api_env = {
+        item["name"]: item["value"] for item in _container({"spec": {"template": api}})["env"]
+    }
+    assert api["metadata"]["annotations"]["prometheus.io/port"] == api_env["ENVRESTORE_API_PORT"]
+
+
 def test_every_pod_reads_the_settings_and_the_secrets() -> None:
     for doc in _documents():
         if doc["kind"] not in ("Deployment", "Job"):
