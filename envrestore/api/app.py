@@ -19,10 +19,11 @@ import structlog
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from envrestore.api import errors
+from envrestore.api import errors, health, metrics
 from envrestore.api.routes import content, jobs, links, sites, uploads
 from envrestore.client import Envrestore
 from envrestore.config.settings import Settings
+from envrestore.observability.metrics import observe_http
 from envrestore.pipelines.auth.ratelimit import FailedAuthLimiter
 from envrestore.pipelines.jobs.principal import Principal
 from envrestore.pipelines.ledger.connection import create_pool
@@ -70,11 +71,6 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None) -> FastA
 
 def _include_operator_routes(app: FastAPI) -> None:
     """/healthz, /readyz and /metrics (envrestore/api/health.py and metrics.py)."""
-    try:
-        from envrestore.api import health, metrics
-    except ImportError:  # pragma: no cover - while those modules are being written
-        log.warning("api.operator_routes_missing")
-        return
     app.include_router(health.router)
     app.include_router(metrics.router)
 
@@ -107,8 +103,4 @@ class _Observed:
 def _observe(scope: Scope, status: int, seconds: float) -> None:
     route: Any = scope.get("route")
     template = getattr(route, "path", None) or "unmatched"
-    try:
-        from envrestore.observability.metrics import observe_http
-    except ImportError:  # pragma: no cover
-        return
     observe_http(template, str(scope.get("method", "")), status, seconds)
