@@ -297,3 +297,48 @@ async def test_expiry_finishes_a_delete_that_ended_midway(runtime, make_env):
     assert view["status"] == "succeeded", view
     assert await keys_under(runtime, prefix) == []
     assert await list_backups(runtime.pool, "shop.dev") == []
+
+
+async def test_expiry_queues_a_new_delete_after_one_that_gave_the_backup_back(runtime, make_env):
+    from envrestore.pipelines.jobs.cancel import cancel_job
+
+    await make_env("shop.dev")
+    backup_id = await make_backup(runtime, "shop.dev", keep_days=1)
+    system = producer(runtime, principal=Principal.system("scheduler"))
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert await expire_backups(runtime.pool, system, now=later) == 1
+    [first] = await runtime.pool.fetch("SELECT id FROM jobs WHERE kind = 'delete_backup'")
+    # Cancelled while waiting for readers: the backup is 'ready' again, still expired.
+    await drive_steps(runtime, first["id"], {"mark_deleting"})
+    await cancel_job(runtime.pool, first["id"], runtime.kinds)
+    assert (await drive(runtime, first["id"]))["status"] == "cancelled"
+    assert (await get_backup(runtime.pool, backup_id)).status == "ready"
+
+    assert await expire_backups(runtime.pool, system, now=later) == 1
+    assert await expire_backups(runtime.pool, system, now=later) == 0  # the new one is queued
+    [second] = await runtime.pool.fetch(
+        "SELECT id FROM jobs WHERE kind = 'delete_backup' AND id <> $1", first["id"]
+    )
+    view = await drive(runtime, second["id"])
+    assert view["status"] == "succeeded", view
+    assert await list_backups(runtime.pool, "shop.dev") == []
+
+
+async def test_expiry_visits_every_due_backup_not_only_the_first_page(
+    runtime, make_env, monkeypatch
+):
+    from envrestore.pipelines.backup import lifecycle
+
+    await make_env("shop.dev")
+    ids = {await make_backup(runtime, "shop.dev", keep_days=1) for _ in range(3)}
+    monkeypatch.setattr(lifecycle, "EXPIRE_BATCH", 2)
+    system = producer(runtime, principal=Principal.system("scheduler"))
+    later = datetime.now(UTC) + timedelta(days=2)
+
+    # The first page's rows already have their (queued) jobs: the third still gets one.
+    assert await expire_backups(runtime.pool, system, now=later) == 3
+    assert await expire_backups(runtime.pool, system, now=later) == 0
+    named = await runtime.pool.fetch(
+        "SELECT params ->> 'backup_id' AS id FROM jobs WHERE kind = 'delete_backup'"
+    )
+    assert {r["id"] for r in named} == ids

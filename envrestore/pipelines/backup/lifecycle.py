@@ -36,30 +36,47 @@ async def expire_backups(pool: asyncpg.Pool, producer: Producer, *, now: datetim
     """Submit one delete job per backup whose expires_at <= now; how many were new.
 
     The idempotency key `expire-backup:<id>` makes a second call (another tick,
-    another scheduler) find the same job instead of queueing a second one. A
-    backup that a failed or cancelled delete left 'deleting' gets a new job
-    (keyed by the one that ended), so no half-deleted backup stays forever.
+    another scheduler) find the same job instead of queueing a second one. Once
+    a delete of the backup has ended and the backup is still there (a failed or
+    cancelled delete gave it back 'ready' or left it 'deleting'), the next job is
+    keyed by the one that ended, so no expired backup stays forever. Every due
+    row is visited, page by page: rows that give no new job cannot starve the rest.
     """
     submitted = 0
-    rows = await pool.fetch(sql("backups_due_for_expiry"), now, EXPIRE_BATCH)
-    for row in rows:
-        backup_id: str = row["id"]
-        target: str = row["target"]
-        key = f"expire-backup:{backup_id}"
-        if row["status"] == "deleting":  # an earlier delete ended midway: a new job finishes it
-            key += f":after-{row['deleting_job_id']}"
-        try:
-            result = await producer.submit(
-                DeleteBackupRequest(target, backup_id, reason="expired"), idempotency_key=key
-            )
-        except PermanentError as exc:
-            # Deleted or taken by a manual delete meanwhile: not this tick's business.
-            log.info("backup.expiry_skipped", backup_id=backup_id, reason=str(exc))
-            continue
-        if result.created:
-            submitted += 1
-            log.info("backup.expiry_queued", backup_id=backup_id, job_id=str(result.job_id))
-    return submitted
+    after: tuple[datetime, str] | None = None
+    while True:
+        rows = await pool.fetch(
+            sql("backups_due_for_expiry"),
+            now,
+            EXPIRE_BATCH,
+            after[0] if after else None,
+            after[1] if after else None,
+        )
+        for row in rows:
+            if await _expire_one(producer, row):
+                submitted += 1
+        if len(rows) < EXPIRE_BATCH:
+            return submitted
+        after = (rows[-1]["expires_at"], rows[-1]["id"])
+
+
+async def _expire_one(producer: Producer, row: asyncpg.Record) -> bool:
+    """Queue the delete of one due backup; whether a new job was made."""
+    backup_id: str = row["id"]
+    key = f"expire-backup:{backup_id}"
+    if row["last_delete_id"] is not None:  # an earlier delete ended, the backup is still here
+        key += f":after-{row['last_delete_id']}"
+    try:
+        result = await producer.submit(
+            DeleteBackupRequest(row["target"], backup_id, reason="expired"), idempotency_key=key
+        )
+    except PermanentError as exc:
+        # Deleted or taken by a manual delete meanwhile: not this tick's business.
+        log.info("backup.expiry_skipped", backup_id=backup_id, reason=str(exc))
+        return False
+    if result.created:
+        log.info("backup.expiry_queued", backup_id=backup_id, job_id=str(result.job_id))
+    return result.created
 
 
 @dataclass

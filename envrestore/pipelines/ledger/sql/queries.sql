@@ -426,11 +426,21 @@ FROM schedule_slots WHERE environment_id = $1 ORDER BY slot;
 -- name: backups_due_for_expiry
 -- Ready backups past their time, and those a delete job left 'deleting' when it
 -- failed or was cancelled midway (their objects may be partly gone: finish them).
-SELECT b.id, b.site || '.' || b.env AS target, b.status, b.deleting_job_id
-FROM backups b LEFT JOIN jobs j ON j.id = b.deleting_job_id
+-- A backup with an unfinished delete job is left out (nothing new to queue), and
+-- last_delete_id names its newest ended delete (keys the next one). Keyset paging
+-- after ($3, $4) lets a caller walk every due row, never stuck behind one page.
+SELECT b.id, b.site || '.' || b.env AS target, b.status, b.deleting_job_id, b.expires_at,
+       d.id AS last_delete_id
+FROM backups b
+LEFT JOIN LATERAL (
+  SELECT id, status FROM jobs
+  WHERE kind = 'delete_backup' AND params ->> 'backup_id' = b.id
+  ORDER BY created_at DESC LIMIT 1
+) d ON true
 WHERE b.expires_at IS NOT NULL AND b.expires_at <= $1
-  AND (b.status = 'ready'
-       OR (b.status = 'deleting' AND (j.id IS NULL OR j.status NOT IN ('queued', 'running'))))
+  AND b.status IN ('ready', 'deleting')
+  AND (d.id IS NULL OR d.status NOT IN ('queued', 'running'))
+  AND ($3::timestamptz IS NULL OR (b.expires_at, b.id) > ($3, $4::text))
 ORDER BY b.expires_at, b.id LIMIT $2;
 
 -- name: lock_backup
