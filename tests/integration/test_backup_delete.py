@@ -342,3 +342,24 @@ async def test_expiry_visits_every_due_backup_not_only_the_first_page(
         "SELECT params ->> 'backup_id' AS id FROM jobs WHERE kind = 'delete_backup'"
     )
     assert {r["id"] for r in named} == ids
+
+
+async def test_a_delete_failing_before_its_irreversible_point_gives_the_backup_back(
+    runtime, make_env
+):
+    await make_env("shop.dev")
+    backup_id = await make_backup(runtime, "shop.dev")
+    prefix = f"backups/shop/dev/{backup_id}/"
+    job = await delete(runtime, "shop.dev", backup_id)
+    await drive_steps(runtime, job.job_id, {"mark_deleting", "wait_readers"})
+    # delete_objects starts (an attempt is counted) but refuses before removing anything.
+    await runtime.pool.execute(
+        "UPDATE backups SET manifest_key = 'elsewhere/manifest.json' WHERE id = $1", backup_id
+    )
+    view = await drive(runtime, job.job_id)
+
+    assert view["status"] == "failed", view
+    steps = {s["name"]: s for s in view["steps"]}
+    assert steps["delete_objects"]["attempts"] >= 1
+    assert len(await keys_under(runtime, prefix)) == 4
+    assert (await get_backup(runtime.pool, backup_id)).status == "ready"

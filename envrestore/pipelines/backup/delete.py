@@ -183,13 +183,12 @@ async def forget_backup(ctx: StepContext) -> dict[str, Any]:
 async def abandon_delete(ctx: StepContext) -> dict[str, Any]:
     """After a failure or cancel: a backup whose objects were never touched is ready again.
 
-    Once `delete_objects` has started, the row stays 'deleting' (its objects may be
-    partly gone); `backup delete` again finishes the work.
+    Once `delete_objects` has passed its irreversible checkpoint, the row stays
+    'deleting' (its objects may be partly gone); `backup delete` again finishes the
+    work. Before it (still waiting for readers) nothing was removed: ready again.
     """
     request = _request(ctx)
-    step = await ctx.runtime.pool.fetchrow(sql("get_step"), ctx.job.id, "delete_objects")
-    touched = step is not None and (step["attempts"] > 0 or step["status"] == "done")
-    if touched:
+    if await ctx.runtime.pool.fetchval(sql("job_passed_irreversible"), ctx.job.id):
         return {"restored": False}
     await ctx.runtime.pool.execute(sql("unmark_backup_deleting"), request.backup_id, ctx.job.id)
     await ctx.event("backup.delete_abandoned", backup_id=request.backup_id)

@@ -630,3 +630,7 @@ FROM jobs WHERE status = 'queued';
 -- A job that just ended: its kind, outcome and seconds from submission (ledger clock).
 SELECT kind, status, EXTRACT(EPOCH FROM finished_at - created_at)::float8 AS seconds
 FROM jobs WHERE id = $1 AND finished_at IS NOT NULL;
+
+-- name: job_passed_irreversible
+-- Whether the job passed its irreversible checkpoint (`enter_irreversible`'s event).
+SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND event = 'job.irreversible');
