@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     s3_part_size_mb: int = Field(default=16, ge=5, le=5120)
     s3_download_concurrency: int = Field(default=1, ge=1, le=64)
     presign_ttl_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
+    # The S3 endpoint as clients outside the deployment reach it (presigned upload
+    # part URLs and temporary links are signed for this host); unset: the endpoint.
+    s3_public_endpoint_url: str | None = None
 
     # Queue and step protocol
     queue_name: str = "envrestore"
@@ -173,12 +176,19 @@ class Settings(BaseSettings):
 
         return parse_weekday(value) if isinstance(value, str | int) else value
 
+    @property
+    def presign_endpoint_url(self) -> str | None:
+        """Where presigned URLs point: the public endpoint, else the endpoint."""
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
+
     @field_validator("state_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("pg_bin_dir", "mariadb_bin_dir", "s3_endpoint_url", mode="before")
+    @field_validator(
+        "pg_bin_dir", "mariadb_bin_dir", "s3_endpoint_url", "s3_public_endpoint_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `ENVRESTORE_PG_BIN_DIR=` in an env file means "not set", not Path(".").

@@ -86,6 +86,7 @@ class S3ObjectStore:
         endpoint_url: str | None,
         part_size: int = 16 * MIB,
         download_concurrency: int = 1,
+        presigner: Any = None,
     ) -> None:
         if part_size < 5 * MIB:
             raise BadInput(f"S3 part size {part_size} is below the 5 MiB S3 minimum")
@@ -94,6 +95,9 @@ class S3ObjectStore:
         self.endpoint_url = endpoint_url or "AWS S3"
         self.part_size = part_size
         self.download_concurrency = max(1, download_concurrency)
+        # Presigned URLs name their host in the signature: a client signs them for
+        # ENVRESTORE_S3_PUBLIC_ENDPOINT_URL (what browsers reach), when that differs.
+        self.presigner = client if presigner is None else presigner
 
     # -- writes -------------------------------------------------------------
 
@@ -292,11 +296,13 @@ class S3ObjectStore:
                     )
 
     async def presign_get(self, key: str, ttl_seconds: int) -> str:
-        with self._translated(key=key):
-            url: str = await self.client.generate_presigned_url(
-                "get_object",
-                Params={"Bucket": self.bucket, "Key": key},
-                ExpiresIn=ttl_seconds,
+        return await self.presign("get_object", {"Bucket": self.bucket, "Key": key}, ttl_seconds)
+
+    async def presign(self, operation: str, params: dict[str, Any], ttl_seconds: int) -> str:
+        """A presigned URL on the public endpoint (signing is local: no request is made)."""
+        with self._translated(key=params.get("Key")):
+            url: str = await self.presigner.generate_presigned_url(
+                operation, Params=params, ExpiresIn=ttl_seconds
             )
         return url
 
@@ -574,21 +580,33 @@ def client_config(settings: Settings) -> Config:
 
 @contextlib.asynccontextmanager
 async def open_object_store(settings: Settings) -> AsyncIterator[S3ObjectStore]:
-    """One aioboto3 client for the block; the store is unusable after it."""
-    secret = settings.s3_secret_access_key
-    session = aioboto3.Session()
-    async with session.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=None if secret is None else secret.get_secret_value(),
-        config=client_config(settings),
-    ) as client:
+    """One aioboto3 client for the block (two when the public endpoint differs: the
+    second only signs URLs); the store is unusable after it."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(_client(settings, settings.s3_endpoint_url))
+        public = settings.presign_endpoint_url
+        presigner = (
+            client
+            if public == settings.s3_endpoint_url
+            else await stack.enter_async_context(_client(settings, public))
+        )
         yield S3ObjectStore(
             client,
             bucket=settings.s3_bucket,
             endpoint_url=settings.s3_endpoint_url,
             part_size=settings.s3_part_size_mb * MIB,
             download_concurrency=settings.s3_download_concurrency,
+            presigner=presigner,
         )
+
+
+def _client(settings: Settings, endpoint_url: str | None) -> Any:
+    secret = settings.s3_secret_access_key
+    return aioboto3.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=None if secret is None else secret.get_secret_value(),
+        config=client_config(settings),
+    )

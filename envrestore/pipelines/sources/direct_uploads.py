@@ -133,15 +133,10 @@ async def start_upload(
     count = math.ceil(size / chosen)
     for index in range(count):
         start = index * chosen
-        url: str = await store.client.generate_presigned_url(
+        url = await store.presign(
             "upload_part",
-            Params={
-                "Bucket": store.bucket,
-                "Key": key,
-                "UploadId": s3_upload_id,
-                "PartNumber": index + 1,
-            },
-            ExpiresIn=ttl_seconds,
+            {"Bucket": store.bucket, "Key": key, "UploadId": s3_upload_id, "PartNumber": index + 1},
+            ttl_seconds,
         )
         parts.append(PresignedPart(index + 1, url, start, min(chosen, size - start)))
     log.info("upload.started", upload_id=str(upload_id), target=environment.target, parts=count)

@@ -97,17 +97,25 @@ def _signature_of(url: str) -> str | None:
 
 
 def own_store_key(url: str, settings: Settings) -> str | None:
-    """The object key when `url` points into our own bucket, else None."""
-    if not settings.s3_endpoint_url:
-        return None
-    ours = urlsplit(settings.s3_endpoint_url)
+    """The object key when `url` points into our own bucket, else None.
+
+    On the endpoint or on the public endpoint: links are signed for the public
+    one, and a URL on the internal one reaches the same bucket.
+    """
     given = urlsplit(url)
-    if (given.scheme.lower(), given.netloc.lower()) != (ours.scheme.lower(), ours.netloc.lower()):
-        return None
-    prefix = f"{ours.path.rstrip('/')}/{settings.s3_bucket}/"
-    if not given.path.startswith(prefix):
-        return None
-    return unquote(given.path[len(prefix) :])
+    for endpoint in {settings.s3_endpoint_url, settings.presign_endpoint_url}:
+        if not endpoint:
+            continue
+        ours = urlsplit(endpoint)
+        if (given.scheme.lower(), given.netloc.lower()) != (
+            ours.scheme.lower(),
+            ours.netloc.lower(),
+        ):
+            continue
+        prefix = f"{ours.path.rstrip('/')}/{settings.s3_bucket}/"
+        if given.path.startswith(prefix):
+            return unquote(given.path[len(prefix) :])
+    return None
 
 
 async def check_link(pool: asyncpg.Pool, url: str, key: str) -> asyncpg.Record:
