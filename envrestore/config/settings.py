@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     archive_max_members: int = Field(default=2_000_000, ge=1)
 
     # Backups and restores
-    backup_keep_days: int = Field(default=30, ge=1)
+    # 1 to 36500 days (backup.service.MAX_KEEP_DAYS): more overflows the expiry date.
+    backup_keep_days: int = Field(default=30, ge=1, le=36500)
     rollback_hours: int = Field(default=24, ge=0)
     # Disk (files and code trees plus the kept database) that rollback points may use
     # per environment; over it the oldest are dropped first, the newest always kept.

@@ -52,3 +52,23 @@ def test_a_delete_request_reads_back_and_refuses_ids_that_name_another_prefix():
     with pytest.raises(BadInput, match="delete reason"):
         DeleteBackupRequest("shop.dev", "x", reason="because")
     assert backup_prefix("shop", "dev", "x") == "backups/shop/dev/x/"
+
+
+@pytest.mark.parametrize("keep", [0, 36501, 4_000_000])
+async def test_a_retention_out_of_range_is_refused_before_any_job(keep):
+    from envrestore.config.settings import Settings
+    from envrestore.pipelines.backup.service import prepare_backup
+
+    # No ledger nor store is reached: the refusal comes first.
+    with pytest.raises(BadInput, match=f"--keep-for must be 1 to 36500 days .*not {keep}"):
+        await prepare_backup(None, Settings(), None, BackupRequest("shop.dev", keep_days=keep))
+
+
+def test_a_default_retention_out_of_range_is_a_settings_error():
+    from pydantic import ValidationError
+
+    from envrestore.config.settings import Settings
+
+    assert Settings(backup_keep_days=36500).backup_keep_days == 36500
+    with pytest.raises(ValidationError, match="backup_keep_days"):
+        Settings(backup_keep_days=4_000_000)

@@ -43,6 +43,10 @@ async def preflight(environment: Environment, settings: Settings, store: ObjectS
     await store.check()
 
 
+#: The longest a backup is kept (`--keep-for`, ENVRESTORE_BACKUP_KEEP_DAYS): 100 years.
+MAX_KEEP_DAYS = 36500
+
+
 async def prepare_backup(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -57,8 +61,9 @@ async def prepare_backup(
             f"backup kind {request.backup_kind!r} is not one of {', '.join(BACKUP_KINDS)}"
         )
     keep = settings.backup_keep_days if request.keep_days is None else request.keep_days
-    if keep < 1:
-        raise BadInput(f"--keep-for must be at least 1 day, not {keep}")
+    if not 1 <= keep <= MAX_KEEP_DAYS:
+        # Past it the expiry date overflows (after the whole backup ran, in record_backup).
+        raise BadInput(f"--keep-for must be 1 to {MAX_KEEP_DAYS} days (100 years), not {keep}")
     environment = await get_environment(pool, request.target)
     if check:
         await preflight(environment, settings, store)
