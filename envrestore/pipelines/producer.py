@@ -91,6 +91,8 @@ class Producer:
             idempotency_scope=prepared.idempotency_scope or self.settings.idempotency_scope,
             fingerprint_params=prepared.asked or None,
             principal=self.principal,
+            # Writers and deleters of backups are no readers (as `backup_readers` has it).
+            reads_backups=not isinstance(request, (BackupRequest, DeleteBackupRequest)),
         )
 
     async def link(self, request: LinkRequest) -> list[Link]:

@@ -363,3 +363,33 @@ async def test_a_delete_failing_before_its_irreversible_point_gives_the_backup_b
     assert steps["delete_objects"]["attempts"] >= 1
     assert len(await keys_under(runtime, prefix)) == 4
     assert (await get_backup(runtime.pool, backup_id)).status == "ready"
+
+
+async def test_a_restore_checked_before_a_delete_marked_its_backup_is_refused_at_insert(
+    runtime, make_env, monkeypatch
+):
+    from envrestore.pipelines.producer import Producer
+    from envrestore.pipelines.requests import RestoreRequest
+
+    await make_env("shop.dev")
+    await make_env("shop.test")
+    backup_id = await make_backup(runtime, "shop.dev")
+    job = await delete(runtime, "shop.dev", backup_id)
+    real_prepare = Producer.prepare
+
+    async def prepare_then_delete_marks(self: Producer, request: Any) -> Any:
+        prepared = await real_prepare(self, request)
+        if isinstance(request, RestoreRequest):  # checked 'ready'; the delete marks it now
+            await drive_steps(runtime, job.job_id, {"mark_deleting"})
+        return prepared
+
+    monkeypatch.setattr(Producer, "prepare", prepare_then_delete_marks)
+    with pytest.raises(Conflict, match=f"backup {backup_id} is being deleted"):
+        await submit_restore(runtime, "shop.test", source="shop.dev", backup=backup_id)
+
+    count = "SELECT count(*) FROM jobs WHERE kind = 'restore'"
+    assert await runtime.pool.fetchval(count) == 0
+    monkeypatch.undo()
+    view = await drive(runtime, job.job_id)
+    assert view["status"] == "succeeded", view
+    assert await list_backups(runtime.pool, "shop.dev") == []

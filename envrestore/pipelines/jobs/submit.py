@@ -19,6 +19,7 @@ from envrestore.pipelines.jobs.kinds import JobKind
 from envrestore.pipelines.jobs.model import JobStatus, StepState, StepStatus, ready_steps
 from envrestore.pipelines.jobs.principal import Principal
 from envrestore.pipelines.ledger.queries import sql
+from envrestore.pipelines.ledger.types import Conn
 from envrestore.pipelines.registry import Environment
 
 log = structlog.get_logger(__name__)
@@ -43,11 +44,15 @@ async def submit_job(
     idempotency_scope: str = "default",
     fingerprint_params: dict[str, Any] | None = None,
     principal: Principal | None = None,
+    reads_backups: bool = False,
 ) -> Submitted:
     """Record a new job (or find the one its idempotency key names).
 
     `fingerprint_params` are the request as the user gave it (defaults to
     `params`); values derived at submission time, like timestamps, stay out.
+    `reads_backups`: the job reads the backups its parameters name (as a delete's
+    `backup_readers` finds them); they are checked again in the insert's
+    transaction, so none is being deleted by then.
     """
     target = environment.target if environment else None
     fingerprint = request_fingerprint(
@@ -65,6 +70,7 @@ async def submit_job(
                 idempotency_scope=idempotency_scope,
                 fingerprint=fingerprint,
                 requested_by=str(principal) if principal else None,
+                reads_backups=reads_backups,
             )
         except _RaceLostError:
             continue  # another producer claimed the key meanwhile: read it again
@@ -82,6 +88,7 @@ async def _insert_job(
     idempotency_scope: str,
     fingerprint: str,
     requested_by: str | None,
+    reads_backups: bool,
 ) -> Submitted:
     job_id = uuid.uuid4()
     plan = kind.plan_for(params)
@@ -92,6 +99,8 @@ async def _insert_job(
             )
             if existing is not None:
                 return _same_or_conflict(existing, fingerprint, idempotency_key)
+        if reads_backups:
+            await _refuse_backups_being_deleted(conn, params)
         await conn.execute(
             sql("insert_job"),
             job_id,
@@ -143,6 +152,22 @@ async def _insert_job(
         requested_by=requested_by,
     )
     return Submitted(job_id, created=True)
+
+
+async def _refuse_backups_being_deleted(conn: Conn, params: dict[str, Any]) -> None:
+    """Share-lock the backups `params` name; refuse one a delete has marked.
+
+    The producer's checks read the backup earlier, without a lock; a delete could
+    have marked it since. `FOR SHARE` orders this insert with `mark_deleting`'s
+    `FOR UPDATE`: either the delete sees this job as a reader, or this sees 'deleting'.
+    """
+    for row in await conn.fetch(sql("lock_backups_named"), params):
+        if row["status"] != "ready":
+            raise Conflict(
+                f"backup {row['id']} is being deleted (job {row['deleting_job_id']}); "
+                f"choose another one (envrestore backup list {row['site']}.{row['env']})",
+                backup_id=row["id"],
+            )
 
 
 class _RaceLostError(Exception):

@@ -634,3 +634,10 @@ FROM jobs WHERE id = $1 AND finished_at IS NOT NULL;
 -- name: job_passed_irreversible
 -- Whether the job passed its irreversible checkpoint (`enter_irreversible`'s event).
 SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND event = 'job.irreversible');
+
+-- name: lock_backups_named
+-- The backups a job's parameters ($1) name, as `backup_readers` matches them,
+-- share-locked until the job's insert commits (ordered with `lock_backup`).
+SELECT id, status, deleting_job_id, site, env FROM backups
+WHERE strpos($1::jsonb::text, id) > 0
+ORDER BY id FOR SHARE;
