@@ -20,7 +20,16 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from envrestore.api import errors, health, metrics
-from envrestore.api.routes import content, jobs, links, sites, uploads
+from envrestore.api.routes import (
+    admin,
+    content,
+    jobs,
+    links,
+    rollback_points,
+    schedules,
+    sites,
+    uploads,
+)
 from envrestore.client import Envrestore
 from envrestore.config.settings import Settings
 from envrestore.observability.metrics import observe_http
@@ -64,6 +73,8 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None) -> FastA
     errors.install(app)
     for module in (sites, content, uploads, jobs, links):
         app.include_router(module.router)
+    for extra in (admin, schedules, rollback_points):  # the CLI's registry, schedules, points
+        app.include_router(extra.router)
     _include_operator_routes(app)
     app.add_middleware(_Observed)
     return app

@@ -21,8 +21,7 @@ from envrestore.cli.common import (
 from envrestore.cli.confirming import confirm_or_exit
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.tables import print_table
-from envrestore.pipelines import paths, registry, registry_admin
-from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines import registry, registry_admin
 
 site_app = typer.Typer(help="Sites.", no_args_is_help=True)
 env_app = typer.Typer(help="Environments of a site (dev, test, live, ...).", no_args_is_help=True)
@@ -76,12 +75,7 @@ def env_add(
     async def body() -> tuple[registry.Environment, bool]:
         # Dangerous directories first, before anything looks at them; files and code
         # apart, and other environments', when registering (after the git check).
-        paths.check_alone(files, role="files", state_dir=settings.state_dir)
-        paths.check_alone(code, role="code", state_dir=settings.state_dir)
-        _check_env_paths(files, code)
-        from envrestore.pipelines.archives.git import ensure_repo
-
-        await ensure_repo(code)
+        await registry_admin.check_directories(files=files, code=code, state_dir=settings.state_dir)
         return await with_ledger(
             settings,
             lambda pool: registry.add_environment(
@@ -102,13 +96,6 @@ def env_add(
         f"environment {environment.target} {verb} ({environment.engine}"
         f"{', protected' if environment.protected else ''})"
     )
-
-
-def _check_env_paths(files: Path, code: Path) -> None:
-    if not files.is_dir():
-        raise BadInput(f"files directory {files} does not exist or is not a directory")
-    if not code.is_dir():
-        raise BadInput(f"code directory {code} does not exist or is not a directory")
 
 
 @env_app.command("list")
@@ -156,13 +143,10 @@ def env_load(
 
     async def body() -> list[tuple[registry.Environment, bool]]:
         specs = registry.read_registry_file(file)
-        from envrestore.pipelines.archives.git import ensure_repo
-
         for spec in specs:
-            paths.check_alone(spec.files, role="files", state_dir=settings.state_dir)
-            paths.check_alone(spec.code, role="code", state_dir=settings.state_dir)
-            _check_env_paths(spec.files, spec.code)
-            await ensure_repo(spec.code)
+            await registry_admin.check_directories(
+                files=spec.files, code=spec.code, state_dir=settings.state_dir
+            )
 
         async def register(pool: asyncpg.Pool) -> list[tuple[registry.Environment, bool]]:
             entries = [(s.target, s.files, s.code) for s in specs]
@@ -293,17 +277,7 @@ def env_set(
     settings = load_cli_settings()
 
     async def body() -> tuple[registry.Environment, list[str]]:
-        for role, path in (("files", files), ("code", code)):
-            if path is not None:
-                paths.check_alone(path, role=role, state_dir=settings.state_dir)
-        if files is not None and not files.is_dir():
-            raise BadInput(f"files directory {files} does not exist or is not a directory")
-        if code is not None:
-            if not code.is_dir():
-                raise BadInput(f"code directory {code} does not exist or is not a directory")
-            from envrestore.pipelines.archives.git import ensure_repo
-
-            await ensure_repo(code)
+        await registry_admin.check_directories(files=files, code=code, state_dir=settings.state_dir)
         return await with_ledger(
             settings,
             lambda pool: registry_admin.set_environment(

@@ -198,3 +198,25 @@ async def check_many(
             )
         except (BadInput, Conflict) as exc:  # name the entry: a file holds many
             raise type(exc)(f"{target}: {exc.message}", **exc.data) from None
+
+
+async def check_directories(
+    *, files: Path | None, code: Path | None, state_dir: Path | None
+) -> None:
+    """On disk, before the ledger is touched: what `env add`, `env set` and the API's
+    environment routes check of the directories given (None: not given).
+
+    Dangerous directories first (`pipelines.paths`), before anything looks at
+    them; then each must exist, and code must be the top of a git working tree.
+    """
+    for role, path in (("files", files), ("code", code)):
+        if path is not None:
+            paths.check_alone(path, role=role, state_dir=state_dir)
+    if files is not None and not await asyncio.to_thread(files.is_dir):
+        raise BadInput(f"files directory {files} does not exist or is not a directory")
+    if code is not None:
+        if not await asyncio.to_thread(code.is_dir):
+            raise BadInput(f"code directory {code} does not exist or is not a directory")
+        from envrestore.pipelines.archives.git import ensure_repo
+
+        await ensure_repo(code)
