@@ -72,6 +72,10 @@ async def test_an_admin_adds_a_site_registers_changes_and_forgets_an_environment
             "/sites/blog/envs/dev", headers=admin, json={**body, "url": "https://b.test"}
         )
         assert again.status_code == 200 and again.json()["url"] == "https://b.test"
+        # a DSN refused is named with its password masked
+        bad = {**body, "db": f"postgresql://someone:{SECRET}@127.0.0.1:notaport/blogdb"}
+        answer = await http.put("/sites/blog/envs/dev", headers=admin, json=bad)
+        assert "port" in _error(answer, 422, "bad_input") and SECRET not in answer.text
         # the ledger holds it, as `env list` shows it
         stored = await registry.get_environment(runtime.pool, "blog.dev")
         assert stored.url == "https://b.test" and stored.db_dsn == dsn
