@@ -16,10 +16,11 @@ from typing import Any
 
 import asyncpg
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from envrestore.api import errors, health, metrics
+from envrestore.api.deps import refuse_nul
 from envrestore.api.routes import (
     admin,
     content,
@@ -69,6 +70,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None) -> FastA
         description="Back up, restore, import and clone site environments; follow the jobs.",
         lifespan=lifespan,
         responses=errors.ERROR_RESPONSES,
+        dependencies=[Depends(refuse_nul)],
     )
     errors.install(app)
     for module in (sites, content, uploads, jobs, links):

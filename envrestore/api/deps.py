@@ -9,8 +9,9 @@ client has failed too often (`FailedAuthLimiter`).
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -34,6 +35,42 @@ KIND_SCOPES = {
     "rollback": "restore",
     "import": "import",
 }
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+async def refuse_nul(request: Request) -> None:
+    """422 for a NUL character in the path, the query or a JSON body's strings.
+
+    PostgreSQL text cannot hold NUL: without this, such a value reached the
+    ledger and came back as a 500. Applied to every route (create_app).
+    """
+    where = None
+    if "\x00" in request.url.path or "\x00" in str(request.scope.get("path", "")):
+        where = "the path"
+    elif any(_has_nul(k) or _has_nul(v) for k, v in request.query_params.multi_items()):
+        where = "the query"
+    else:
+        body = await request.body()
+        if b"\x00" in body:
+            where = "the body"
+        elif b"\\u0000" in body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None  # not JSON: the route's own validation answers
+            if _has_nul(parsed):
+                where = "the body"
+    if where is not None:
+        raise ApiError(422, "bad_input", f"{where} holds a NUL character; remove it")
 
 
 def _client_address(request: Request) -> str:

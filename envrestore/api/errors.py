@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -126,6 +127,16 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, clean_text(message, 500), headers)
+
+    @app.exception_handler(asyncpg.DataError)
+    async def _data_error(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value PostgreSQL cannot hold (a NUL, an out-of-range number) is the
+        # client's input, never the server's failure (the NUL guard in deps.py
+        # refuses most of them before they reach the ledger).
+        log.info("api.data_error", path=request.url.path, sqlstate=exc.sqlstate)
+        return error_response(
+            422, "bad_input", "a value in the request is not valid text or number"
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

