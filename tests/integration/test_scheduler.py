@@ -387,3 +387,50 @@ async def test_a_failing_retention_does_not_stop_the_schedules(
     assert (await scheduler.tick()).submitted == ["shop.dev"]
     # Expiry is tried every tick; the failed sweep again at the next tick too.
     assert calls == ["expire", "sweep", "expire", "sweep"]
+
+
+async def test_a_tick_longer_than_the_lease_keeps_the_lead_and_sweeps_once_an_hour(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    rt = runtime
+    clock = FakeClock(datetime.now(UTC))
+    sweeps: list[str] = []
+    sweeping = asyncio.Event()
+
+    def sweeper(holder: str, seconds: float) -> Any:
+        async def sweep(*_: Any, **__: Any) -> int:
+            sweeps.append(holder)
+            sweeping.set()
+            await asyncio.sleep(seconds)
+            return 0
+
+        return sweep
+
+    async def no_expiry(*_: Any, **__: Any) -> int:
+        return 0
+
+    a = make_scheduler(rt, clock, "sched-a")
+    b = make_scheduler(rt, clock, "sched-b")
+    a.expire = b.expire = no_expiry
+    a.sweep, b.sweep = sweeper("sched-a", 3 * LEASE_SECONDS), sweeper("sched-b", 0)
+
+    # A's sweep takes three lease lengths; B, ticking meanwhile, never takes the lead.
+    ticking = asyncio.create_task(a.tick())
+    await asyncio.wait_for(sweeping.wait(), 10)  # A has the lead and is sweeping
+    while not ticking.done():
+        assert not (await b.tick()).leading
+        await asyncio.sleep(LEASE_SECONDS / 4)
+    assert (await ticking).leading
+    lease = await current_lease(rt.pool)
+    assert lease is not None and lease.holder == "sched-a"
+
+    # A stops leading (its lease released), B leads and sweeps; A leading again
+    # within the hour does not sweep the whole bucket again.
+    await a.lease.release()
+    assert (await b.tick()).leading
+    assert not (await a.tick()).leading
+    await b.lease.release()
+    clock.now += timedelta(minutes=10)
+    again = await a.tick()
+    assert again.leading and again.swept is None
+    assert sweeps == ["sched-a", "sched-b"]

@@ -97,19 +97,41 @@ class Scheduler:
         self._log = log.bind(holder=self.holder)
 
     async def tick(self) -> TickReport:
-        """Renew or take the lease; if leading, take due slots, then expire and sweep."""
+        """Renew or take the lease; if leading, take due slots, then expire and sweep.
+
+        While the leader works the lease is renewed in the background (every third
+        of its TTL): a sweep or expiry longer than the lease must not hand the lead
+        to another scheduler midway. `last_sweep` outlives a change of leader, so a
+        scheduler leading again does not sweep the whole bucket again at once.
+        """
         leading = await self.lease.take()
         if leading != self.leading:
             self._log.info("scheduler.leader" if leading else "scheduler.follower")
             self.leading = leading
-            self.last_sweep = None if not leading else self.last_sweep
         report = TickReport(leading=leading)
         if not leading:
             return report
-        now = self.clock()
-        report.submitted = await self.take_due_slots(now)
-        await self._retention(now, report)
+        renewing = asyncio.create_task(self._keep_lease())
+        try:
+            now = self.clock()
+            report.submitted = await self.take_due_slots(now)
+            await self._retention(now, report)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
         return report
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease every third of its TTL until cancelled (the tick ended)."""
+        while True:
+            await asyncio.sleep(self.lease.ttl_seconds / 3)
+            try:
+                if not await self.lease.take():
+                    self._log.warning("scheduler.lease_lost_midtick")
+                    return  # slot claims check the lease themselves; the next tick follows
+            except OUTAGES as exc:
+                self._log.warning("scheduler.lease_renew_failed", error=str(exc))
 
     async def take_due_slots(self, now: datetime) -> list[str]:
         """Claim and submit each environment's due slot; the targets whose job this call made."""
