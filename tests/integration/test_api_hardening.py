@@ -57,3 +57,26 @@ async def test_nul_characters_are_refused_with_422_not_500(
             assert "NUL" in error["message"], error
         # nothing was queued by them
         assert (await http.get("/jobs?site=shop", headers=admin)).json()[0]["kind"] == "backup"
+
+
+async def test_sse_event_ids_past_a_bigint_are_422_before_the_stream(
+    settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
+) -> None:
+    async with api_client(settings, runtime.pool) as http:
+        admin = await bearer(runtime.pool, "admin", sites=None, scopes=["admin"])
+        [backup] = (await http.get("/sites/shop/envs/dev/backups", headers=admin)).json()
+        events = f"/jobs/{backup['job_id']}/events"
+        huge = "99999999999999999999"
+        for params, headers in [({"after": huge}, admin), ({}, {**admin, "Last-Event-ID": huge})]:
+            answer = await http.get(events, params=params, headers=headers)
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["error"]["code"] == "bad_input"
+        # the largest bigint is a valid id: the stream runs to its end (nothing after it)
+        async with http.stream(
+            "GET", events, params={"after": str(2**63 - 1)}, headers=admin
+        ) as sse:
+            assert sse.status_code == 200
+            text = "".join([chunk async for chunk in sse.aiter_text()])
+        assert text.endswith(
+            f'event: end\ndata: {{"id":"{backup["job_id"]}","status":"succeeded"}}\n\n'
+        )

@@ -91,6 +91,10 @@ async def cancel(job_id: str, client: Client, grant: Grant) -> dict[str, Any]:
     return (await client.job(snapshot.view["id"])).view
 
 
+#: Event ids are PostgreSQL bigints: a larger one would break the stream after its 200.
+MAX_EVENT_ID = 2**63 - 1
+
+
 def _last_event_id(header: str | None, after: int | None) -> int:
     if header is None:
         return after or 0
@@ -98,7 +102,7 @@ def _last_event_id(header: str | None, after: int | None) -> int:
         value = int(header.strip())
     except ValueError:
         raise BadInput("Last-Event-ID must be an event id (a whole number)") from None
-    if value < 0:
+    if not 0 <= value <= MAX_EVENT_ID:
         raise BadInput("Last-Event-ID must be an event id (a whole number)")
     return value
 
@@ -114,7 +118,9 @@ async def events(
     client: Client,
     grant: Grant,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
-    after: Annotated[int | None, Query(ge=0, description="Start after this event id")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="Start after this event id")
+    ] = None,
 ) -> StreamingResponse:
     require_scope(grant, "read")
     snapshot = await visible_job(client, grant, job_id)
