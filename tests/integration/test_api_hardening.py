@@ -80,3 +80,15 @@ async def test_sse_event_ids_past_a_bigint_are_422_before_the_stream(
         assert text.endswith(
             f'event: end\ndata: {{"id":"{backup["job_id"]}","status":"succeeded"}}\n\n'
         )
+
+
+async def test_get_sites_needs_the_read_scope(
+    settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
+) -> None:
+    async with api_client(settings, runtime.pool) as http:
+        backup_only = await bearer(runtime.pool, "backup-only", sites=["shop"], scopes=["backup"])
+        reader = await bearer(runtime.pool, "reader", sites=["shop"], scopes=["read"])
+        refused = await http.get("/sites", headers=backup_only)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "forbidden"
+        assert [s["name"] for s in (await http.get("/sites", headers=reader)).json()] == ["shop"]

@@ -6,13 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from envrestore.api.deps import Client, Grant, require_site
+from envrestore.api.deps import Client, Grant, require_scope, require_site
 
 router = APIRouter(tags=["sites"])
 
 
 @router.get("/sites", summary="The sites this token may see")
 async def list_sites(client: Client, grant: Grant) -> list[dict[str, Any]]:
+    require_scope(grant, "read")
     return [s.public() for s in await client.sites() if grant.may_see(s.name)]
 
 
