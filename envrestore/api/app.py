@@ -113,7 +113,17 @@ class _Observed:
             _observe(scope, status, time.perf_counter() - started)
 
 
+#: Methods counted under their own label; any other is "OTHER" (bounded labels).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _observe(scope: Scope, status: int, seconds: float) -> None:
     route: Any = scope.get("route")
-    template = getattr(route, "path", None) or "unmatched"
-    observe_http(template, str(scope.get("method", "")), status, seconds)
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    method = str(scope.get("method", "")).upper()
+    observe_http(
+        template if isinstance(template, str) else "unmatched",
+        method if method in METHODS else "OTHER",
+        status,
+        seconds,
+    )

@@ -82,6 +82,25 @@ async def test_sse_event_ids_past_a_bigint_are_422_before_the_stream(
         )
 
 
+async def test_metric_labels_are_bounded_methods_and_route_templates(
+    settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
+) -> None:
+    async with api_client(settings, runtime.pool) as http:
+        admin = await bearer(runtime.pool, "admin", sites=None, scopes=["admin"])
+        [backup] = (await http.get("/sites/shop/envs/dev/backups", headers=admin)).json()
+        await http.request("BREWCOFFEE", "/sites", headers=admin)
+        await http.get(f"/jobs/{backup['job_id']}", headers=admin)
+        await http.get(f"/no/such/{uuid.uuid4()}", headers=admin)
+        text = (await http.get("/metrics")).text
+    lines = [line for line in text.splitlines() if line.startswith("envrestore_http")]
+    assert lines
+    assert not any("BREWCOFFEE" in line for line in lines)
+    assert any('method="OTHER"' in line and 'route="/sites"' in line for line in lines)
+    assert any('route="/jobs/{job_id}"' in line for line in lines)
+    assert any('route="unmatched"' in line for line in lines)
+    assert not any(backup["job_id"] in line or "/no/such" in line for line in lines)
+
+
 async def test_get_sites_needs_the_read_scope(
     settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
 ) -> None:
