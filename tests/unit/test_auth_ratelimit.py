@@ -48,13 +48,17 @@ def test_clients_are_counted_apart(clock):
     assert limiter.blocked("b") is None
 
 
-def test_success_forgets_the_failures(clock):
+def test_a_success_does_not_reset_the_window_failures_age_out(clock):
+    # A guesser holding one valid token must not reset its count by interleaving it.
     limiter = FailedAuthLimiter(max_failures=2, window_seconds=60, clock=clock)
     limiter.failed("a")
     limiter.succeeded("a")
+    clock.now += 10
     limiter.failed("a")
-    assert limiter.blocked("a") is None
-    assert len(limiter) == 1
+    limiter.succeeded("a")
+    assert limiter.blocked("a") == pytest.approx(50)
+    clock.now += 50.5
+    assert limiter.blocked("a") is None  # the first failure left the window
 
 
 def test_failures_older_than_the_window_are_forgotten_with_the_client(clock):

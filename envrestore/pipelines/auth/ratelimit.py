@@ -3,7 +3,9 @@
 A sliding window: a client (the API passes its address) that failed
 `max_failures` times within `window_seconds` is refused until the oldest of
 those failures leaves the window. Only failures count, so a client that
-authenticates well is never slowed; a success forgets the client's failures.
+authenticates well is never slowed. A success does not forget failures: they
+age out of the window, so a guesser holding one valid token cannot reset its
+count by interleaving good requests.
 
 Memory is bounded twice: a client keeps at most `max_failures` timestamps,
 and at most `max_clients` clients are remembered (the one whose last failure
@@ -96,9 +98,7 @@ class FailedAuthLimiter:
                 log.warning("auth.client_blocked", client=client, failures=len(times))
 
     def succeeded(self, client: str) -> None:
-        """A good token from `client`: its failures are forgotten."""
-        with self._lock:
-            self._failures.pop(client, None)
+        """A good token from `client`: nothing changes (failures leave only with time)."""
 
     def __len__(self) -> int:
         """How many clients are remembered (for tests and metrics)."""
