@@ -270,10 +270,22 @@ class Envrestore:
         return JobSnapshot(view)
 
     async def jobs(
-        self, *, site: str | None = None, env: str | None = None, limit: int = 50
+        self,
+        *,
+        site: str | None = None,
+        env: str | None = None,
+        limit: int = 50,
+        sites: list[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Recent jobs, newest first (without their steps)."""
-        return await views.list_jobs(self.pool, site=site, env=env, limit=limit)
+        """Recent jobs, newest first (without their steps), of `sites` only when given.
+
+        As `job()`, URLs are shown without their queries (a signature is a credential).
+        """
+        jobs = await views.list_jobs(self.pool, site=site, env=env, limit=limit, sites=sites)
+        for view in jobs:
+            view["params"] = _without_url_queries(view["params"])
+            view["outputs"] = _without_url_queries(view["outputs"])
+        return jobs
 
     async def steps(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
         steps: list[dict[str, Any]] = (await self.job(job_id)).view["steps"]

@@ -101,6 +101,31 @@ async def test_metric_labels_are_bounded_methods_and_route_templates(
     assert not any(backup["job_id"] in line or "/no/such" in line for line in lines)
 
 
+async def test_job_list_hides_url_signatures_and_filters_by_site_before_the_limit(
+    settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
+) -> None:
+    async with api_client(settings, runtime.pool) as http:
+        admin = await bearer(runtime.pool, "admin", sites=None, scopes=["admin"])
+        shop = await bearer(runtime.pool, "shop-reader", sites=["shop"], scopes=["read", "import"])
+        imported = await http.post(
+            "/sites/shop/envs/dev/imports",
+            headers=shop,
+            json={"parts": [{"element": "files",
+                             "url": "https://files.example.test/f.tar?X-Amz-Signature=abc"}]},
+        )  # fmt: skip
+        assert imported.status_code == 202, imported.text
+        for _ in range(3):  # newer jobs of a site the token may not see
+            queued = await http.post("/sites/blog/envs/dev/backups", headers=admin, json={})
+            assert queued.status_code == 202
+        listed = await http.get("/jobs", params={"limit": 2}, headers=shop)
+        assert listed.status_code == 200
+        jobs = listed.json()
+        assert [j["kind"] for j in jobs] == ["import", "backup"]
+        assert {j["site"] for j in jobs} == {"shop"}
+        assert jobs[0]["params"]["parts"][0]["url"] == "https://files.example.test/f.tar"
+        assert "X-Amz-Signature" not in listed.text
+
+
 async def test_get_sites_needs_the_read_scope(
     settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
 ) -> None:

@@ -86,9 +86,15 @@ async def show_job(pool: asyncpg.Pool, job_id: uuid.UUID) -> dict[str, Any]:
 
 
 async def list_jobs(
-    pool: asyncpg.Pool, *, site: str | None = None, env: str | None = None, limit: int = 50
+    pool: asyncpg.Pool,
+    *,
+    site: str | None = None,
+    env: str | None = None,
+    limit: int = 50,
+    sites: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    rows = await pool.fetch(sql("list_jobs"), site, env, limit)
+    """Newest first; `sites` (None: all) filters before `limit` counts."""
+    rows = await pool.fetch(sql("list_jobs"), site, env, limit, sites)
     out = []
     for row in rows:
         job = JobRecord.from_row(row)

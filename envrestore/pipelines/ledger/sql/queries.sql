@@ -100,6 +100,10 @@ SELECT id, kind, status, environment_id, site, env, params, outputs, error, erro
        created_at, started_at, finished_at, lease_token, requested_by
 FROM jobs
 WHERE ($1::text IS NULL OR site = $1) AND ($2::text IS NULL OR env = $2)
+  -- $4: only these sites (an API token's); a job without a site (delete_backup)
+  -- counts as its target's site
+  AND ($4::text[] IS NULL
+       OR COALESCE(site, split_part(params->>'target', '.', 1)) = ANY($4::text[]))
 ORDER BY created_at DESC LIMIT $3;
 
 -- name: get_steps
