@@ -132,12 +132,15 @@ class Envrestore:
         principal: Principal,
         *,
         preflight: bool = True,
+        idempotency_scope: str | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.store = store
         self.principal = principal
         self.preflight = preflight
+        #: None: settings.idempotency_scope (the CLI's); the API scopes keys per token.
+        self.idempotency_scope = idempotency_scope
         self._owned: contextlib.AsyncExitStack | None = None
 
     # -- lifetime ---------------------------------------------------------------
@@ -175,13 +178,30 @@ class Envrestore:
     ) -> None:
         await self.close()
 
-    def acting_for(self, principal: Principal) -> Envrestore:
-        """The same connections, submitting as `principal` (closing it closes nothing)."""
-        return Envrestore(self.settings, self.pool, self.store, principal, preflight=self.preflight)
+    def acting_for(
+        self, principal: Principal, *, idempotency_scope: str | None = None
+    ) -> Envrestore:
+        """The same connections, submitting as `principal` (closing it closes nothing),
+        with idempotency keys in `idempotency_scope` (None: the settings' scope)."""
+        return Envrestore(
+            self.settings,
+            self.pool,
+            self.store,
+            principal,
+            preflight=self.preflight,
+            idempotency_scope=idempotency_scope,
+        )
 
     @property
     def producer(self) -> Producer:
-        return Producer(self.pool, self.settings, self.store, self.principal, self.preflight)
+        return Producer(
+            self.pool,
+            self.settings,
+            self.store,
+            self.principal,
+            self.preflight,
+            idempotency_scope=self.idempotency_scope,
+        )
 
     # -- the registry and backups ---------------------------------------------
 
@@ -377,9 +397,13 @@ class Envrestore:
             raise BadInput("sha256: give the file's SHA-256 as 64 hex digits")
         part = await direct_uploads.finish_upload(self._s3(), upload, etags, sha)
         request = ImportRequest(target=upload.target, parts=(part,), **(options or {}))
-        submitted = await self.submit(
-            request, idempotency_key=idempotency_key or f"upload-{upload.id}"
-        )
+        if idempotency_key is None:
+            # The upload's own key (its id cannot be guessed) lives in the shared
+            # scope: whoever may complete it (its starter, an admin) gets one job.
+            shared = self.acting_for(self.principal)
+            submitted = await shared.submit(request, idempotency_key=f"upload-{upload.id}")
+        else:
+            submitted = await self.submit(request, idempotency_key=idempotency_key)
         await direct_uploads.record_job(self.pool, upload.id, submitted.job_id)
         return submitted
 

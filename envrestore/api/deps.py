@@ -109,9 +109,13 @@ Grant = Annotated[TokenGrant, Depends(grant_of)]
 
 
 def client_for(request: Request, grant: Grant) -> Envrestore:
-    """The producer API acting for the token (jobs and links record its principal)."""
+    """The producer API acting for the token (jobs and links record its principal).
+
+    Its idempotency keys are the token's own (scope = its principal): another
+    token's same key is no conflict and reveals nothing, and cannot be squatted.
+    """
     shared: Envrestore = request.app.state.client
-    return shared.acting_for(grant.principal)
+    return shared.acting_for(grant.principal, idempotency_scope=str(grant.principal))
 
 
 Client = Annotated[Envrestore, Depends(client_for)]

@@ -47,6 +47,14 @@ class Producer:
     principal: Principal
     #: Backups check the environment's services before queueing (off in some tests).
     preflight: bool = True
+    #: Where idempotency keys live (None: settings.idempotency_scope, the CLI's). The
+    #: API gives each token its own, so one token's keys neither collide with nor
+    #: reveal another's.
+    idempotency_scope: str | None = None
+
+    @property
+    def key_scope(self) -> str:
+        return self.idempotency_scope or self.settings.idempotency_scope
 
     async def prepare(self, request: Request) -> Prepared:
         """The request's checks; raises the error a user sees, before any job exists."""
@@ -76,7 +84,7 @@ class Producer:
                 self.pool,
                 request,
                 key=idempotency_key,
-                default_scope=self.settings.idempotency_scope,
+                default_scope=self.key_scope,
             )
             if earlier is not None:
                 return earlier
@@ -88,7 +96,7 @@ class Producer:
             environment=prepared.environment,
             max_attempts=self.settings.max_attempts,
             idempotency_key=idempotency_key,
-            idempotency_scope=prepared.idempotency_scope or self.settings.idempotency_scope,
+            idempotency_scope=prepared.idempotency_scope or self.key_scope,
             fingerprint_params=prepared.asked or None,
             principal=self.principal,
             # Writers and deleters of backups are no readers (as `backup_readers` has it).

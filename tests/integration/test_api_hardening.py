@@ -82,6 +82,31 @@ async def test_sse_event_ids_past_a_bigint_are_422_before_the_stream(
         )
 
 
+async def test_idempotency_keys_belong_to_the_token_that_used_them(
+    settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
+) -> None:
+    async with api_client(settings, runtime.pool) as http:
+        first = await bearer(runtime.pool, "first", sites=["shop"], scopes=["backup", "read"])
+        second = await bearer(runtime.pool, "second", sites=["shop"], scopes=["backup", "read"])
+        url = "/sites/shop/envs/dev/backups"
+        made = await http.post(url, headers={**first, "Idempotency-Key": "nightly-1"}, json={})
+        assert made.status_code == 202
+        # another token, same key, another body: its own new job, not a 409 about first's
+        other = await http.post(
+            url, headers={**second, "Idempotency-Key": "nightly-1"}, json={"keep_days": 2}
+        )
+        assert other.status_code == 202, other.text
+        assert other.json()["id"] != made.json()["id"]
+        assert other.json()["requested_by"] == "token:second"
+        # first's replay still gives first's job; first's own other body is still a 409
+        again = await http.post(url, headers={**first, "Idempotency-Key": "nightly-1"}, json={})
+        assert again.status_code == 200 and again.json()["id"] == made.json()["id"]
+        clash = await http.post(
+            url, headers={**first, "Idempotency-Key": "nightly-1"}, json={"keep_days": 2}
+        )
+        assert clash.status_code == 409
+
+
 async def test_metric_labels_are_bounded_methods_and_route_templates(
     settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
 ) -> None:
