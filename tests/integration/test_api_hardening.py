@@ -107,6 +107,37 @@ async def test_idempotency_keys_belong_to_the_token_that_used_them(
         assert clash.status_code == 409
 
 
+async def test_a_site_scoped_token_follows_its_own_backup_deletion(
+    settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
+) -> None:
+    async with api_client(settings, runtime.pool) as http:
+        shop = await bearer(runtime.pool, "shop-ops", sites=["shop"], scopes=["backup", "read"])
+        blog = await bearer(runtime.pool, "blog-ops", sites=["blog"], scopes=["admin"])
+        [backup] = (await http.get("/sites/shop/envs/dev/backups", headers=shop)).json()
+        deleted = await http.delete(f"/sites/shop/envs/dev/backups/{backup['id']}", headers=shop)
+        assert deleted.status_code == 202, deleted.text
+        location = deleted.headers["location"]
+        polled = await http.get(location, headers=shop)
+        assert polled.status_code == 200, polled.text
+        assert polled.json()["kind"] == "delete_backup"
+        listed = (await http.get("/jobs", headers=shop)).json()
+        assert deleted.json()["id"] in [j["id"] for j in listed]
+        # another site's token still sees nothing of it
+        for method, path in [("GET", location), ("GET", f"{location}/events"),
+                             ("POST", f"{location}/cancel")]:  # fmt: skip
+            hidden = await http.request(method, path, headers=blog)
+            assert hidden.status_code == 404, (method, path)
+        assert deleted.json()["id"] not in [
+            j["id"] for j in (await http.get("/jobs", headers=blog)).json()
+        ]
+        cancelled = await http.post(f"{location}/cancel", headers=shop)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        async with http.stream("GET", f"{location}/events", headers=shop) as sse:
+            assert sse.status_code == 200
+            text = "".join([chunk async for chunk in sse.aiter_text()])
+        assert '"status":"cancelled"' in text.rsplit("event: end", 1)[1]
+
+
 async def test_metric_labels_are_bounded_methods_and_route_templates(
     settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
 ) -> None:

@@ -41,10 +41,19 @@ async def visible_job(client: Envrestore, grant: TokenGrant, job_id: str) -> Job
     except ValueError:
         raise _no_job(job_id) from None
     snapshot = await client.job(uid)
-    site = snapshot.view["site"]
+    site = job_site(snapshot.view)
     if (grant.sites is not None and site is None) or (site is not None and not grant.may_see(site)):
         raise _no_job(str(uid))
     return snapshot
+
+
+def job_site(view: dict[str, Any]) -> str | None:
+    """The job's site, or for a job without one (delete_backup takes no environment
+    lease) the site of the `SITE.ENV` target it names, so its maker can follow it."""
+    site = view["site"]
+    if site is None and isinstance(target := view["params"].get("target"), str):
+        site = target.split(".", 1)[0] or None
+    return site if isinstance(site, str) else None
 
 
 @router.get("/jobs", summary="Recent jobs of the sites this token may see")
