@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -181,6 +181,19 @@ class Settings(BaseSettings):
     def presign_endpoint_url(self) -> str | None:
         """Where presigned URLs point: the public endpoint, else the endpoint."""
         return self.s3_public_endpoint_url or self.s3_endpoint_url
+
+    @field_validator("api_upload_url_ttl")
+    @classmethod
+    def _ttl_within_orphan_age(cls, value: int, info: ValidationInfo) -> int:
+        # A part URL still valid after the orphan sweep aborted its upload would
+        # let a client upload into nothing: the TTL must end before the sweep age.
+        hours = info.data.get("backup_orphan_min_age_hours")
+        if isinstance(hours, float) and value > hours * 3600:
+            raise ValueError(
+                f"must not exceed ENVRESTORE_BACKUP_ORPHAN_MIN_AGE_HOURS ({hours:g} h = "
+                f"{hours * 3600:g} s): the orphan sweep would abort uploads still in use"
+            )
+        return value
 
     @field_validator("state_dir")
     @classmethod

@@ -192,3 +192,49 @@ async def test_get_sites_needs_the_read_scope(
         assert refused.status_code == 403, refused.text
         assert refused.json()["error"]["code"] == "forbidden"
         assert [s["name"] for s in (await http.get("/sites", headers=reader)).json()] == ["shop"]
+
+
+async def test_only_the_token_that_started_an_upload_or_an_admin_completes_it(
+    settings: Any, runtime: Runtime, world: dict[str, SiteEnv]
+) -> None:
+    settings = settings.model_copy(update={"api_upload_part_size_mb": 5})
+    async with api_client(settings, runtime.pool) as http:
+        starter = await bearer(runtime.pool, "starter", sites=["shop"], scopes=["import"])
+        other = await bearer(runtime.pool, "other", sites=["shop"], scopes=["import"])
+        admin = await bearer(runtime.pool, "shop-admin", sites=["shop"], scopes=["admin"])
+        started = await http.post(
+            "/sites/shop/envs/dev/uploads",
+            headers=starter,
+            json={"element": "files", "size": 10, "filename": "f.tar"},
+        )
+        assert started.status_code == 201, started.text
+        complete = f"/sites/shop/envs/dev/uploads/{started.json()['id']}/complete"
+        body = {"parts": [{"number": 1, "etag": "x"}], "sha256": "0" * 64}
+        refused = await http.post(complete, headers=other, json=body)
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["error"]["message"].endswith("does not exist")
+        # the starter and an admin reach the upload itself (its part was never PUT)
+        for headers in (starter, admin):
+            reached = await http.post(complete, headers=headers, json=body)
+            assert reached.status_code == 422, reached.text
+            assert "part 1" in reached.json()["error"]["message"]
+
+        # a big upload gets bigger parts: one request never signs more than 1000 URLs
+        big = 5 * MIB * 2500
+        answer = await http.post(
+            "/sites/shop/envs/dev/uploads",
+            headers=starter,
+            json={"element": "files", "size": big, "filename": "big.tar"},
+        )
+        assert answer.status_code == 201, answer.text
+        plan = answer.json()
+        assert len(plan["parts"]) <= 1000
+        assert plan["part_size"] >= 5 * MIB * 2.5
+        assert sum(p["size"] for p in plan["parts"]) == big
+        too_big = await http.post(
+            "/sites/shop/envs/dev/uploads",
+            headers=starter,
+            json={"element": "files", "size": 5 * 1024**4, "filename": "huge.tar"},
+        )
+        assert too_big.status_code == 422
+        assert "--file" in too_big.json()["error"]["message"]

@@ -58,6 +58,8 @@ async def complete_upload(
     upload = await client.upload(uid)
     if (upload.site, upload.env) != (site, env):
         raise missing
+    if upload.requested_by != str(grant.principal) and not grant.may("admin"):
+        raise missing  # another token's upload: as if it did not exist
     options = body.options.model_dump()
     options["replace_pairs"] = pairs(body.options.replace_pairs)
     submitted = await client.complete_upload(

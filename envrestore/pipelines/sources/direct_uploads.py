@@ -11,6 +11,7 @@ the orphan sweep (`backup sweep`), as the CLI's are.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ log = structlog.get_logger(__name__)
 
 #: S3 allows at most this many parts; a bigger upload gets bigger parts.
 MAX_PARTS = 10_000
+#: Part URLs presigned for one request (signing is CPU work on the API's event
+#: loop): a bigger upload gets bigger parts, so no request signs more than this.
+MAX_PRESIGNED_PARTS = 1_000
+#: S3's largest part.
+MAX_PART_SIZE = 5 * 1024**3
 #: S3's largest object (5 TiB): larger promises are refused before anything starts.
 MAX_OBJECT = 5 * 1024**4
 
@@ -85,6 +91,8 @@ class OpenUpload:
     size: int
     part_size: int
     job_id: uuid.UUID | None
+    #: Who started it (a principal's string): only they, or an admin, may complete it.
+    requested_by: str | None = None
 
     @property
     def target(self) -> str:
@@ -92,8 +100,8 @@ class OpenUpload:
 
 
 def plan_part_size(size: int, base: int) -> int:
-    """`base`, or the smallest whole MiB that keeps the upload within S3's part count."""
-    needed = math.ceil(size / MAX_PARTS)
+    """`base`, or the smallest whole MiB that keeps the upload within MAX_PRESIGNED_PARTS."""
+    needed = math.ceil(size / min(MAX_PARTS, MAX_PRESIGNED_PARTS))
     return max(base, math.ceil(needed / MIB) * MIB)
 
 
@@ -115,6 +123,12 @@ async def start_upload(
     if size < 1 or size > MAX_OBJECT:
         raise BadInput(f"size {size}: give the file's size in bytes (1 to 5 TiB)", size=size)
     chosen = plan_part_size(size, part_size)
+    if chosen > MAX_PART_SIZE:
+        raise BadInput(
+            f"size {size}: an API upload has at most {MAX_PRESIGNED_PARTS} parts of at most "
+            f"5 GiB; upload a file this large with the CLI (envrestore import --file)",
+            size=size,
+        )
     upload_id = uuid.uuid4()
     key = staging_upload_key(filename, upload_id.hex)
     s3_upload_id = await store._create_multipart(key, None)
@@ -139,6 +153,8 @@ async def start_upload(
             ttl_seconds,
         )
         parts.append(PresignedPart(index + 1, url, start, min(chosen, size - start)))
+        if index % 100 == 99:
+            await asyncio.sleep(0)  # let other requests run between batches of signatures
     log.info("upload.started", upload_id=str(upload_id), target=environment.target, parts=count)
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl_seconds)
     return UploadStarted(upload_id, element, key, size, chosen, expires, parts)
@@ -158,6 +174,7 @@ async def get_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> OpenUpload:
         size=row["size"],
         part_size=row["part_size"],
         job_id=row["job_id"],
+        requested_by=row["requested_by"],
     )
 
 
