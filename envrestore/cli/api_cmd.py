@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import typer
@@ -45,13 +45,23 @@ def api(
         port=port or settings.api_port,
         log_level=level.lower(),
         access_log=False,
-        proxy_headers=False,
         timeout_graceful_shutdown=10,
+        **proxy_options(settings.api_forwarded_allow_ips),
     )
     server = _Server(config)
     server.run()
     if not server.started:
         raise typer.Exit(1)  # uvicorn has said why (the port in use, ...)
+
+
+def proxy_options(allowed: str) -> dict[str, Any]:
+    """uvicorn's proxy settings: X-Forwarded-* believed only from `allowed` proxies
+    (ENVRESTORE_API_FORWARDED_ALLOW_IPS); none by default, so a client cannot pick
+    the address the failed-auth limiter counts it under."""
+    allowed = allowed.strip()
+    if not allowed:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": allowed}
 
 
 class _Server(uvicorn.Server):

@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     api_upload_url_ttl: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     # How often an SSE stream (GET /jobs/{id}/events) looks for new events (seconds).
     api_sse_poll_seconds: float = Field(default=0.5, gt=0, le=10)
+    # Proxies whose X-Forwarded-For/-Proto `envrestore api` believes (uvicorn's
+    # forwarded_allow_ips: comma-separated addresses or CIDRs, "*" for any). Empty:
+    # trust none, and the failed-auth limiter counts the connecting address.
+    api_forwarded_allow_ips: str = ""
 
     # Worker metrics (observability/worker_exposition.py): `envrestore worker`
     # serves the Prometheus metrics of all its processes on this port (unset or
