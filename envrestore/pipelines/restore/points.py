@@ -335,8 +335,8 @@ async def point_made(
                 cap=cap,
                 dropped=outcome["dropped_over_cap"],
             )
-    except (EnvrestoreError, OSError) as exc:
-        message = exc.message if isinstance(exc, EnvrestoreError) else str(exc)
-        log.warning("rollback_point.size_failed", job_id=str(job_id), error=message)
+    except Exception as exc:  # the switch is done: a ledger blip must not fail its step
+        message = exc.message if isinstance(exc, EnvrestoreError) else str(exc) or repr(exc)
+        log.warning("rollback_point.size_failed", job_id=str(job_id), error=message, exc_info=True)
         outcome["size_error"] = message
     return outcome
