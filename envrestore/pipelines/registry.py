@@ -130,6 +130,7 @@ async def add_environment(
     if protected is None:
         protected = env in PROTECTED_BY_DEFAULT
     async with pool.acquire() as conn, conn.transaction():
+        await lock_registry(conn)
         site_row = await conn.fetchrow(sql("get_site"), site)
         if site_row is None:
             raise NotFound(
@@ -169,6 +170,19 @@ def moves(current: Environment, dsn: Dsn, files: Path, code: Path) -> bool:
         or files != current.files_dir
         or code != current.code_dir
     )
+
+
+#: Transaction advisory lock taken first by every write that checks directories.
+REGISTRY_LOCK_KEY = 0x656E7667  # "envg"
+
+
+async def lock_registry(conn: Conn) -> None:
+    """Serialise `env add`/`env set`: each checks the others' directories, then writes.
+
+    Without it two transactions could both read the ledger before either wrote,
+    and register the same directories twice. Released at commit or rollback.
+    """
+    await conn.execute(sql("lock_registry"), REGISTRY_LOCK_KEY)
 
 
 async def check_paths_in_ledger(

@@ -33,6 +33,7 @@ from envrestore.pipelines.registry import (
     check_paths_in_ledger,
     get_environment,
     guard_change,
+    lock_registry,
     moves,
     parse_target,
 )
@@ -134,6 +135,7 @@ async def set_environment(
     site, env = parse_target(target)
     url = None if url is None else check_base_url(url)
     async with pool.acquire() as conn, conn.transaction():
+        await lock_registry(conn)
         current = await get_environment(conn, target)
         dsn = parse_dsn(db) if db is not None else current.dsn
         new_files = current.files_dir if files is None else files.expanduser().absolute()  # noqa: ASYNC240 - no I/O: cwd lookup only

@@ -5,6 +5,7 @@ Removing forgets rows only: the directories (and databases) stay on disk.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from pathlib import Path
@@ -189,3 +190,40 @@ async def test_changes_are_refused_while_a_running_job_holds_the_lease(runtime, 
     assert (await drive(runtime, job.job_id))["status"] == "succeeded"
     changed, _ = await registry_admin.set_environment(runtime.pool, "shop.dev", protected=True)
     assert changed.protected
+
+
+async def test_two_concurrent_adds_cannot_register_the_same_directories(
+    runtime, tmp_path, monkeypatch
+):
+    import asyncio
+
+    await registry.add_site(runtime.pool, "shop")
+    files = make_files(tmp_path / "shared" / "files")
+    code = make_repo(tmp_path / "shared" / "code", commits=1)
+    real_check = registry.check_paths_in_ledger
+    checked: list[str] = []
+    both_checked = asyncio.Event()
+
+    async def check_then_linger(conn, target, *args, **kwargs):
+        # Each add holds its transaction open after its check, for the other's to overlap.
+        await real_check(conn, target, *args, **kwargs)
+        checked.append(target)
+        if len(checked) == 2:
+            both_checked.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both_checked.wait(), 1.5)
+
+    monkeypatch.setattr(registry, "check_paths_in_ledger", check_then_linger)
+    results = await asyncio.gather(
+        *(
+            registry.add_environment(
+                runtime.pool, target, db=DB.format(env=target[5:]), files=files, code=code
+            )
+            for target in ("shop.dev", "shop.test")
+        ),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, Conflict)]
+    assert len(refused) == 1, results
+    assert "files directory of shop." in refused[0].message
+    assert len(await registry.list_environments(runtime.pool)) == 1

@@ -645,3 +645,7 @@ SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND event = 'job.irrev
 SELECT id, status, deleting_job_id, site, env FROM backups
 WHERE strpos($1::jsonb::text, id) > 0
 ORDER BY id FOR SHARE;
+
+-- name: lock_registry
+-- `env add`/`env set` one at a time (registry.lock_registry), until commit.
+SELECT pg_advisory_xact_lock($1);
