@@ -88,6 +88,15 @@ def test_moving_the_hour_later_gives_no_extra_backup_at_once() -> None:
     assert slot is not None and slot.at == at(5, 2)
 
 
+def test_moving_the_hour_later_the_same_day_gives_no_second_backup_that_day() -> None:
+    # 02:00 taken; at 10:00 the hour becomes 9: today's 09:00 has passed, but the
+    # day has its backup already. The next one is tomorrow at 09:00.
+    for now in (at(5, 10), at(5, 23, 59)):
+        assert due_slot(now, hour=9, weekly_day=0, last_taken=at(5, 2)) is None
+    slot = due_slot(at(6, 9), hour=9, weekly_day=0, last_taken=at(5, 2))
+    assert slot is not None and slot.at == at(6, 9)
+
+
 def test_an_environment_added_after_todays_slot_waits_for_the_next_one() -> None:
     assert due_slot(at(5, 9), hour=2, weekly_day=0, last_taken=None, not_before=at(5, 8)) is None
     slot = due_slot(at(6, 2), hour=2, weekly_day=0, last_taken=None, not_before=at(5, 8))

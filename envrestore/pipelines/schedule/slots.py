@@ -107,14 +107,15 @@ def due_slot(
 ) -> Slot | None:
     """The slot to take now, if any.
 
-    The latest slot is due unless a slot at or after it was taken already (a
-    schedule moved to a later hour does not give a second backup that day), or
+    The latest slot is due unless a slot was taken already on its UTC day or
+    later: one scheduled backup per day, so a schedule moved to a later hour
+    (02:00 taken, 09:00 now) gives no second backup that day; or
     it lies before `not_before` (an environment added after today's slot gets
     its first backup at the next one, not the moment it is registered). When
     the week's weekly slot was among those missed, the slot taken is weekly.
     """
     slot = latest_slot(now, hour=hour, weekly_day=weekly_day)
-    if last_taken is not None and _utc(last_taken) >= slot.at:
+    if last_taken is not None and _utc(last_taken).date() >= slot.at.date():
         return None
     if not_before is not None and slot.at < _utc(not_before):
         return None
