@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +31,7 @@ from envrestore.cli.common import (
     submit_command,
     with_ledger,
 )
-from envrestore.cli.exit_codes import ExitCode
+from envrestore.cli.confirming import ConfirmOpt, confirm_or_exit
 from envrestore.cli.tables import print_table
 from envrestore.pipelines.backup import inspect, lifecycle
 from envrestore.pipelines.backup import service as backups
@@ -230,7 +229,7 @@ def backup_get(
 def backup_delete(
     target: Annotated[str, typer.Argument(help="SITE.ENV the backup is of.")],
     backup_id: BackupIdArg,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: ConfirmOpt = False,
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
@@ -245,27 +244,16 @@ def backup_delete(
         return request
 
     request = run_command(build)
-    confirm_delete(f"Delete backup {backup_id} of {target} (every part, for good)?", yes=yes)
+    confirm_or_exit(
+        f"Delete backup {backup_id} of {target} (every part, for good)?",
+        yes=yes,
+        declined="nothing deleted",
+    )
 
     async def submit(producer: Producer) -> Submitted:
         return await producer.submit(request, idempotency_key=idempotency_key)
 
     submit_command(settings, submit, wait=wait, as_json=as_json)
-
-
-def confirm_delete(question: str, *, yes: bool) -> None:
-    """Ask on a terminal unless --yes; off a terminal, refuse (exit 2) without --yes."""
-    if yes:
-        return
-    if not sys.stdin.isatty():
-
-        async def refuse() -> None:
-            raise BadInput(f"{question.rstrip('?')}: not confirmed; add --yes to do it unasked")
-
-        run_command(refuse)
-    if not typer.confirm(question, default=False):
-        err.print("nothing deleted", markup=False)
-        raise typer.Exit(ExitCode.ERROR)
 
 
 @backup_app.command("sweep")

@@ -18,7 +18,7 @@ from envrestore.cli.common import (
     run_command,
     with_ledger,
 )
-from envrestore.cli.confirming import confirm_or_exit
+from envrestore.cli.confirming import ConfirmOpt, confirm_or_exit
 from envrestore.cli.exit_codes import ExitCode
 from envrestore.cli.tables import print_table
 from envrestore.pipelines import registry, registry_admin
@@ -196,16 +196,13 @@ def site_list(as_json: JsonOpt = False) -> None:
     print_table(out, ["site", "environments", "created"], rows, ids=("site",))
 
 
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-
-
 @site_app.command("remove")
 def site_remove(
     name: Annotated[str, typer.Argument(help="The site to forget.")],
     cascade: Annotated[
         bool, typer.Option("--cascade", help="Forget its environments too (each checked).")
     ] = False,
-    yes: YesOpt = False,
+    yes: ConfirmOpt = False,
 ) -> None:
     """Forget a site (refused while it has environments, unless --cascade).
 
@@ -230,7 +227,7 @@ def site_remove(
 @env_app.command("remove")
 def env_remove(
     target: Annotated[str, typer.Argument(help="SITE.ENV to forget.")],
-    yes: YesOpt = False,
+    yes: ConfirmOpt = False,
 ) -> None:
     """Forget an environment; its database, files and code stay on disk.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -22,7 +21,7 @@ from envrestore.cli.common import (
     with_ledger,
 )
 from envrestore.cli.confirming import confirm_or_exit
-from envrestore.cli.tables import print_table
+from envrestore.cli.tables import print_table, when
 from envrestore.pipelines.jobs import views
 from envrestore.pipelines.jobs.submit import Submitted
 from envrestore.pipelines.producer import Producer
@@ -85,10 +84,6 @@ def human_bytes(size: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def _when(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
-
-
 @rollback_app.command("list")
 def rollback_list(
     scope: Annotated[
@@ -121,8 +116,8 @@ def rollback_list(
                 ",".join(p.elements),
                 human_bytes(p.disk_bytes) if "files" in p.elements or "code" in p.elements else "",
                 human_bytes(p.db_bytes) if "database" in p.elements else "",
-                _when(p.created_at),
-                _when(p.expires_at),
+                when(p.created_at),
+                when(p.expires_at),
             )
             for p in found
         ],

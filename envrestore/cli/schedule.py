@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -19,7 +18,7 @@ from envrestore.cli.common import (
     run_command,
     with_ledger,
 )
-from envrestore.cli.tables import print_table
+from envrestore.cli.tables import print_table, when
 from envrestore.config.logging import configure_logging
 from envrestore.config.settings import Settings
 from envrestore.pipelines.jobs.principal import Principal
@@ -147,7 +146,7 @@ def schedule_show(
     rows = []
     for s in schedules:
         view = s.public(now)
-        last = _when(view["last_slot"]) or "-"
+        last = when(view["last_slot"]) or "-"
         if view["last_slot"]:
             last += f" {view['last_slot_kind']}"
             if view["last_error"]:
@@ -160,9 +159,7 @@ def schedule_show(
                 WEEKDAYS[s.weekly_day] + ("" if s.own_weekly_day else " (default)")
                 if s.enabled
                 else "",
-                f"{_when(view['next_slot'])} {view['next_slot_kind']}"
-                if view["next_slot"]
-                else "-",
+                f"{when(view['next_slot'])} {view['next_slot_kind']}" if view["next_slot"] else "-",
                 last,
                 view["last_job_id"] or "",
             ]
@@ -173,11 +170,6 @@ def schedule_show(
         rows,
         ids=("environment", "job"),
     )
-
-
-def _when(iso: str | None) -> str:
-    """A slot as a table shows it: `2026-12-03 02:00` (slots are whole UTC hours)."""
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M") if iso else ""
 
 
 # ------------------------------------------------------------------ scheduler

@@ -13,6 +13,7 @@ Cells are plain text, never rich markup: ledger values may hold `[...]`.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.padding import Padding
@@ -25,6 +26,17 @@ MIN_OTHER_WIDTH = 8
 _PER_COLUMN = 3
 
 Cell = str | Text | None
+
+
+def when(value: datetime | str | None) -> str:
+    """A time as tables show it, `2026-12-03 02:00` in UTC; "" for none.
+
+    Takes a datetime or the ISO text a `--json` view holds (an aware one either way).
+    """
+    if not value:
+        return ""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _text(value: Cell) -> Text:

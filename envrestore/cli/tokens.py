@@ -23,7 +23,7 @@ from envrestore.cli.common import (
     shown,
     with_ledger,
 )
-from envrestore.cli.tables import print_table
+from envrestore.cli.tables import print_table, when
 from envrestore.pipelines.auth import tokens
 from envrestore.pipelines.auth.tokens import SCOPES, Revoked, TokenInfo
 from envrestore.pipelines.jobs.principal import Principal
@@ -40,10 +40,6 @@ NOT_AGAIN = "save this token now: it cannot be shown again"
 
 def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _when(value: datetime | None) -> str:
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _public(info: TokenInfo, now: datetime) -> dict[str, Any]:
@@ -107,7 +103,7 @@ def token_create(
         return
     out.print(raw, markup=False)
     reach = "every site" if info.sites is None else ", ".join(info.sites)
-    until = f"expires {_when(info.expires_at)} UTC" if info.expires_at else "never expires"
+    until = f"expires {when(info.expires_at)} UTC" if info.expires_at else "never expires"
     err.print(
         f"token {info.id} ({info.name}): {', '.join(info.scopes)} on {reach}; {until}",
         markup=False,
@@ -140,10 +136,10 @@ def token_list(as_json: JsonOpt = False) -> None:
                 shown(info.name),
                 EVERY_SITE if info.sites is None else ",".join(info.sites),
                 ",".join(info.scopes),
-                info.status(now) + (f" {_when(info.revoked_at)}" if info.revoked_at else ""),
-                _when(info.created_at),
-                _when(info.expires_at) or "never",
-                _when(info.last_used_at) or "never",
+                info.status(now) + (f" {when(info.revoked_at)}" if info.revoked_at else ""),
+                when(info.created_at),
+                when(info.expires_at) or "never",
+                when(info.last_used_at) or "never",
             )
             for info in found
         ],
@@ -175,7 +171,7 @@ def token_revoke(
         return
     if done.already:
         out.print(
-            f"token {done.id} ({done.name}) was already revoked at {_when(done.revoked_at)} UTC",
+            f"token {done.id} ({done.name}) was already revoked at {when(done.revoked_at)} UTC",
             markup=False,
         )
     else:

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from rich.console import Console
 
-from envrestore.cli.tables import print_table
+from envrestore.cli.tables import print_table, when
 
 HEADERS = ["id", "kind", "target", "status", "created_at", "error"]
 
@@ -58,3 +58,12 @@ def test_several_id_columns_are_all_kept():
     print_table(console, headers, rows, ids=("id", "job_id"))
     text = console.export_text()
     assert rows[0][0] in text and rows[0][1] in text
+
+
+def test_times_show_in_utc_to_the_minute_whether_given_as_datetime_or_iso_text():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    moment = datetime(2026, 12, 3, 2, 0, 41, tzinfo=UTC)
+    paris = moment.astimezone(timezone(timedelta(hours=1)))
+    assert when(moment) == when(paris) == when(paris.isoformat()) == "2026-12-03 02:00"
+    assert when(None) == when("") == ""

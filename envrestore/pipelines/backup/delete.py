@@ -29,14 +29,12 @@ from envrestore.pipelines.jobs.context import StepContext
 from envrestore.pipelines.jobs.fingerprint import request_fingerprint
 from envrestore.pipelines.jobs.kinds import JobKind
 from envrestore.pipelines.jobs.model import Plan, StepSpec
-from envrestore.pipelines.jobs.prepared import Prepared
+from envrestore.pipelines.jobs.prepared import SYSTEM_SCOPE, Prepared
 from envrestore.pipelines.jobs.submit import Submitted
 from envrestore.pipelines.ledger.queries import sql
 from envrestore.pipelines.registry import get_environment, parse_target
 from envrestore.pipelines.requests import DeleteBackupRequest, to_params
 
-#: Expiry deletes are asked for by the system, in its own idempotency scope.
-SYSTEM_SCOPE = "envrestore-system"
 BACKUPS_PREFIX = "backups/"
 
 

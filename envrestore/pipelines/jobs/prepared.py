@@ -8,6 +8,10 @@ from typing import Any
 from envrestore.pipelines.jobs.kinds import JobKind
 from envrestore.pipelines.registry import Environment
 
+#: The idempotency scope of jobs the system asks for (expiry deletes, rollback
+#: expiries): apart from every user's or token's keys.
+SYSTEM_SCOPE = "envrestore-system"
+
 
 @dataclass(frozen=True)
 class Prepared:

@@ -12,7 +12,7 @@ from envrestore.config.settings import Settings
 from envrestore.pipelines.backup.naming import new_backup_id
 from envrestore.pipelines.backup.service import BackupRecord, get_backup, latest_backup
 from envrestore.pipelines.errors import BadInput, Conflict, NotFound, Refused
-from envrestore.pipelines.jobs.prepared import Prepared
+from envrestore.pipelines.jobs.prepared import SYSTEM_SCOPE, Prepared
 from envrestore.pipelines.ledger.queries import sql
 from envrestore.pipelines.registry import Environment, get_environment, get_environment_by_id
 from envrestore.pipelines.requests import (
@@ -26,8 +26,6 @@ from envrestore.pipelines.requests import (
 from envrestore.pipelines.restore.job import CLONE, EXPIRE_ROLLBACK, IMPORT, RESTORE, ROLLBACK
 from envrestore.pipelines.sources.links import own_store_key
 from envrestore.pipelines.sources.urlsafety import check_url
-
-SYSTEM_SCOPE = "envrestore-system"
 
 
 async def _pinned_backup(pool: asyncpg.Pool, request: RestoreRequest) -> BackupRecord:
