@@ -393,3 +393,32 @@ async def test_a_restore_checked_before_a_delete_marked_its_backup_is_refused_at
     view = await drive(runtime, job.job_id)
     assert view["status"] == "succeeded", view
     assert await list_backups(runtime.pool, "shop.dev") == []
+
+
+async def test_a_backup_an_earlier_delete_began_removing_stays_deleting_if_the_next_fails(
+    runtime, make_env
+):
+    await make_env("shop.dev")
+    backup_id = await make_backup(runtime, "shop.dev")
+    first = await delete(runtime, "shop.dev", backup_id)
+    await drive_steps(runtime, first.job_id, {"mark_deleting", "wait_readers"})
+    # The first delete passed its irreversible point (as enter_irreversible records
+    # it), then ended midway: cancelled here, as a crash past the point leaves it.
+    await runtime.pool.execute(
+        "INSERT INTO job_events (job_id, step, event, data) "
+        "VALUES ($1, 'delete_objects', 'job.irreversible', '{}')",
+        first.job_id,
+    )
+    await runtime.pool.execute(
+        "UPDATE jobs SET status = 'failed', finished_at = now() WHERE id = $1", first.job_id
+    )
+    second = await delete(runtime, "shop.dev", backup_id)
+    await drive_steps(runtime, second.job_id, {"mark_deleting", "wait_readers"})
+    await runtime.pool.execute(
+        "UPDATE backups SET manifest_key = 'elsewhere/manifest.json' WHERE id = $1", backup_id
+    )
+    view = await drive(runtime, second.job_id)
+
+    assert view["status"] == "failed", view
+    # Partly gone, maybe: never 'ready' again, so no restore picks it.
+    assert (await get_backup(runtime.pool, backup_id)).status == "deleting"

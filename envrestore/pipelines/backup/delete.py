@@ -181,12 +181,14 @@ async def forget_backup(ctx: StepContext) -> dict[str, Any]:
 async def abandon_delete(ctx: StepContext) -> dict[str, Any]:
     """After a failure or cancel: a backup whose objects were never touched is ready again.
 
-    Once `delete_objects` has passed its irreversible checkpoint, the row stays
-    'deleting' (its objects may be partly gone); `backup delete` again finishes the
-    work. Before it (still waiting for readers) nothing was removed: ready again.
+    Once a delete of the backup (this one or an earlier one that ended midway)
+    has passed `delete_objects`' irreversible checkpoint, the row stays 'deleting'
+    (its objects may be partly gone); `backup delete` again finishes the work.
+    Before it (still waiting for readers) nothing was removed: ready again.
     """
     request = _request(ctx)
-    if await ctx.runtime.pool.fetchval(sql("job_passed_irreversible"), ctx.job.id):
+    passed = sql("backup_delete_passed_irreversible")
+    if await ctx.runtime.pool.fetchval(passed, request.backup_id):
         return {"restored": False}
     await ctx.runtime.pool.execute(sql("unmark_backup_deleting"), request.backup_id, ctx.job.id)
     await ctx.event("backup.delete_abandoned", backup_id=request.backup_id)

@@ -635,9 +635,13 @@ FROM jobs WHERE status = 'queued';
 SELECT kind, status, EXTRACT(EPOCH FROM finished_at - created_at)::float8 AS seconds
 FROM jobs WHERE id = $1 AND finished_at IS NOT NULL;
 
--- name: job_passed_irreversible
--- Whether the job passed its irreversible checkpoint (`enter_irreversible`'s event).
-SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND event = 'job.irreversible');
+-- name: backup_delete_passed_irreversible
+-- Whether any delete of the backup ($1) passed its irreversible checkpoint
+-- (`enter_irreversible`'s event): from then on its objects may be partly gone.
+SELECT EXISTS (
+  SELECT 1 FROM job_events e JOIN jobs j ON j.id = e.job_id
+  WHERE j.kind = 'delete_backup' AND j.params ->> 'backup_id' = $1
+    AND e.event = 'job.irreversible');
 
 -- name: lock_backups_named
 -- The backups a job's parameters ($1) name, as `backup_readers` matches them,
