@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 
 from envrestore.config.settings import Settings
 from envrestore.pipelines.catalog import job_kinds
@@ -13,6 +15,19 @@ from tests.support.databases import *  # noqa: F403 - fixtures
 from tests.support.ledger import *  # noqa: F403 - fixtures
 from tests.support.seaweed import *  # noqa: F403 - fixtures
 from tests.support.workers import *  # noqa: F403 - fixtures
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A test that runs the CLI in-process (CliRunner) sets logging up for the CLI,
+    at WARNING: later tests that capture INFO logs must not inherit that."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
