@@ -11,32 +11,19 @@ import builtins
 import collections
 import contextlib
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import aioboto3
-import aiohttp
 import structlog
 from botocore.config import Config
-from botocore.exceptions import (
-    ClientError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
 
 from envrestore.pipelines.errors import (
     BadInput,
-    EnvrestoreError,
     NotFound,
-    PermanentError,
     Refused,
     TransientError,
-    Unavailable,
 )
 from envrestore.pipelines.objectstore.base import (
     DEFAULT_CHUNK_SIZE,
@@ -46,6 +33,7 @@ from envrestore.pipelines.objectstore.base import (
     Sha256Counter,
     check_range,
 )
+from envrestore.pipelines.objectstore.s3_errors import translated
 
 if TYPE_CHECKING:
     from envrestore.config.settings import Settings
@@ -56,12 +44,6 @@ MIB = 1 << 20
 #: S3 allows at most 10,000 parts; the part size doubles every this many parts
 #: so a stream of any size fits while memory stays ~2 parts.
 _PARTS_PER_DOUBLING = 1000
-_MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-#: What a store that is down, unreachable or dropping connections raises.
-_UNREACHABLE = (BotoConnectionError, HTTPClientError, IncompleteReadError, aiohttp.ClientError)
-_DENIED_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
-)
 
 
 @dataclass(frozen=True)
@@ -495,65 +477,8 @@ class S3ObjectStore:
             bucket=self.bucket,
         )
 
-    @contextlib.contextmanager
-    def _translated(self, *, key: str | None = None) -> Iterator[None]:
-        """Turn botocore and aiohttp errors into envrestore's permanent/transient errors."""
-        try:
-            yield
-        except ClientError as exc:
-            raise self._from_client_error(exc, key) from exc
-        except _UNREACHABLE as exc:
-            raise Unavailable(
-                f"the object store at {self.endpoint_url} is not reachable "
-                f"({type(exc).__name__}); check ENVRESTORE_S3_ENDPOINT_URL and that it is running",
-                endpoint=self.endpoint_url,
-                bucket=self.bucket,
-            ) from exc
-        except NoCredentialsError as exc:
-            raise BadInput(
-                "no S3 credentials were found; set ENVRESTORE_S3_ACCESS_KEY_ID and "
-                "ENVRESTORE_S3_SECRET_ACCESS_KEY",
-                endpoint=self.endpoint_url,
-            ) from exc
-
-    def _from_client_error(self, exc: ClientError, key: str | None) -> EnvrestoreError:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        where = f"bucket {self.bucket!r} on {self.endpoint_url}"
-        if code == "NoSuchBucket" or (key is None and code in _MISSING_KEY_CODES):
-            return NotFound(
-                f"{where} does not exist; create it or set ENVRESTORE_S3_BUCKET",
-                bucket=self.bucket,
-                endpoint=self.endpoint_url,
-            )
-        if code in _MISSING_KEY_CODES or code == "NoSuchUpload":
-            return NotFound(
-                f"object {key!r} does not exist in {where}", key=key, bucket=self.bucket
-            )
-        if code in _DENIED_CODES:
-            return Refused(
-                f"{where} refused the request ({code}); check ENVRESTORE_S3_ACCESS_KEY_ID, "
-                "ENVRESTORE_S3_SECRET_ACCESS_KEY and the key's permissions",
-                bucket=self.bucket,
-                code=code,
-            )
-        if code == "InvalidRange":
-            return BadInput(f"the byte range asked of {key!r} is outside the object", key=key)
-        if code in {"PreconditionFailed", "412"}:
-            return TransientError(f"object {key!r} changed while it was being read; retry", key=key)
-        if status >= 500 or code in {"SlowDown", "InternalError", "ServiceUnavailable"}:
-            return Unavailable(
-                f"{where} failed with {code or status}; retry later",
-                bucket=self.bucket,
-                code=code,
-            )
-        return PermanentError(
-            f"{where} rejected the request for {key!r}: {code} {error.get('Message', '')}".strip(),
-            bucket=self.bucket,
-            key=key,
-            code=code,
-        )
+    def _translated(self, *, key: str | None = None) -> contextlib.AbstractContextManager[None]:
+        return translated(self.bucket, self.endpoint_url, key=key)
 
 
 def _type(content_type: str | None) -> dict[str, str]:
