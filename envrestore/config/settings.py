@@ -68,9 +68,20 @@ class Settings(BaseSettings):
     pg_bin_dir: Path | None = None
     mariadb_bin_dir: Path | None = None
     gzip_level: int = Field(default=6, ge=1, le=9)
-    # MariaDB restores: 2 feeds the big tables' INSERTs over two sessions
-    # (PERFORMANCE.md: 1.36x on 2 cores, but noisy); 1 is the plain client.
-    mariadb_import_connections: int = Field(default=1, ge=1, le=2)
+    # New backups' database and files parts: "gzip" (.gz, what Pantheon writes) or
+    # "zstd" (.zst, about 10x faster to decompress; restores read both).
+    backup_compression: Literal["gzip", "zstd"] = "gzip"
+    # Database imports: client sessions per import. "auto" sizes them by the DB
+    # server (2 on a small one); 1 is the plain client. MariaDB splits the big
+    # tables' INSERTs by rows, PostgreSQL spreads COPY blocks and builds indexes
+    # and constraints after the data.
+    mariadb_import_connections: int | Literal["auto"] = "auto"
+    postgres_import_connections: int | Literal["auto"] = "auto"
+    # How far the dump's producer side (download, hash, inflate, filter) may run
+    # ahead of a slow client, per client session (MiB).
+    import_readahead_mb: int = Field(default=16, ge=1, le=1024)
+    # Threads that write extracted files (files and code parts).
+    extract_threads: int = Field(default=4, ge=1, le=64)
     # Untrusted dumps: a statement running longer than this is killed (server-side
     # max_statement_time / statement_timeout), and so is an import whose client
     # accepts no input for the idle timeout. Seconds.
@@ -164,6 +175,20 @@ class Settings(BaseSettings):
 
     # Tests only: named pauses (pipelines/failpoints.py), as JSON.
     failpoints: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("mariadb_import_connections", "postgres_import_connections", mode="before")
+    @classmethod
+    def _connections(cls, value: Any) -> Any:
+        """'auto' or a number of sessions from 1 to 8."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be 'auto' or a number from 1 to 8, not {value!r}") from None
+        if not 1 <= number <= 8:
+            raise ValueError(f"must be 'auto' or a number from 1 to 8, not {number}")
+        return number
 
     @field_validator("import_allow_hosts", mode="before")
     @classmethod

@@ -72,8 +72,10 @@ async def import_db(ctx: StepContext) -> dict[str, Any]:
     try:
         with naming_part("database"):
             filtered = checked_dump(ctx, stream, engine=target.engine, report=report)
+            # "auto": 2 sessions until the engines size them by the server (issue 11).
+            wanted = ctx.settings.mariadb_import_connections
             connections = (
-                ctx.settings.mariadb_import_connections if target.engine == "mariadb" else 1
+                (2 if wanted == "auto" else min(wanted, 2)) if target.engine == "mariadb" else 1
             )
             watch = ImportWatch(
                 admin=live,
