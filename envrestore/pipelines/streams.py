@@ -9,8 +9,8 @@ so compression overlaps with the network and the subprocess on the other core.
 from __future__ import annotations
 
 import asyncio
-import bz2
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import os
@@ -19,26 +19,23 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from envrestore.pipelines.errors import (
     BadInput,
     EnvrestoreError,
-    IntegrityError,
     NotFound,
     PermanentError,
     TransientError,
     Unavailable,
-    UnsafeInput,
 )
 
-_zstd: Any
-try:  # optional: zstd parts are accepted only where the package is installed
-    _zstd = importlib.import_module("zstandard")
-except ImportError:  # pragma: no cover - depends on the environment
-    _zstd = None
+# Re-exported: callers take the whole stream API from here.
+from envrestore.pipelines.inflate import ZSTD_AVAILABLE as ZSTD_AVAILABLE
+from envrestore.pipelines.inflate import bzip2_decompress as bzip2_decompress
+from envrestore.pipelines.inflate import gzip_decompress as gzip_decompress
+from envrestore.pipelines.inflate import zstd_decompress as zstd_decompress
 
 log = structlog.get_logger(__name__)
 
@@ -52,10 +49,11 @@ _STDERR_KEEP = 16 * 1024
 _STDERR_LINES = 6
 #: stdout of a consumer is a report (psql notices), not data: keep it bounded.
 _STDOUT_KEEP = 1 << 20
-
-ZSTD_AVAILABLE = _zstd is not None
-
-
+#: How far the producer (download, inflate, filter) may run ahead of a client
+#: reading stdin: buffered bytes, beside the pipe. The client pauses while the
+#: server runs each statement; this lets the Python side keep working meanwhile.
+DEFAULT_READAHEAD = 16 << 20
+_PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
 # ---------------------------------------------------------------- compression
 
 
@@ -74,186 +72,31 @@ async def gzip_compress(chunks: AsyncIterator[bytes], level: int = 6) -> AsyncIt
     yield comp.flush()
 
 
-async def gzip_decompress(chunks: AsyncIterator[bytes], *, max_output: int) -> AsyncIterator[bytes]:
-    """Gunzip a stream of one or more gzip members, as `gzip -d` does.
-
-    Output is produced at most CHUNK_SIZE per zlib call, so a small input that
-    inflates hugely (a decompression bomb) is caught by `max_output` before it
-    is ever held in memory. Trailing NUL padding (tape-style) is ignored, as
-    gzip does; any other trailing bytes are corruption.
-    """
-    dec = zlib.decompressobj(_GZIP_WBITS)
-    member_fed = False  # bytes fed to the current member
-    members = 0
-    padding = False
-    total = 0
-    async for chunk in chunks:
-        data = chunk
-        while data:
-            if padding:
-                if data.strip(b"\0"):
-                    raise IntegrityError(
-                        "gzip stream has garbage after its last member; the part is corrupt",
-                        offset=total,
-                    )
-                break
-            try:
-                if len(data) >= _THREAD_MIN:
-                    out = await asyncio.to_thread(dec.decompress, data, CHUNK_SIZE)
-                else:
-                    out = dec.decompress(data, CHUNK_SIZE)
-            except zlib.error as exc:
-                raise IntegrityError(
-                    f"gzip stream is corrupt after {total} output bytes ({exc}); "
-                    "re-fetch the part or check its source",
-                    output_bytes=total,
-                ) from exc
-            member_fed = True
-            if out:
-                total += len(out)
-                if total > max_output:
-                    raise UnsafeInput(
-                        f"gzip stream inflates beyond the cap of {max_output} bytes; "
-                        "refusing it as a possible decompression bomb (raise the cap "
-                        "if the part is genuinely this large)",
-                        max_output=max_output,
-                    )
-                yield out
-            if dec.eof:
-                members += 1
-                data = dec.unused_data
-                dec = zlib.decompressobj(_GZIP_WBITS)
-                member_fed = False
-                if data[:1] == b"\0":
-                    padding = True
-            else:
-                data = dec.unconsumed_tail
-    if member_fed or members == 0:
-        raise IntegrityError(
-            f"gzip stream is truncated after {total} output bytes; the part is incomplete "
-            "(re-fetch it)",
-            output_bytes=total,
-        )
-
-
-async def zstd_decompress(chunks: AsyncIterator[bytes], *, max_output: int) -> AsyncIterator[bytes]:
-    """Decompress a zstd stream (one or more frames), capped like `gzip_decompress`.
-
-    Needs the optional `zstandard` package. Input is fed in small slices so one
-    call's output stays bounded (a zstd block inflates at most ~128 KiB per few bytes).
-    """
-    if _zstd is None:
-        raise BadInput(
-            "this part is zstd-compressed but the zstandard package is not installed; "
-            "pip install zstandard on the workers"
-        )
-    slice_size = 8 * 1024
-    dctx = _zstd.ZstdDecompressor()
-    dec: Any = dctx.decompressobj()
-    frame_fed = False
-    frames = 0
-    total = 0
-    async for chunk in chunks:
-        view = memoryview(chunk)
-        while view:
-            piece, view = bytes(view[:slice_size]), view[slice_size:]
-            while piece:
-                try:
-                    out: bytes = dec.decompress(piece)
-                except _zstd.ZstdError as exc:
-                    raise IntegrityError(
-                        f"zstd stream is corrupt after {total} output bytes ({exc})",
-                        output_bytes=total,
-                    ) from exc
-                frame_fed = True
-                piece = b""
-                if out:
-                    total += len(out)
-                    if total > max_output:
-                        raise UnsafeInput(
-                            f"zstd stream inflates beyond the cap of {max_output} bytes; "
-                            "refusing it as a possible decompression bomb",
-                            max_output=max_output,
-                        )
-                    yield out
-                if dec.eof:
-                    frames += 1
-                    piece = dec.unused_data
-                    dec = dctx.decompressobj()
-                    frame_fed = False
-    if frame_fed or frames == 0:
-        raise IntegrityError(
-            f"zstd stream is truncated after {total} output bytes; the part is incomplete",
-            output_bytes=total,
-        )
-
-
-async def bzip2_decompress(
-    chunks: AsyncIterator[bytes], *, max_output: int
+async def zstd_compress(
+    chunks: AsyncIterator[bytes], level: int = 3, *, threads: int = 0
 ) -> AsyncIterator[bytes]:
-    """Decompress a bzip2 stream (one or more concatenated streams, as `bzip2 -d`
-    reads them), capped like `gzip_decompress`.
+    """Zstd a stream (one frame, with a checksum), compressing big chunks off the loop.
 
-    Each call expands at most CHUNK_SIZE (`max_length`), so a bomb is refused by
-    `max_output` before it is held in memory. bzip2 is slow and releases the GIL:
-    big pieces and draining calls run in a thread. Trailing NUL padding is ignored
-    as for gzip; any other bytes after the last stream are corruption.
+    zstd at level 3 is faster than gzip -6 and decompresses about 10x faster;
+    `threads` > 0 uses zstd's own worker threads.
     """
-    dec = bz2.BZ2Decompressor()
-    stream_fed = False  # bytes fed to the current stream
-    streams = 0
-    padding = False
-    total = 0
-    async for chunk in chunks:
-        data = chunk
-        while True:
-            if padding:
-                if data.strip(b"\0"):
-                    raise IntegrityError(
-                        "bzip2 stream has garbage after its last stream; the part is corrupt",
-                        offset=total,
-                    )
-                break
-            if not data and dec.needs_input:
-                break
-            try:
-                if data and len(data) < _THREAD_MIN:
-                    out = dec.decompress(data, CHUNK_SIZE)
-                else:  # a big piece, or draining: up to CHUNK_SIZE of output
-                    out = await asyncio.to_thread(dec.decompress, data, CHUNK_SIZE)
-            except (OSError, EOFError) as exc:
-                raise IntegrityError(
-                    f"bzip2 stream is corrupt after {total} output bytes ({exc}); "
-                    "re-fetch the part or check its source",
-                    output_bytes=total,
-                ) from exc
-            stream_fed = stream_fed or bool(data)
-            data = b""
-            if out:
-                total += len(out)
-                if total > max_output:
-                    raise UnsafeInput(
-                        f"bzip2 stream inflates beyond the cap of {max_output} bytes; "
-                        "refusing it as a possible decompression bomb (raise the cap "
-                        "if the part is genuinely this large)",
-                        max_output=max_output,
-                    )
-                yield out
-            if dec.eof:
-                streams += 1
-                data = dec.unused_data
-                dec = bz2.BZ2Decompressor()
-                stream_fed = False
-                if data[:1] == b"\0":
-                    padding = True
-                elif not data:
-                    break
-    if stream_fed or streams == 0:
-        raise IntegrityError(
-            f"bzip2 stream is truncated after {total} output bytes; the part is incomplete "
-            "(re-fetch it)",
-            output_bytes=total,
+    if not ZSTD_AVAILABLE:
+        raise PermanentError(
+            "backup_compression is zstd but the zstandard package is not installed; "
+            "pip install zstandard on the workers or use gzip"
         )
+    zstandard = importlib.import_module("zstandard")
+    comp = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True).compressobj()
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        if len(chunk) >= _THREAD_MIN:
+            out: bytes = await asyncio.to_thread(comp.compress, chunk)
+        else:
+            out = comp.compress(chunk)
+        if out:
+            yield out
+    yield comp.flush()
 
 
 # ---------------------------------------------------------------- metering
@@ -504,6 +347,23 @@ async def run_producer(
             await _reap(proc, stderr_task)
 
 
+def _widen_pipe(proc: asyncio.subprocess.Process, size: int) -> None:
+    """Grow the kernel pipe to the client's stdin (64 KiB by default) toward `size`,
+    up to the system's pipe-max-size, so the client finds input waiting while the
+    event loop is busy elsewhere. Best effort: a smaller pipe still works."""
+    assert proc.stdin is not None
+    pipe = proc.stdin.transport.get_extra_info("pipe")
+    setter = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if pipe is None or setter is None or pipe.closed:  # closed: the command already exited
+        return
+    try:
+        limit = int(_PIPE_MAX_SIZE.read_text().strip())
+    except (OSError, ValueError):
+        limit = 1 << 20
+    with contextlib.suppress(OSError, ValueError):
+        fcntl.fcntl(pipe.fileno(), setter, max(65536, min(size, limit)))
+
+
 async def run_consumer(
     argv: Sequence[str],
     chunks: AsyncIterator[bytes],
@@ -511,8 +371,14 @@ async def run_consumer(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     secrets: Sequence[str] = (),
+    readahead: int = DEFAULT_READAHEAD,
 ) -> str:
     """Feed a stream to a command's stdin, check its exit code, return its stdout.
+
+    Up to `readahead` bytes are buffered toward the command (the pipe, grown,
+    then the transport's buffer): the input stream keeps producing while the
+    command is busy, instead of running in lockstep with its reads. Memory stays
+    bounded by `readahead` plus one chunk.
 
     A command that exits before reading all its input fails even with code 0
     (it did not import what it was given). If the input stream raises or the
@@ -523,6 +389,9 @@ async def run_consumer(
     assert proc.stdin is not None
     assert proc.stdout is not None
     assert proc.stderr is not None
+    if readahead > 0:
+        _widen_pipe(proc, readahead)
+        proc.stdin.transport.set_write_buffer_limits(high=readahead)
     stderr_task = asyncio.create_task(_keep_tail(proc.stderr, _STDERR_KEEP))
     stdout_task = asyncio.create_task(_keep_tail(proc.stdout, _STDOUT_KEEP))
     finished = False
@@ -534,14 +403,14 @@ async def run_consumer(
         async for chunk in chunks:
             try:
                 proc.stdin.write(chunk)
-                await proc.stdin.drain()
+                await proc.stdin.drain()  # waits only once `readahead` bytes are queued
             except (BrokenPipeError, ConnectionResetError):
                 broken = True
                 break
         if not broken:
             try:
                 proc.stdin.close()
-                await proc.stdin.wait_closed()
+                await proc.stdin.wait_closed()  # the queued bytes are written first
             except (BrokenPipeError, ConnectionResetError):
                 broken = True
         returncode = await proc.wait()
