@@ -1,6 +1,10 @@
 """Where a backup's parts live, named as Pantheon names them so real backups import unchanged.
 
 `backups/<site>/<env>/<backup-id>/<site>_<env>_<YYYY-MM-DDTHH-MM-SS>_UTC_<part>`
+
+With `backup_compression = "zstd"` the database and files parts end in `.zst`
+instead of `.gz` (`database.sql.zst`, `files.tar.zst`): the name is the record of
+the codec (`archives.formats.codec_for_key`), so restores read both.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ SUFFIX = {
     Part.DATABASE: "database.sql.gz",
     Part.FILES: "files.tar.gz",
 }
+#: The parts written as `.zst` when backups use zstd (code stays a small tar.gz).
+ZSTD_PARTS = frozenset({Part.DATABASE, Part.FILES})
 MANIFEST = "manifest.json"
 
 
@@ -45,6 +51,8 @@ class BackupLayout:
     env: str
     backup_id: str
     created_at: datetime
+    #: "gzip" or "zstd": how the database and files parts are compressed.
+    compression: str = "gzip"
 
     @property
     def prefix(self) -> str:
@@ -52,7 +60,10 @@ class BackupLayout:
 
     def file_name(self, part: Part) -> str:
         stamp = pantheon_timestamp(self.created_at)
-        return f"{self.site}_{self.env}_{stamp}_UTC_{SUFFIX[part]}"
+        suffix = SUFFIX[part]
+        if self.compression == "zstd" and part in ZSTD_PARTS:
+            suffix = suffix.removesuffix(".gz") + ".zst"
+        return f"{self.site}_{self.env}_{stamp}_UTC_{suffix}"
 
     def key(self, part: Part) -> str:
         return self.prefix + self.file_name(part)
