@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
+from envrestore.pipelines.sqlsafety.fastscan import copy_end
 from envrestore.pipelines.sqlsafety.lines import (
     FilterReport,
     LineFilter,
@@ -313,9 +314,7 @@ class PostgresFilter(LineFilter):
         size = len(block)
         while start < size:
             if self.in_copy:
-                end = _copy_end(block, start)
-                stop = size if end < 0 else end
-                rows = block.count(b"\n", start, stop)
+                end, rows = copy_end(block, start)
                 self.line_no += rows
                 self.report.copy_rows += rows - (end >= 0)
                 if end < 0:
@@ -668,21 +667,3 @@ class PostgresFilter(LineFilter):
         """EOF ends a COPY data block for psql too; psql runs an unterminated last statement."""
         if not self.in_copy and not self.dropping and (self.head or self.routine):
             self._end_statement(b"")
-
-
-def _copy_end(block: bytes, start: int) -> int:
-    """Index just after psql's end-of-data line (`\\.`) in block[start:], or -1."""
-    at = start
-    while True:
-        if block.startswith(b"\\.", at):
-            rest = block[at + 2 : at + 4]
-            if rest[:1] == b"\n":
-                return at + 3
-            if rest == b"\r\n":
-                return at + 4
-            if at + 2 == len(block):  # `\.` as the unterminated last line
-                return at + 2
-        found = block.find(b"\n\\.", at)
-        if found < 0:
-            return -1
-        at = found + 1
