@@ -34,8 +34,15 @@ demo-stop:
 	@if test -x $(BIN)/python; then $(BIN)/python -m deploy.local.stack down; fi
 
 ## Speed and memory, measured against baselines in the same run (not part of `make test`).
+## The quick benchmarks first, the restore benchmark (the long one) last; see tests/bench/README.md.
+BENCH_QUICK = $(wildcard $(addprefix tests/bench/,bench_sqlsafety.py bench_extract.py \
+	bench_client.py bench_queue.py bench_api.py bench_db_import.py))
+BENCH_FILES = $(BENCH_QUICK) $(filter-out $(BENCH_QUICK) tests/bench/bench_restore.py, \
+	$(sort $(wildcard tests/bench/bench_*.py))) tests/bench/bench_restore.py
+
 bench: install
-	$(BIN)/pytest tests/bench -p no:randomly -s
+	@$(BIN)/python -m tests.bench.bench_restore --forecast
+	$(BIN)/pytest $(BENCH_FILES) -p no:randomly -s
 
 clean: demo-stop
 	rm -rf $(VENV) .envrestore

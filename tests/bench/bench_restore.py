@@ -235,11 +235,7 @@ def test_restore_against_shell_baselines(settings: Settings, cli_env: dict[str, 
     """envrestore restores the site as the shell pipelines do; print and store the figures."""
     env = bench_env(cli_env)
     forecast = expected_seconds(SIZES, ROUNDS)
-    print(
-        f"\nrestore benchmark: sizes {SIZES}, {ROUNDS} round(s); expected ≈ "
-        f"{forecast / 60:.0f} min on a 2-core machine",
-        flush=True,
-    )
+    print(f"\n{forecast_line()}", flush=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"restore-{dt.datetime.now():%Y%m%dT%H%M%S}.json"
     report: dict[str, Any] = {
@@ -260,3 +256,16 @@ def test_restore_against_shell_baselines(settings: Settings, cli_env: dict[str, 
     out.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
     print(f"results: {out} ({report['seconds'] / 60:.1f} min, forecast {forecast / 60:.1f})")
+
+
+def forecast_line() -> str:
+    minutes = expected_seconds(SIZES, ROUNDS) / 60
+    return (
+        f"restore benchmark: sizes {', '.join(f'{s:g}' for s in sorted(SIZES))}, "
+        f"{ROUNDS} round(s); expected ≈ {minutes:.0f} min on a 2-core machine "
+        "(plus a few minutes for the other benchmarks, which run first)"
+    )
+
+
+if __name__ == "__main__":  # `make bench` prints the forecast before anything runs
+    print(forecast_line())
