@@ -22,7 +22,8 @@ from envrestore.pipelines.errors import BadInput
 from envrestore.pipelines.sqlsafety.ending import DumpEnding
 from envrestore.pipelines.sqlsafety.lines import MAX_LINE, FilterReport, LineFilter, LineSplitter
 from envrestore.pipelines.sqlsafety.mariadb import DEFAULT_COLLATION_MAP, MariaDbFilter
-from envrestore.pipelines.sqlsafety.postgres import DEFAULT_EXTENSIONS, PostgresFilter
+from envrestore.pipelines.sqlsafety.postgres import PostgresFilter
+from envrestore.pipelines.sqlsafety.postgres_rules import DEFAULT_EXTENSIONS
 
 __all__ = [
     "DEFAULT_COLLATION_MAP",

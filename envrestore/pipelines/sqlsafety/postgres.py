@@ -35,253 +35,37 @@ from envrestore.pipelines.sqlsafety.postgres_lexer import (
     depth_zero,
     scan_line,
 )
-
-#: Extensions a dump may create: trusted or data-only ones, nothing reaching files or servers.
-DEFAULT_EXTENSIONS = frozenset(
-    {
-        "plpgsql",
-        "pg_trgm",
-        "unaccent",
-        "hstore",
-        "uuid-ossp",
-        "citext",
-        "pgcrypto",
-        "fuzzystrmatch",
-        "btree_gin",
-        "btree_gist",
-        "intarray",
-        "ltree",
-        "cube",
-        "earthdistance",
-        "tablefunc",
-        "isn",
-        "seg",
-        "tsm_system_rows",
-        "tsm_system_time",
-        "postgis",
-        "postgis_topology",
-        "vector",
-        "bloom",
-        "dict_int",
-        "pg_stat_statements",
-    }
+from envrestore.pipelines.sqlsafety.postgres_rules import (
+    ALLOWED_SETTINGS,
+    COPY,
+    COPY_IN,
+    COPY_OUT,
+    DANGER,
+    DANGERS,
+    DEFAULT_EXTENSIONS,
+    DROP_START,
+    EXTENSION,
+    EXTENSION_START,
+    HEAD_RULES,
+    HEAD_TOKENS,
+    MARKED_START,
+    MARKED_VERBS,
+    MAX_ROUTINE_TOKENS,
+    REFUSE_START,
+    REFUSE_START_RE,
+    RESTRICT,
+    ROUTINE_HEAD,
+    ROUTINE_LANGUAGES,
+    SAFE_ENCODINGS,
+    SELECT,
+    SELECT_OK,
+    SETTING_OK,
+    SYSTEM_QUOTED,
+    SYSTEM_SCHEMAS,
+    TIMEOUT_ZERO,
+    WRITE_VERBS,
+    search_path_problem,
 )
-
-_RESTRICT = re.compile(rb"\\(?:un)?restrict [A-Za-z0-9]+[ \t]*")
-
-_SAFE_ENCODINGS = frozenset(
-    {
-        "UTF8",
-        "UNICODE",
-        "SQLASCII",
-        "EUCJP",
-        "EUCKR",
-        "EUCCN",
-        "EUCTW",
-        "EUCJIS2004",
-        "MULEINTERNAL",
-        "KOI8R",
-        "KOI8U",
-        "WIN866",
-        "WIN874",
-    }
-    | {f"LATIN{n}" for n in range(1, 11)}
-    | {f"WIN{n}" for n in range(1250, 1259)}
-    | {f"ISO8859{n}" for n in range(5, 9)}
-)
-
-# What a statement may start with, and what happens to it.
-_DROP_START = re.compile(
-    rb"(?i)(?:GRANT|REVOKE|ALTER\s+DEFAULT\s+PRIVILEGES)\b|ALTER\b.*\bOWNER\s+TO\b"
-)
-_REFUSE_START: dict[str, tuple[bytes, str]] = {
-    "do": (rb"DO\b", "an anonymous code block (DO)"),
-    "call": (rb"CALL\b", "CALL of a procedure"),
-    "load": (rb"LOAD\b", "LOAD of a server library"),
-    "import_foreign": (rb"IMPORT\s+FOREIGN\b", "IMPORT FOREIGN SCHEMA"),
-}
-_REFUSE_START_RE = re.compile(
-    b"|".join(b"(?P<" + k.encode() + b">" + rx + b")" for k, (rx, _) in _REFUSE_START.items()),
-    re.I,
-)
-_SELECT = re.compile(rb"(?i)SELECT\b")
-_SELECT_OK = re.compile(
-    rb"(?i)SELECT\s+pg_catalog\.(?:set_config|setval|lo_create|lo_open|lowrite|lo_close"
-    rb"|lo_unlink)\s*\("
-)
-_COPY = re.compile(rb"(?i)COPY\b")
-_COPY_IN = re.compile(rb"(?is)COPY\s+.+?\s+FROM\s+STDIN\b")
-_COPY_OUT = re.compile(rb"(?is)COPY\s+.+?\s+TO\s+STDOUT\b")
-_EXTENSION = re.compile(
-    rb'(?i)\s*CREATE\s+EXTENSION\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:"(?P<q>[^"]+)"|(?P<n>[\w-]+))'
-)
-_EXTENSION_START = re.compile(rb"(?i)CREATE\s+EXTENSION\b")
-
-_DANGERS: dict[str, tuple[bytes, str]] = {
-    "server_files": (
-        rb"\b(?:lo_import|lo_export|pg_read_file|pg_read_binary_file|pg_ls_dir|pg_stat_file"
-        rb"|pg_file_write|pg_file_rename|pg_file_unlink|pg_logdir_ls|pg_ls_logdir|pg_ls_waldir"
-        rb"|pg_ls_tmpdir|pg_ls_archive_statusdir)\s*\(",
-        "a function reading or writing server files",
-    ),
-    "dblink": (rb"\bdblink\w*\s*\(", "dblink (connections to other databases)"),
-    "server_admin": (
-        rb"\b(?:pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile"
-        rb"|pg_promote)\s*\(",
-        "a server administration function",
-    ),
-    "copy_program": (rb"\bCOPY\b[^;]*\bPROGRAM\b", "COPY … PROGRAM (runs a shell command)"),
-    "alter_system": (rb"\bALTER\s+SYSTEM\b", "ALTER SYSTEM"),
-    "role": (
-        rb"\b(?:CREATE|ALTER|DROP)\s+(?:ROLE|USER|GROUP)\b|\bSET\s+(?:SESSION\s+|LOCAL\s+)?ROLE\b"
-        rb"|\bSESSION\s+AUTHORIZATION\b",
-        "a role statement (roles belong to the target server)",
-    ),
-    "database": (rb"\b(?:CREATE|ALTER|DROP)\s+DATABASE\b", "a statement on a database"),
-    "server_objects": (
-        rb"\b(?:CREATE|ALTER|DROP)\s+(?:FOREIGN\s+DATA\s+WRAPPER|SERVER|TABLESPACE|SUBSCRIPTION"
-        rb"|PUBLICATION)\b|\bUSER\s+MAPPING\b"
-        rb"|\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:TRUSTED\s+)?(?:PROCEDURAL\s+)?LANGUAGE\b",
-        "a server-level object (foreign server, tablespace, language, …)",
-    ),
-    "timeout": (
-        rb"\bstatement_timeout\b",
-        "a change of statement_timeout (the restore sets the import's time limits)",
-    ),
-    "reset": (
-        rb"\bRESET\s+(?:ALL|ROLE|SESSION)\b|\bDISCARD\s+ALL\b",
-        "a reset of the session's role or settings (RESET ALL/ROLE, DISCARD ALL)",
-    ),
-    "system_catalog": (
-        rb"\bSET\s+SCHEMA\s+(?:pg_catalog|information_schema)\b",
-        "a statement that moves an object into a system schema",
-    ),
-    "quoting_mode": (
-        rb"\bstandard_conforming_strings\b|\bclient_encoding\b|\bSET\s+NAMES\b|\bset_config\s*\(",
-        "",  # checked against the raw line: see _check_setting
-    ),
-}
-_DANGER = re.compile(
-    b"|".join(b"(?P<" + k.encode() + b">" + rx + b")" for k, (rx, _) in _DANGERS.items()),
-    re.I,
-)
-_SETTING_OK = re.compile(
-    rb"(?i)\s*(?:SET\s+standard_conforming_strings\s*(?:=|TO)\s*'?on'?"
-    rb"|SELECT\s+pg_catalog\.set_config\('search_path',\s*'(?P<path>[^']*)',\s*false\)"
-    rb"|SET\s+(?:client_encoding\s*(?:=|TO)|NAMES)\s*'?(?P<enc>[\w-]+)'?)\s*;\s*"
-)
-
-
-#: pg_dump's own first statement: the restore sets the import's time limits itself.
-_TIMEOUT_ZERO = re.compile(rb"(?i)\s*SET\s+statement_timeout\s*(?:=|TO)\s*'?0'?\s*;\s*")
-#: How many tokens of each statement the statement-level rules read (across lines).
-HEAD_TOKENS = 64
-#: Longest CREATE FUNCTION/PROCEDURE outside its quoted body the filter reads (tokens).
-MAX_ROUTINE_TOKENS = 100_000
-#: Languages a dumped function may be written in (trusted, no file or shell access).
-ROUTINE_LANGUAGES = frozenset({b"sql", b"plpgsql"})
-#: Settings a dump may SET (what pg_dump and common tools emit); anything else is refused.
-ALLOWED_SETTINGS = frozenset(
-    {
-        b"lock_timeout",
-        b"idle_in_transaction_session_timeout",
-        b"transaction_timeout",
-        b"client_encoding",
-        b"names",
-        b"standard_conforming_strings",
-        b"check_function_bodies",
-        b"xmloption",
-        b"client_min_messages",
-        b"row_security",
-        b"default_tablespace",
-        b"default_table_access_method",
-        b"default_with_oids",
-        b"search_path",
-        b"escape_string_warning",
-        b"timezone",
-        b"time",
-        b"datestyle",
-        b"intervalstyle",
-        b"extra_float_digits",
-        b"bytea_output",
-        b"synchronous_commit",
-        b"transaction",
-        b"constraints",
-        b"session",
-    }
-)
-_SYSTEM_SCHEMAS = frozenset({b"pg_catalog", b"information_schema"})
-_SYSTEM_QUOTED = (b'"pg_catalog"', b'"information_schema"')
-#: Statements whose rules read quoted names and values (the token view with markers).
-_MARKED_VERBS = frozenset({b"set", b"create", b"alter", b"reset"})
-_MARKED_START = re.compile(rb"(?i)\s*(?:SET|CREATE|ALTER|RESET)\b")
-_ROUTINE_HEAD = re.compile(rb"create (?:or replace )?(?:function|procedure)\b")
-_WRITE_VERBS = frozenset(
-    {
-        b"insert",
-        b"update",
-        b"delete",
-        b"truncate",
-        b"merge",
-        b"copy",
-        b"lock",
-        b"alter",
-        b"create",
-        b"drop",
-        b"comment",
-        b"security",
-        b"refresh",
-        b"reindex",
-        b"cluster",
-        b"vacuum",
-        b"analyze",
-        b"import",
-    }
-)
-_HEAD_RULES: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
-    (re.compile(rx), what, problem)
-    for rx, what, problem in (
-        (rb"^(?:create|alter|drop) (?:role|user|group)\b", "a role statement", "role"),
-        (
-            rb"^(?:set|reset) (?:session |local )?(?:role|session_authorization"
-            rb"|session authorization)\b",
-            "a change of the session's role",
-            "role",
-        ),
-        (rb"^reset (?:all|role|statement_timeout)\b|^discard\b", "a reset of the session", "reset"),
-        (rb"^alter system\b", "ALTER SYSTEM", "alter_system"),
-        (rb"^(?:create|alter|drop) database\b", "a statement on a database", "database"),
-        (
-            rb"^(?:create|alter|drop) (?:foreign data wrapper|server|tablespace|subscription"
-            rb"|publication|user mapping|event trigger)\b"
-            rb"|^create (?:or replace )?(?:trusted )?(?:procedural )?language\b"
-            rb"|^(?:create|alter|drop) (?:or replace )?(?:procedural )?language\b"
-            rb"|^create (?:or replace )?transform\b",
-            "a server-level object (foreign server, tablespace, language, event trigger, …)",
-            "server_objects",
-        ),
-        (
-            rb"^(?:create|alter|drop) schema (?:if (?:not )?exists )?"
-            rb"(?:pg_catalog|information_schema)\b"
-            rb"|\bset schema (?:pg_catalog|information_schema)\b",
-            "a statement on a system schema (pg_catalog, information_schema)",
-            "system_catalog",
-        ),
-    )
-)
-
-
-def _search_path_problem(items: list[bytes]) -> str:
-    """Why a search_path value is refused ('' when it is fine).
-
-    Unqualified CREATEs go to the first schema of the path: a system schema may
-    only come last, after another one (old pg_dump: `SET search_path = public, pg_catalog`).
-    """
-    names = [item.strip().strip(b"'\"").strip().lower() for item in items]
-    for position, name in enumerate(names):
-        if name in _SYSTEM_SCHEMAS and (position == 0 or position != len(names) - 1):
-            return "puts a system schema (pg_catalog, information_schema) first in search_path"
-    return ""
 
 
 def _blank(line: bytes) -> bytes:
@@ -339,14 +123,14 @@ class PostgresFilter(LineFilter):
     def check_line(self, line: bytes) -> bytes | None:
         body = strip_eol(line)
         if self.quote is None and self.statement_empty and body[:1] == b"\\":
-            if _RESTRICT.fullmatch(body):
+            if RESTRICT.fullmatch(body):
                 return None
             raise self._meta(body)
         if (
             self.quote is None
             and self.statement_empty
             and not self.dropping
-            and _TIMEOUT_ZERO.fullmatch(body)
+            and TIMEOUT_ZERO.fullmatch(body)
         ):
             self.report.note(
                 "dropped SET statement_timeout = 0 (the restore sets the import's time limits)"
@@ -373,7 +157,7 @@ class PostgresFilter(LineFilter):
                 self.statement_empty = True
                 self.report.statements += 1
             return result
-        danger = _DANGER.search(code)
+        danger = DANGER.search(code)
         if danger is not None:
             name = danger.lastgroup or "unsafe"
             if name == "quoting_mode":
@@ -381,7 +165,7 @@ class PostgresFilter(LineFilter):
             else:
                 raise refusal(
                     self.line_no,
-                    f'{_DANGERS[name][1]} "{excerpt(code[danger.start() :])}"',
+                    f'{DANGERS[name][1]} "{excerpt(code[danger.start() :])}"',
                     body,
                     name,
                 )
@@ -389,7 +173,7 @@ class PostgresFilter(LineFilter):
             head = part.lstrip()
             if not head or not (index or self.statement_empty):
                 continue
-            if _DROP_START.match(head):
+            if DROP_START.match(head):
                 if index:
                     raise refusal(
                         self.line_no,
@@ -418,21 +202,21 @@ class PostgresFilter(LineFilter):
         return result
 
     def _check_start(self, head: bytes, body: bytes, index: int, count: int) -> None:
-        refused = _REFUSE_START_RE.match(head)
+        refused = REFUSE_START_RE.match(head)
         if refused is not None:
             name = refused.lastgroup or "unsafe"
-            raise refusal(self.line_no, f'{_REFUSE_START[name][1]} "{excerpt(head)}"', body, name)
-        if _SELECT.match(head) and not _SELECT_OK.match(head):
+            raise refusal(self.line_no, f'{REFUSE_START[name][1]} "{excerpt(head)}"', body, name)
+        if SELECT.match(head) and not SELECT_OK.match(head):
             raise refusal(
                 self.line_no,
                 f'a top-level SELECT other than pg_dump\'s own "{excerpt(head)}"',
                 body,
                 "select",
             )
-        if _COPY.match(head):
+        if COPY.match(head):
             self._check_copy(head, body, index, count)
-        if _EXTENSION_START.match(head):
-            found = _EXTENSION.match(body) if index == 0 else None
+        if EXTENSION_START.match(head):
+            found = EXTENSION.match(body) if index == 0 else None
             raw = (found.group("q") or found.group("n")) if found else b""
             name = raw.decode("utf-8", "replace")
             if name.lower() not in self.extensions:
@@ -450,12 +234,12 @@ class PostgresFilter(LineFilter):
         """Whether this line needs the token view with literal markers (rare lines only)."""
         if self.routine is not None or b'&"' in body:
             return True
-        if not self.head_done and any(name in body for name in _SYSTEM_QUOTED):
+        if not self.head_done and any(name in body for name in SYSTEM_QUOTED):
             return True
-        if self.head and not self.head_done and self.head[0] in _MARKED_VERBS:
+        if self.head and not self.head_done and self.head[0] in MARKED_VERBS:
             return True
         return any(
-            _MARKED_START.match(part) for index, part in enumerate(parts) if index or not self.head
+            MARKED_START.match(part) for index, part in enumerate(parts) if index or not self.head
         )
 
     def _track(self, body: bytes, state: tuple[bytes | None, int], parts: list[bytes]) -> None:
@@ -496,7 +280,7 @@ class PostgresFilter(LineFilter):
             self.head.append(found.group().lower())
             if len(self.head) >= HEAD_TOKENS:
                 break
-        if _ROUTINE_HEAD.match(b" ".join(self.head[:4])):
+        if ROUTINE_HEAD.match(b" ".join(self.head[:4])):
             self.routine = [*self.head, *(found.group().lower() for found in tokens)]
             return
         if len(self.head) >= HEAD_TOKENS:
@@ -519,7 +303,7 @@ class PostgresFilter(LineFilter):
 
     def _check_head(self, tokens: list[bytes], body: bytes) -> None:
         head = b" ".join(tokens)
-        for rule, what, problem in _HEAD_RULES:
+        for rule, what, problem in HEAD_RULES:
             if rule.search(head):
                 self._refuse_statement(what, tokens, body, problem)
         if UNICODE_ID in tokens:
@@ -527,15 +311,15 @@ class PostgresFilter(LineFilter):
                 'a Unicode-escaped identifier (U&"…")', tokens, body, "unicode_identifier"
             )
         if b"statement_timeout" in tokens:
-            self._refuse_statement(_DANGERS["timeout"][1], tokens, body, "timeout")
+            self._refuse_statement(DANGERS["timeout"][1], tokens, body, "timeout")
         first = tokens[0] if tokens else b""
         if first == b"set":
             self._check_set(tokens, body)
-        if first in _WRITE_VERBS:
+        if first in WRITE_VERBS:
             for index, token in enumerate(tokens[:-1]):
                 if token == b"(":
                     break
-                if tokens[index + 1] == b"." and token in _SYSTEM_SCHEMAS:
+                if tokens[index + 1] == b"." and token in SYSTEM_SCHEMAS:
                     self._refuse_statement(
                         "a statement that writes or defines objects in a system schema "
                         f"({token.decode()})",
@@ -548,7 +332,7 @@ class PostgresFilter(LineFilter):
             name = tokens[tokens.index(b"extension") + 1 :][:4]
             if (
                 tokens[at + 1 : at + 2]
-                and tokens[at + 1] in _SYSTEM_SCHEMAS
+                and tokens[at + 1] in SYSTEM_SCHEMAS
                 and (b"plpgsql" not in name)
             ):
                 self._refuse_statement(
@@ -570,7 +354,7 @@ class PostgresFilter(LineFilter):
             )
         if name == b"search_path":
             value = tokens[at + 2 :] if tokens[at + 1 : at + 2] in ([b"="], [b"to"]) else []
-            problem = _search_path_problem(b" ".join(value).split(b","))
+            problem = search_path_problem(b" ".join(value).split(b","))
             if LIT in value:
                 problem = "gives search_path quoted names"
             if problem:
@@ -606,12 +390,12 @@ class PostgresFilter(LineFilter):
                     "routine_language",
                 )
             elif token == b"statement_timeout":
-                self._refuse_statement(_DANGERS["timeout"][1], tokens, body, "timeout")
+                self._refuse_statement(DANGERS["timeout"][1], tokens, body, "timeout")
 
     def _check_copy(self, head: bytes, body: bytes, index: int, count: int) -> None:
-        if _COPY_OUT.match(head):
+        if COPY_OUT.match(head):
             return
-        if not _COPY_IN.match(head) or re.search(rb"(?i)\bbinary\b", body):
+        if not COPY_IN.match(head) or re.search(rb"(?i)\bbinary\b", body):
             raise refusal(
                 self.line_no,
                 f'COPY from or to a server file (only COPY … FROM stdin is) "{excerpt(head)}"',
@@ -628,16 +412,16 @@ class PostgresFilter(LineFilter):
         self.in_copy = True
 
     def _check_setting(self, body: bytes) -> None:
-        found = _SETTING_OK.fullmatch(body)
+        found = SETTING_OK.fullmatch(body)
         path = found.group("path") if found is not None else None
-        problem = _search_path_problem(path.split(b",")) if path else ""
+        problem = search_path_problem(path.split(b",")) if path else ""
         if problem:
             raise refusal(
                 self.line_no, f'a set_config that {problem} "{excerpt(body)}"', body, "search_path"
             )
         encoding = found.group("enc") if found is not None else None
         normalized = encoding.upper().replace(b"_", b"").replace(b"-", b"") if encoding else b""
-        if found is None or (encoding is not None and normalized.decode() not in _SAFE_ENCODINGS):
+        if found is None or (encoding is not None and normalized.decode() not in SAFE_ENCODINGS):
             raise refusal(
                 self.line_no,
                 "a setting that changes how psql reads quotes (standard_conforming_strings, "
