@@ -13,7 +13,7 @@ With `ArchiveRules.unwrap` (imports) nothing is stripped while writing; the
 folder the guard names at the end is unwrapped by three renames (`TreeWriter.unwrap`).
 """
 
-# ruff: noqa: PTH101, PTH102, PTH103, PTH108, PTH114, PTH118, PTH120, PTH211
+# ruff: noqa: PTH101, PTH108, PTH114, PTH118
 # The per-member path is the hot loop (20,000 small files): plain os calls on str
 # paths, no Path object per member.
 
@@ -40,78 +40,95 @@ from envrestore.pipelines.archives.tarpolicy import (
     TarReport,
 )
 from envrestore.pipelines.archives.tarstream import TarParser, run_parser
+from envrestore.pipelines.archives.writepool import (
+    BATCH_BYTES,
+    FileJob,
+    WritePool,
+    create_file,
+    finish_file,
+    write_all,
+)
 from envrestore.pipelines.errors import BadInput
 
 log = structlog.get_logger(__name__)
 
-_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: The extracted root's mode when the archive has no entry for its top folder.
 _ROOT_MODE = 0o755
+#: Writer threads when the caller names none (`settings.extract_threads`).
+DEFAULT_THREADS = 4
+#: Folder fds kept open at once; beyond it they are closed and reopened as needed.
+_MAX_DIR_FDS = 256
 
 
 class TreeWriter:
-    """A sink that writes admitted members below `root`."""
+    """A sink that writes admitted members below `root`.
 
-    def __init__(self, root: Path) -> None:
+    Directories are opened once (O_DIRECTORY|O_NOFOLLOW, component by component
+    from the root's fd) and their fds kept, so every member is created relative
+    to its folder's fd: one path component per syscall, never a symlink followed.
+    Small files go, whole and in batches, to a `WritePool` of `threads` threads;
+    files over `writepool.BATCH_BYTES` are streamed by the parser's thread.
+    Anything that depends on earlier members (a duplicate name, a link, a folder
+    where a file was) waits until the files it depends on are written.
+    """
+
+    def __init__(self, root: Path, *, threads: int = DEFAULT_THREADS) -> None:
         self._root = str(root)
-        self._fd = -1
         self._member: Member | None = None
+        self._job: FileJob | None = None
+        self._fd = -1  # a large file streamed by this thread
         self._dirs: list[tuple[str, int, int]] = []
+        self._dir_paths: set[tuple[str, ...]] = set()  # every folder made or opened
         self._root_seen = False
         self._top_dirs: set[str] = set()  # folders the archive lists at the root itself
         self._umask = _current_umask()
+        self._threads = threads
+        self._pool: WritePool | None = None
+        self._root_fd = -1
+        self._dir_fds: dict[tuple[str, ...], int] = {}
 
     def _path(self, parts: tuple[str, ...]) -> str:
         return os.path.join(self._root, *parts) if parts else self._root
 
     def open_member(self, member: Member) -> bool:
-        path = self._path(member.path)
-        if member.kind is MemberKind.DIR:
-            self._make_dir(member, path)
+        if self._root_fd < 0:
+            self._root_fd = os.open(self._root, _OPEN_DIR)
+            self._dir_fds[()] = self._root_fd
+            self._pool = WritePool(self._threads, self._umask)
+        kind = member.kind
+        if kind is MemberKind.FILE:
+            return self._open_file(member)
+        if kind is MemberKind.DIR:
+            self._make_dir(member)
             return False
-        if member.kind is MemberKind.FILE:
-            # Created with its final mode when the umask leaves it intact: one syscall less.
-            self._fd = self._create(member, path, lambda: os.open(path, _OPEN_NEW, member.mode))
-            self._member = member
-            return True
-        if member.kind is MemberKind.SYMLINK:
-            self._create(member, path, lambda: os.symlink(member.link, path))
-            os.utime(path, ns=(member.mtime_ns, member.mtime_ns), follow_symlinks=False)
+        self._pool_drain()  # links: everything before them exists, nothing is in flight
+        if kind is MemberKind.SYMLINK:
+            self._make_symlink(member)
             return False
-        source = self._path(member.link_path)
-        try:
-            st = os.lstat(source)
-        except FileNotFoundError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
-            raise unsafe(
-                member.name,
-                "hardlink_target",
-                f"is a hardlink to {member.link!r}, which is not a regular file extracted "
-                "earlier from this archive",
-            )
-        self._create(member, path, lambda: os.link(source, path, follow_symlinks=False))
+        self._make_hardlink(member)
         return False
 
     def write(self, data: memoryview) -> None:
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
+        job = self._job
+        if job is not None:
+            # Kept until a thread writes it: never a view of a buffer that may be reused.
+            job.pieces.append(data if isinstance(data.obj, bytes) else bytes(data))
+            return
+        write_all(self._fd, data)
 
     def close_member(self) -> None:
-        if self._fd < 0 or self._member is None:
-            return
-        fd, member = self._fd, self._member
-        self._fd, self._member = -1, None
-        try:
-            if member.mode & self._umask:
-                os.fchmod(fd, member.mode)
-            os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
-        finally:
-            os.close(fd)
+        member, job = self._member, self._job
+        self._member = self._job = None
+        if job is not None and self._pool is not None:
+            self._pool.add(job)
+        elif self._fd >= 0 and member is not None:
+            fd, self._fd = self._fd, -1
+            finish_file(fd, member.mode, member.mtime_ns, self._umask)
 
     def finish(self) -> None:
+        self._pool_drain()
+        self._close_pool(cancel=False)
         if not self._root_seen:
             os.chmod(self._root, _ROOT_MODE)  # made 0700 by prepare_dest
         # Deepest first, so a read-only parent does not stop its children being set.
@@ -131,10 +148,12 @@ class TreeWriter:
         self._dirs.clear()
 
     def abort(self, symlinks: Iterable[tuple[str, ...]]) -> None:
+        # No thread writes anything once this returns: the caller discards the tree.
+        self._close_pool(cancel=True)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-            self._member = None
+        self._member = self._job = None
         # A refused archive's links must not point anywhere, even in a tree
         # that is about to be discarded.
         for parts in symlinks:
@@ -167,46 +186,157 @@ class TreeWriter:
             root.chmod(_ROOT_MODE)
         os.utime(root, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-    def _make_dir(self, member: Member, path: str) -> None:
-        if len(member.path) == 1:
-            self._top_dirs.add(member.path[0])
-        if member.path:
-            try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                if not stat.S_ISDIR(os.lstat(path).st_mode):
-                    os.unlink(path)  # a file or symlink of the same name, earlier in the archive
-                    os.mkdir(path, 0o700)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-                os.mkdir(path, 0o700)
+    # ------------------------------------------------------------ members
+
+    def _open_file(self, member: Member) -> bool:
+        path = member.path
+        if path in self._dir_paths:
+            raise unsafe(
+                member.name,
+                "replaces_directory",
+                "would replace a directory extracted earlier from this archive",
+            )
+        pool = self._pool
+        assert pool is not None
+        if path in pool.in_flight:
+            pool.drain()  # a duplicate: the earlier one is written first, then replaced
+        dir_fd = self._dir_fd(member, path[:-1])
+        self._member = member
+        if member.size > BATCH_BYTES:
+            self._fd = create_file(dir_fd, path[-1], member.name, member.mode)
+        else:
+            self._job = FileJob(
+                dir_fd, path[-1], member.name, path, member.mode, member.mtime_ns, size=member.size
+            )
+        return True
+
+    def _make_dir(self, member: Member) -> None:
+        path = member.path
+        if len(path) == 1:
+            self._top_dirs.add(path[0])
+        if path:
+            pool = self._pool
+            assert pool is not None
+            if path in pool.in_flight:
+                pool.drain()  # a file of that name is being written: replaced once it is
+            if path not in self._dir_paths:
+                parent = self._dir_fd(member, path[:-1])
+                name = path[-1]
+                try:
+                    os.mkdir(name, 0o700, dir_fd=parent)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.lstat(name, dir_fd=parent).st_mode):
+                        os.unlink(name, dir_fd=parent)  # a file or symlink earlier in the archive
+                        os.mkdir(name, 0o700, dir_fd=parent)
+                self._dir_paths.add(path)
         else:
             self._root_seen = True
         # Owner keeps rwx until the end so the directory's members can be written.
-        self._dirs.append((path, member.mode, member.mtime_ns))
+        self._dirs.append((self._path(path), member.mode, member.mtime_ns))
 
-    def _create(self, member: Member, path: str, make: Callable[[], int | None]) -> int:
-        """Run `make` (which creates `path` exclusively), replacing an earlier non-directory."""
+    def _make_symlink(self, member: Member) -> None:
+        parent = self._dir_fd(member, member.path[:-1])
+        name = member.path[-1]
+        self._replacing(member, parent, name, lambda: os.symlink(member.link, name, dir_fd=parent))
+        os.utime(name, ns=(member.mtime_ns, member.mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+    def _make_hardlink(self, member: Member) -> None:
+        source = self._path(member.link_path)
+        try:
+            st = os.lstat(source)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise unsafe(
+                member.name,
+                "hardlink_target",
+                f"is a hardlink to {member.link!r}, which is not a regular file extracted "
+                "earlier from this archive",
+            )
+        parent = self._dir_fd(member, member.path[:-1])
+        name = member.path[-1]
+        self._replacing(
+            member,
+            parent,
+            name,
+            lambda: os.link(source, name, dst_dir_fd=parent, follow_symlinks=False),
+        )
+
+    def _replacing(self, member: Member, parent: int, name: str, make: Callable[[], None]) -> None:
+        """Run `make` (which creates `name` exclusively), replacing an earlier non-directory."""
         for _ in range(3):
             try:
-                return make() or 0
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                make()
+                return
             except FileExistsError:
-                if stat.S_ISDIR(os.lstat(path).st_mode):
+                if stat.S_ISDIR(os.lstat(name, dir_fd=parent).st_mode):
                     raise unsafe(
                         member.name,
                         "replaces_directory",
                         "would replace a directory extracted earlier from this archive",
                     ) from None
-                os.unlink(path)  # tar semantics: a later member replaces an earlier one
-            except NotADirectoryError:
-                raise unsafe(
-                    member.name,
-                    "through_file",
-                    "has a path whose parent is a file extracted earlier from this archive",
-                ) from None
+                os.unlink(name, dir_fd=parent)  # tar semantics: a later member replaces it
         raise unsafe(member.name, "replaces_directory", "could not be created")
+
+    # ------------------------------------------------------------ folders
+
+    def _dir_fd(self, member: Member, parts: tuple[str, ...]) -> int:
+        """The fd of folder `parts`, opened (or made, 0755) one component at a time."""
+        fd = self._dir_fds.get(parts)
+        if fd is not None:
+            return fd
+        pool = self._pool
+        assert pool is not None
+        if any(parts[:depth] in pool.in_flight for depth in range(1, len(parts) + 1)):
+            pool.drain()  # a file on the way is being written: it must exist to be refused
+        if len(self._dir_fds) >= _MAX_DIR_FDS:
+            self._close_dir_fds()
+        known = len(parts)
+        while known and parts[:known] not in self._dir_fds:
+            known -= 1
+        fd = self._dir_fds[parts[:known]]
+        for depth in range(known + 1, len(parts) + 1):
+            name = parts[depth - 1]
+            try:
+                try:
+                    child = os.open(name, _OPEN_DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                    child = os.open(name, _OPEN_DIR, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.EEXIST):
+                    raise unsafe(
+                        member.name,
+                        "through_file",
+                        "has a path whose parent is a file extracted earlier from this archive",
+                    ) from None
+                raise
+            fd = self._dir_fds[parts[:depth]] = child
+            self._dir_paths.add(parts[:depth])
+        return fd
+
+    def _close_dir_fds(self) -> None:
+        """Close every folder fd but the root's, once no queued file needs one."""
+        if self._pool is not None:
+            self._pool.drain()
+        for parts, fd in self._dir_fds.items():
+            if parts:
+                os.close(fd)
+        self._dir_fds = {(): self._root_fd} if self._root_fd >= 0 else {}
+
+    def _pool_drain(self) -> None:
+        if self._pool is not None:
+            self._pool.drain()
+
+    def _close_pool(self, *, cancel: bool) -> None:
+        """Stop the threads, then close every folder fd."""
+        if self._pool is not None:
+            self._pool.close(cancel=cancel)
+            self._pool = None
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds.clear()
+        self._root_fd = -1
 
 
 def _current_umask() -> int:
@@ -245,6 +375,7 @@ async def extract_tar(
     limits: TarLimits,
     rules: ArchiveRules | None = None,
     on_progress: Callable[[int], None] | None = None,
+    threads: int = DEFAULT_THREADS,
 ) -> TarReport:
     """Extract a (decompressed) tar stream into `dest`, its single top folder stripped.
 
@@ -252,12 +383,13 @@ async def extract_tar(
     errors and may require a top folder (`rules.top`), or allow any layout and
     unwrap a matching sole folder (`rules.unwrap`; `report.top` names it, "" when
     none); an archive with nothing in it is refused. Modes follow
-    `limits.mode_policy`. On any error `dest` holds a partial tree: the caller
-    discards it. `on_progress` receives the tar bytes consumed so far.
+    `limits.mode_policy`. On any error `dest` holds a partial tree (no thread
+    writes to it any more): the caller discards it. `on_progress` receives the
+    tar bytes consumed so far; `threads` write small files (`settings.extract_threads`).
     """
     prepare_dest(dest)
     rules = rules or ArchiveRules()
-    writer = TreeWriter(dest)
+    writer = TreeWriter(dest, threads=threads)
     report = await run_parser(chunks, TarParser(TarGuard(limits, rules), writer), on_progress)
     if rules.unwrap is not None and report.top:
         await asyncio.to_thread(writer.unwrap, report.top)

@@ -21,7 +21,7 @@ from typing import Literal, get_args
 
 import structlog
 
-from envrestore.pipelines.archives.extract import extract_tar
+from envrestore.pipelines.archives.extract import DEFAULT_THREADS, extract_tar
 from envrestore.pipelines.archives.sniff import (
     HEAD_BYTES,
     checked_head,
@@ -199,18 +199,20 @@ async def extract_archive(
     limits: TarLimits,
     rules: ArchiveRules,
     spool_dir: Path,
+    threads: int = DEFAULT_THREADS,
 ) -> TarReport:
     """Extract a files or code part (tar in any codec, or zip) into `dest`, safely.
 
     `dest` must be missing or empty. "plain" is an uncompressed tar. The rules,
     caps and modes are `extract_tar`'s for every format; `rules.unwrap` allows
     any layout and unwraps a matching sole folder (`report.top` names it).
-    On error `dest` holds a partial tree: the caller discards it.
+    On error `dest` holds a partial tree: the caller discards it. `threads`
+    write a tar's small files (`settings.extract_threads`).
     """
     codec, stream = await _tar_stream(raw, codec=codec, key=key, limits=limits, label=rules.label)
     if codec == "zip":
         return await extract_zip(stream, dest, limits=limits, rules=rules, spool_dir=spool_dir)
-    return await extract_tar(stream, dest, limits=limits, rules=rules)
+    return await extract_tar(stream, dest, limits=limits, rules=rules, threads=threads)
 
 
 async def check_archive(

@@ -146,6 +146,7 @@ async def extract_part(
             limits=limits,
             rules=rules,
             spool_dir=spool_dir(ctx),
+            threads=ctx.settings.extract_threads,
         )
         verdict = stream.verdict()
     return dest, {
