@@ -7,6 +7,7 @@ newer than itself (the embedded pgserver runs 16, the system ships 15).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,37 @@ WHERE c.relkind IN ('r', 'p')
   AND n.nspname NOT LIKE 'pg\\_temp\\_%'
 ORDER BY 1, 2
 """
+
+
+#: How much of a server's message an error quotes.
+QUOTE_LIMIT = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PSQL_LINE = re.compile(r"^psql:[^:\n]*:(\d+): ")
+
+
+def quote_server_text(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """Server text for a message: every control character escaped, cut to about `limit`."""
+    escaped = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return escaped if len(escaped) <= limit else escaped[:limit] + "…"
+
+
+def psql_reason(stderr: str) -> tuple[str, int | None]:
+    """psql's error as a reason ("line 12: ERROR: …") and the dump line it names.
+
+    `run_consumer` joins psql's last stderr lines with " | "; the first one
+    naming a line (`psql:<stdin>:12: ERROR:  …`) is the failure, the rest
+    (LINE/DETAIL/HINT/CONTEXT) is kept after it.
+    """
+    parts = [part.strip() for part in stderr.split(" | ") if part.strip()]
+    for index, part in enumerate(parts):
+        found = _PSQL_LINE.match(part)
+        if found is not None:
+            line = int(found.group(1))
+            rest = [part[found.end() :], *parts[index + 1 :]]
+            text = " | ".join(re.sub(r"\s+", " ", piece) for piece in rest)
+            return f"line {line}: {quote_server_text(text)}", line
+    text = " | ".join(re.sub(r"^psql:[^:]*: ", "", part) for part in parts)
+    return quote_server_text(text or "psql failed without an error message"), None
 
 
 def quote_identifier(name: str) -> str:

@@ -27,7 +27,17 @@ import asyncpg
 import structlog
 
 from envrestore.pipelines.dsn import Dsn
-from envrestore.pipelines.engines.postgres import PostgresEngine, quote_identifier
+from envrestore.pipelines.engines.postgres import (
+    PostgresEngine,
+    psql_reason,
+    quote_identifier,
+    quote_server_text,
+)
+from envrestore.pipelines.engines.postgres_split import (
+    MAX_CONNECTIONS,
+    import_stream,
+    resolve_connections,
+)
 from envrestore.pipelines.engines.shadow import (
     FedCounter,
     ImportLogin,
@@ -58,42 +68,15 @@ TERMINATE_SECONDS = 10.0
 LZ4_OPTIONS = "-c default_toast_compression=lz4"
 
 
-#: Sessions an import login may open (psql, the lz4 probe, a margin for retries).
-LOGIN_CONNECTION_LIMIT = 4
-#: How much of a server's message an error quotes.
-QUOTE_LIMIT = 300
+#: Sessions an import login may open: the most parallel psql sessions, twice (a
+#: stage's sessions may still be ending on the server when the next stage's
+#: connect), and the lz4 probe with a margin.
+LOGIN_CONNECTION_LIMIT = 2 * MAX_CONNECTIONS + 2
 #: How much of a running statement `running_statements` reports.
 STATEMENT_TEXT_LIMIT = 1000
 NO_CREATEROLE = (
     "the DSN user cannot create roles (needs CREATEROLE); the import runs as the DSN user"
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_PSQL_LINE = re.compile(r"^psql:[^:\n]*:(\d+): ")
-
-
-def quote_server_text(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """Server text for a message: every control character escaped, cut to about `limit`."""
-    escaped = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return escaped if len(escaped) <= limit else escaped[:limit] + "…"
-
-
-def psql_reason(stderr: str) -> tuple[str, int | None]:
-    """psql's error as a reason ("line 12: ERROR: …") and the dump line it names.
-
-    `run_consumer` joins psql's last stderr lines with " | "; the first one
-    naming a line (`psql:<stdin>:12: ERROR:  …`) is the failure, the rest
-    (LINE/DETAIL/HINT/CONTEXT) is kept after it.
-    """
-    parts = [part.strip() for part in stderr.split(" | ") if part.strip()]
-    for index, part in enumerate(parts):
-        found = _PSQL_LINE.match(part)
-        if found is not None:
-            line = int(found.group(1))
-            rest = [part[found.end() :], *parts[index + 1 :]]
-            text = " | ".join(re.sub(r"\s+", " ", piece) for piece in rest)
-            return f"line {line}: {quote_server_text(text)}", line
-    text = " | ".join(re.sub(r"^psql:[^:]*: ", "", part) for part in parts)
-    return quote_server_text(text or "psql failed without an error message"), None
 
 
 def _lit(text: str) -> str:
@@ -223,13 +206,12 @@ class PostgresShadow:
         chunks: AsyncIterator[bytes],
         *,
         on_progress: ProgressCallback | None = None,
-        connections: int = 1,
+        connections: int | str = 1,
         lz4: bool = True,
     ) -> ImportReport:
-        """psql fed the dump; lz4 TOAST compression when the server has it (`lz4=False`: bench)."""
-        if connections != 1:
-            # PERFORMANCE.md: parallel restore gains nothing here; the bound is TOAST compression.
-            raise BadInput(f"PostgreSQL imports use one connection, not {connections}")
+        """psql fed the dump, over `connections` sessions ("auto": 2) when it is a
+        plain pg_dump (postgres_split); lz4 TOAST when the server has it (`lz4=False`: bench)."""
+        sessions = resolve_connections(connections)
         conn = await self.engine.connect(dsn)
         try:
             has_lz4 = await conn.fetchval(
@@ -243,17 +225,18 @@ class PostgresShadow:
         if lz4 and has_lz4:
             env["PGOPTIONS"] = LZ4_OPTIONS
             options = (f"PGOPTIONS={LZ4_OPTIONS}",)
-        fed = FedCounter(dsn.database, on_progress)
+        # `-f -`: psql names the failing line ("psql:<stdin>:LINE: ERROR: …"), counted
+        # in its own session's input when the dump is split.
+        argv = self.engine.psql_argv(dsn, "-f", "-")
+        secrets = self.engine.secrets(dsn)
 
+        async def launch(stream: AsyncIterator[bytes]) -> str:
+            return await run_consumer(argv, stream, env=env, secrets=secrets)
+
+        fed = FedCounter(dsn.database, on_progress)
         started = time.monotonic()
         try:
-            await run_consumer(
-                # `-f -`: psql names the failing line ("psql:<stdin>:LINE: ERROR: …").
-                self.engine.psql_argv(dsn, "-f", "-"),
-                fed.wrap(chunks),
-                env=env,
-                secrets=self.engine.secrets(dsn),
-            )
+            stages = await import_stream(fed.wrap(chunks), sessions, launch)
         except EnvrestoreError as exc:
             if "stderr" not in exc.data:
                 raise  # the dump's own verdict (refused, truncated, damaged): already clear
@@ -276,6 +259,8 @@ class PostgresShadow:
             dsn=dsn.masked(),
             bytes=fed.bytes,
             seconds=seconds,
+            connections=sessions,
+            stages=[f"{stage}:{count}" for stage, count in stages],
         )
         return ImportReport(dsn.database, fed.bytes, seconds, options)
 
