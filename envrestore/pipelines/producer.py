@@ -9,6 +9,7 @@ a CLI command or a route.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -19,7 +20,7 @@ from envrestore.pipelines.backup.service import get_backup, latest_backup, prepa
 from envrestore.pipelines.errors import BadInput, Conflict
 from envrestore.pipelines.jobs.prepared import Prepared
 from envrestore.pipelines.jobs.principal import Principal
-from envrestore.pipelines.jobs.submit import Submitted, submit_job
+from envrestore.pipelines.jobs.submit import JobSpec, Submitted, submit_jobs
 from envrestore.pipelines.objectstore import ObjectStore
 from envrestore.pipelines.registry import get_environment
 from envrestore.pipelines.requests import (
@@ -78,24 +79,52 @@ class Producer:
 
     async def submit(self, request: Request, *, idempotency_key: str | None = None) -> Submitted:
         """Queue the job `request` asks for (or find the one its idempotency key names)."""
-        if isinstance(request, DeleteBackupRequest) and idempotency_key is not None:
-            # Its checks refuse a backup already being deleted, this very job's doing too.
-            earlier = await earlier_delete(
-                self.pool,
-                request,
-                key=idempotency_key,
-                default_scope=self.key_scope,
-            )
-            if earlier is not None:
-                return earlier
-        prepared = await self.prepare(request)
-        return await submit_job(
-            self.pool,
+        earlier = await self._earlier(request, idempotency_key)
+        if earlier is not None:
+            return earlier
+        (submitted,) = await submit_jobs(
+            self.pool, [self._spec(await self.prepare(request), request, idempotency_key)]
+        )
+        return submitted
+
+    async def submit_many(
+        self,
+        requests: Sequence[Request],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> list[Submitted]:
+        """Queue many jobs at once: every request checked first, then all recorded in
+        one transaction by one statement (their first messages in the outbox, one
+        NOTIFY for the relay). All or nothing: any refusal raises, no job of the
+        batch exists then. Results in the order of `requests`; the idempotency rules
+        are `submit`'s, a key given twice in the batch included."""
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
+        if len(keys) != len(requests):
+            raise BadInput(f"{len(requests)} requests but {len(keys)} idempotency keys")
+        answers: list[Submitted | None] = []
+        specs: list[JobSpec] = []
+        for request, key in zip(requests, keys, strict=True):
+            earlier = await self._earlier(request, key)
+            answers.append(earlier)
+            if earlier is None:
+                specs.append(self._spec(await self.prepare(request), request, key))
+        recorded = iter(await submit_jobs(self.pool, specs))
+        return [answer or next(recorded) for answer in answers]
+
+    async def _earlier(self, request: Request, key: str | None) -> Submitted | None:
+        """A delete already asked for under `key`: its checks would refuse a backup
+        already being deleted, this very job's doing too."""
+        if isinstance(request, DeleteBackupRequest) and key is not None:
+            return await earlier_delete(self.pool, request, key=key, default_scope=self.key_scope)
+        return None
+
+    def _spec(self, prepared: Prepared, request: Request, key: str | None) -> JobSpec:
+        return JobSpec(
             prepared.kind,
             prepared.params,
-            environment=prepared.environment,
-            max_attempts=self.settings.max_attempts,
-            idempotency_key=idempotency_key,
+            prepared.environment,
+            self.settings.max_attempts,
+            idempotency_key=key,
             idempotency_scope=prepared.idempotency_scope or self.key_scope,
             fingerprint_params=prepared.asked or None,
             principal=self.principal,

@@ -1,12 +1,15 @@
 """Creating jobs: the plan stored with the job, the first steps in the outbox, the key claimed.
 
 Same idempotency key and same request → the same job; same key and another
-request → Conflict. All of it in one transaction, so a job is never half made.
+request → Conflict. Each job is recorded by one statement (`submit_jobs` in
+queries.sql: one round trip, so a job is never half made); a batch
+(`submit_jobs` here) is one statement for all its jobs, in one transaction.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,33 @@ class Submitted:
     created: bool
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """One job to record: what `submit_job` takes, for a batch (`submit_jobs`).
+
+    `fingerprint_params` are the request as the user gave it (defaults to
+    `params`); values derived at submission time, like timestamps, stay out.
+    `reads_backups`: the job reads the backups its parameters name (as a delete's
+    `backup_readers` finds them); they are checked again in the insert's
+    statement, so none is being deleted by then.
+    """
+
+    kind: JobKind
+    params: dict[str, Any]
+    environment: Environment | None
+    max_attempts: int
+    idempotency_key: str | None = None
+    idempotency_scope: str = "default"
+    fingerprint_params: dict[str, Any] | None = None
+    principal: Principal | None = None
+    reads_backups: bool = False
+
+    def fingerprint(self) -> str:
+        target = self.environment.target if self.environment else None
+        asked = self.params if self.fingerprint_params is None else self.fingerprint_params
+        return request_fingerprint(self.kind.name, target, asked)
+
+
 async def submit_job(
     pool: asyncpg.Pool,
     kind: JobKind,
@@ -46,140 +76,139 @@ async def submit_job(
     principal: Principal | None = None,
     reads_backups: bool = False,
 ) -> Submitted:
-    """Record a new job (or find the one its idempotency key names).
-
-    `fingerprint_params` are the request as the user gave it (defaults to
-    `params`); values derived at submission time, like timestamps, stay out.
-    `reads_backups`: the job reads the backups its parameters name (as a delete's
-    `backup_readers` finds them); they are checked again in the insert's
-    transaction, so none is being deleted by then.
-    """
-    target = environment.target if environment else None
-    fingerprint = request_fingerprint(
-        kind.name, target, params if fingerprint_params is None else fingerprint_params
+    """Record a new job (or find the one its idempotency key names): one round trip."""
+    spec = JobSpec(
+        kind,
+        params,
+        environment,
+        max_attempts,
+        idempotency_key,
+        idempotency_scope,
+        fingerprint_params,
+        principal,
+        reads_backups,
     )
-    for _ in range(2):
-        try:
-            return await _insert_job(
-                pool,
-                kind,
-                params,
-                environment=environment,
-                max_attempts=max_attempts,
-                idempotency_key=idempotency_key,
-                idempotency_scope=idempotency_scope,
-                fingerprint=fingerprint,
-                requested_by=str(principal) if principal else None,
-                reads_backups=reads_backups,
-            )
-        except _RaceLostError:
-            continue  # another producer claimed the key meanwhile: read it again
-    raise Conflict(f"idempotency key {idempotency_key!r} is contended; try again")
+    (submitted,) = await submit_jobs(pool, [spec])
+    return submitted
 
 
-async def _insert_job(
-    pool: asyncpg.Pool,
-    kind: JobKind,
-    params: dict[str, Any],
-    *,
-    environment: Environment | None,
-    max_attempts: int,
-    idempotency_key: str | None,
-    idempotency_scope: str,
-    fingerprint: str,
-    requested_by: str | None,
-    reads_backups: bool,
-) -> Submitted:
-    job_id = uuid.uuid4()
-    plan = kind.plan_for(params)
+async def submit_jobs(pool: asyncpg.Pool, specs: Sequence[JobSpec]) -> list[Submitted]:
+    """Record many jobs in one transaction: one statement for the batch (two if a
+    concurrent producer claimed one of its keys meanwhile). Any refusal (a key
+    reused for another request, a backup being deleted) raises, and none of the
+    batch is recorded. Results are in the order of `specs`; a key given twice in
+    the batch names one job (the second time `created=False`)."""
+    if len(specs) <= 1:  # one statement is atomic: no transaction's two round trips
+        return await _record(pool, specs) if specs else []
     async with pool.acquire() as conn, conn.transaction():
-        if idempotency_key is not None:
-            existing = await conn.fetchrow(
-                sql("get_idempotency_key"), idempotency_scope, idempotency_key
+        return await _record(conn, specs)
+
+
+async def _record(conn: asyncpg.Pool | Conn, specs: Sequence[JobSpec]) -> list[Submitted]:
+    fingerprints = [spec.fingerprint() for spec in specs]
+    ids = [uuid.uuid4() for _ in specs]
+    first_of: dict[tuple[str, str], int] = {}  # (scope, key) → the first job with it
+    rows: dict[uuid.UUID, dict[str, Any]] = {}
+    for index, spec in enumerate(specs):
+        if spec.idempotency_key is not None:
+            scoped = (spec.idempotency_scope, spec.idempotency_key)
+            if scoped in first_of:
+                continue  # the same key again in this batch: answered below
+            first_of[scoped] = index
+        rows[ids[index]] = _row(ids[index], spec, fingerprints[index])
+    found: dict[uuid.UUID, Submitted] = {}
+    pending = list(rows.values())
+    for _ in range(2):
+        raced = []
+        for outcome in await conn.fetch(sql("submit_jobs"), pending):
+            if outcome["outcome"] == "raced":
+                raced.append(rows[outcome["request_id"]])  # not inserted: same id again
+            else:
+                found[outcome["request_id"]] = _result(outcome, rows[outcome["request_id"]])
+        if not raced:
+            break
+        pending = raced  # another producer claimed the key meanwhile: read it again
+    else:
+        raise Conflict(f"idempotency key {pending[0]['key']!r} is contended; try again")
+    results = []
+    for index, spec in enumerate(specs):
+        if ids[index] in found:
+            results.append(found[ids[index]])
+            if found[ids[index]].created:
+                _log_queued(spec, ids[index])
+            continue
+        assert spec.idempotency_key is not None  # only a repeated key has no row of its own
+        first = first_of[(spec.idempotency_scope, spec.idempotency_key)]
+        same = found[ids[first]]
+        if fingerprints[index] != fingerprints[first]:
+            raise Conflict(
+                f"idempotency key {spec.idempotency_key!r} was already used for a different "
+                f"request (job {same.job_id}); use a new key for a new request",
+                key=spec.idempotency_key,
+                job_id=str(same.job_id),
             )
-            if existing is not None:
-                return _same_or_conflict(existing, fingerprint, idempotency_key)
-        if reads_backups:
-            await _refuse_backups_being_deleted(conn, params)
-        await conn.execute(
-            sql("insert_job"),
-            job_id,
-            kind.name,
-            environment.id if environment else None,
-            environment.site if environment else None,
-            environment.env if environment else None,
-            params,
-            requested_by,
-        )
-        if idempotency_key is not None:
-            claimed = await conn.fetchrow(
-                sql("claim_idempotency_key"),
-                idempotency_scope,
-                idempotency_key,
-                fingerprint,
-                job_id,
-            )
-            if claimed is None:
-                raise _RaceLostError
-        for position, step in enumerate(plan.steps):
-            await conn.execute(
-                sql("insert_step"),
-                job_id,
-                step.name,
-                position,
-                list(step.depends_on),
-                step.on_failure,
-                max_attempts,
-            )
-        states = [
-            StepState(s.name, StepStatus.PENDING, s.depends_on, s.on_failure) for s in plan.steps
-        ]
-        for name in ready_steps(JobStatus.QUEUED, states):
-            await conn.execute(sql("insert_outbox"), job_id, name, 0.0)
-        await conn.execute(
-            sql("insert_event"),
-            job_id,
-            None,
-            "job.queued",
-            {"kind": kind.name, "requested_by": requested_by},
-        )
-        await conn.execute(sql("notify_outbox"), str(job_id))
+        results.append(Submitted(same.job_id, created=False))
+    return results
+
+
+def _log_queued(spec: JobSpec, job_id: uuid.UUID) -> None:
     log.info(
         "job.queued",
         job_id=str(job_id),
-        kind=kind.name,
-        target=environment and environment.target,
-        requested_by=requested_by,
+        kind=spec.kind.name,
+        target=spec.environment and spec.environment.target,
+        requested_by=str(spec.principal) if spec.principal else None,
     )
-    return Submitted(job_id, created=True)
 
 
-async def _refuse_backups_being_deleted(conn: Conn, params: dict[str, Any]) -> None:
-    """Share-lock the backups `params` name; refuse one a delete has marked.
+def _row(job_id: uuid.UUID, spec: JobSpec, fingerprint: str) -> dict[str, Any]:
+    """One job as the `submit_jobs` statement reads it."""
+    plan = spec.kind.plan_for(spec.params)
+    states = [StepState(s.name, StepStatus.PENDING, s.depends_on, s.on_failure) for s in plan.steps]
+    environment = spec.environment
+    return {
+        "id": str(job_id),
+        "kind": spec.kind.name,
+        "environment_id": environment.id if environment else None,
+        "site": environment.site if environment else None,
+        "env": environment.env if environment else None,
+        "params": spec.params,
+        "requested_by": str(spec.principal) if spec.principal else None,
+        "scope": spec.idempotency_scope,
+        "key": spec.idempotency_key,
+        "fingerprint": fingerprint,
+        "steps": [
+            {
+                "name": step.name,
+                "position": position,
+                "depends_on": list(step.depends_on),
+                "on_failure": step.on_failure,
+                "max_attempts": spec.max_attempts,
+            }
+            for position, step in enumerate(plan.steps)
+        ],
+        "ready": ready_steps(JobStatus.QUEUED, states),
+        "reads_backups": spec.reads_backups,
+    }
 
-    The producer's checks read the backup earlier, without a lock; a delete could
-    have marked it since. `FOR SHARE` orders this insert with `mark_deleting`'s
-    `FOR UPDATE`: either the delete sees this job as a reader, or this sees 'deleting'.
-    """
-    for row in await conn.fetch(sql("lock_backups_named"), params):
-        if row["status"] != "ready":
-            raise Conflict(
-                f"backup {row['id']} is being deleted (job {row['deleting_job_id']}); "
-                f"choose another one (envrestore backup list {row['site']}.{row['env']})",
-                backup_id=row["id"],
-            )
 
-
-class _RaceLostError(Exception):
-    """Two producers inserted the same idempotency key at once; the loser reads it again."""
-
-
-def _same_or_conflict(row: asyncpg.Record, fingerprint: str, key: str) -> Submitted:
-    if row["fingerprint"] != fingerprint:
+def _result(outcome: asyncpg.Record, row: dict[str, Any]) -> Submitted:
+    """What the statement did with one job, or the refusal a user sees."""
+    kind = outcome["outcome"]
+    if kind == "created":
+        return Submitted(outcome["job_id"], created=True)
+    if kind == "existing":
+        return Submitted(outcome["job_id"], created=False)
+    if kind == "conflict":
         raise Conflict(
-            f"idempotency key {key!r} was already used for a different request "
-            f"(job {row['job_id']}); use a new key for a new request",
-            key=key,
-            job_id=str(row["job_id"]),
+            f"idempotency key {row['key']!r} was already used for a different request "
+            f"(job {outcome['job_id']}); use a new key for a new request",
+            key=row["key"],
+            job_id=str(outcome["job_id"]),
         )
-    return Submitted(row["job_id"], created=False)
+    raise Conflict(
+        f"backup {outcome['backup_id']} is being deleted (job {outcome['deleting_job_id']}); "
+        f"choose another one (envrestore backup list "
+        f"{outcome['backup_site']}.{outcome['backup_env']})",
+        backup_id=outcome["backup_id"],
+    )

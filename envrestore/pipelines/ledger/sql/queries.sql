@@ -39,22 +39,8 @@ FROM environments e JOIN sites s ON s.id = e.site_id
 WHERE ($1::text IS NULL OR s.name = $1)
 ORDER BY s.name, CASE e.name WHEN 'dev' THEN 0 WHEN 'test' THEN 1 WHEN 'live' THEN 2 ELSE 3 END, e.name;
 
--- name: claim_idempotency_key
-INSERT INTO idempotency_keys (scope, key, fingerprint, job_id)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (scope, key) DO NOTHING
-RETURNING job_id;
-
 -- name: get_idempotency_key
 SELECT fingerprint, job_id FROM idempotency_keys WHERE scope = $1 AND key = $2;
-
--- name: insert_job
-INSERT INTO jobs (id, kind, environment_id, site, env, params, requested_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
-
--- name: insert_step
-INSERT INTO job_steps (job_id, name, position, depends_on, on_failure, max_attempts)
-VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: insert_outbox
 INSERT INTO outbox (job_id, step, available_at)
@@ -643,13 +629,96 @@ SELECT EXISTS (
   WHERE j.kind = 'delete_backup' AND j.params ->> 'backup_id' = $1
     AND e.event = 'job.irreversible');
 
--- name: lock_backups_named
--- The backups a job's parameters ($1) name, as `backup_readers` matches them,
--- share-locked until the job's insert commits (ordered with `lock_backup`).
-SELECT id, status, deleting_job_id, site, env FROM backups
-WHERE strpos($1::jsonb::text, id) > 0
-ORDER BY id FOR SHARE;
-
 -- name: lock_registry
 -- `env add`/`env set` one at a time (registry.lock_registry), until commit.
 SELECT pg_advisory_xact_lock($1);
+
+-- name: submit_jobs
+-- Jobs recorded in one statement, one round trip ($1: a JSON array, one object
+-- per job, built by jobs/submit.py): each job's idempotency key claimed, the
+-- job, its steps, its first messages in the outbox (the relay sends them, so a
+-- committed job always gets them), its queued event, and one NOTIFY to wake the
+-- relay. A key already held is looked up first (no lock on the backups then);
+-- the backups a reading job names are share-locked, ordered with a delete's
+-- `lock_backup`: either the delete sees this job as a reader, or this sees
+-- 'deleting'. `created_at` is the clock's, row by row, so the jobs of a batch
+-- keep their order (leases are first come, first served).
+-- One row per job: created; existing (same key, same request); conflict (same
+-- key, another request); deleting (a backup it reads is being deleted); raced (a
+-- concurrent insert claimed the key: submit it again to read that job).
+WITH req AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
+        id uuid, kind text, environment_id bigint, site text, env text, params jsonb,
+        requested_by text, scope text, key text, fingerprint text, steps jsonb,
+        ready text[], reads_backups boolean)
+),
+existing AS MATERIALIZED (
+    SELECT r.id, k.fingerprint, k.job_id FROM req r
+    JOIN idempotency_keys k ON k.scope = r.scope AND k.key = r.key
+),
+named AS MATERIALIZED (
+    SELECT b.id, b.status, b.deleting_job_id, b.site, b.env FROM backups b
+    WHERE EXISTS (SELECT 1 FROM req r
+                  WHERE r.reads_backups AND strpos(r.params::text, b.id) > 0
+                    AND NOT EXISTS (SELECT 1 FROM existing e WHERE e.id = r.id))
+    ORDER BY b.id FOR SHARE
+),
+blocked AS MATERIALIZED (
+    SELECT DISTINCT ON (r.id) r.id, n.id AS backup_id, n.deleting_job_id, n.site, n.env
+    FROM req r JOIN named n ON r.reads_backups AND strpos(r.params::text, n.id) > 0
+    WHERE n.status <> 'ready'
+    ORDER BY r.id, n.id
+),
+fresh AS MATERIALIZED (
+    SELECT r.* FROM req r
+    WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.id = r.id)
+      AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.id = r.id)
+),
+claimed AS (
+    INSERT INTO idempotency_keys (scope, key, fingerprint, job_id)
+    SELECT scope, key, fingerprint, id FROM fresh WHERE key IS NOT NULL
+    ON CONFLICT (scope, key) DO NOTHING
+    RETURNING job_id
+),
+created AS (
+    INSERT INTO jobs (id, kind, environment_id, site, env, params, requested_by, created_at)
+    SELECT id, kind, environment_id, site, env, params, requested_by, clock_timestamp()
+    FROM fresh f
+    WHERE f.key IS NULL OR f.id IN (SELECT job_id FROM claimed)
+    RETURNING id, kind, requested_by, created_at
+),
+steps AS (
+    INSERT INTO job_steps (job_id, name, position, depends_on, on_failure, max_attempts)
+    SELECT c.id, s.name, s.position, s.depends_on, s.on_failure, s.max_attempts
+    FROM created c JOIN req r ON r.id = c.id,
+         jsonb_to_recordset(r.steps) AS s(name text, position int, depends_on text[],
+                                          on_failure boolean, max_attempts int)
+),
+queued AS (
+    INSERT INTO outbox (job_id, step)
+    SELECT c.id, ready.step FROM created c JOIN req r ON r.id = c.id,
+         unnest(r.ready) WITH ORDINALITY AS ready(step, n)
+    ORDER BY c.created_at, ready.n
+),
+events AS (
+    INSERT INTO job_events (job_id, at, step, event, data)
+    SELECT c.id, c.created_at, NULL, 'job.queued',
+           jsonb_build_object('kind', c.kind, 'requested_by', c.requested_by)
+    FROM created c
+),
+woken AS (
+    SELECT pg_notify('envrestore_outbox', min(id::text)) FROM created HAVING count(*) > 0
+)
+SELECT r.id AS request_id,
+       CASE WHEN e.id IS NOT NULL THEN
+                CASE WHEN e.fingerprint = r.fingerprint THEN 'existing' ELSE 'conflict' END
+            WHEN b.id IS NOT NULL THEN 'deleting'
+            WHEN c.id IS NOT NULL THEN 'created'
+            ELSE 'raced' END AS outcome,
+       COALESCE(e.job_id, r.id) AS job_id,
+       b.backup_id, b.deleting_job_id, b.site AS backup_site, b.env AS backup_env,
+       (SELECT count(*) FROM woken) AS notified
+FROM req r
+LEFT JOIN existing e ON e.id = r.id
+LEFT JOIN blocked b ON b.id = r.id
+LEFT JOIN created c ON c.id = r.id;
