@@ -245,3 +245,30 @@ async def test_rollback_list_and_drop_from_the_cli(runtime, backed_up, cli_env):
     assert (await drive(runtime, drop_id))["status"] == "succeeded"
     assert await kept(runtime) == {job_id: "expired"}
     assert "no rollback points kept" in cli(cli_env, "rollback", "list").stdout
+
+
+async def test_a_drop_waits_while_a_part_is_extracted_on_the_same_filesystem(
+    runtime, backed_up, monkeypatch
+):
+    """Deleting a big tree beside an extraction makes ext4 create files 3x slower: the
+    expiry's delete waits for the extraction (here: its lock, held by hand) to end."""
+    import asyncio
+
+    from envrestore.pipelines.restore import busyfs
+
+    monkeypatch.setattr(busyfs, "POLL_SECONDS", 0.05)
+    job_id = await restore(runtime, "files")
+    details = await runtime.pool.fetchval(
+        "SELECT details FROM rollback_points WHERE job_id = $1", job_id
+    )
+    kept_tree = Path(details["files"]["rollback"])
+    submitted = await points.submit_drop(producer(runtime), job_id, key=None)
+    with busyfs.extracting(runtime.settings.state_dir, kept_tree.parent / "staging"):
+        drop = asyncio.create_task(drive(runtime, submitted.job_id))
+        await asyncio.sleep(1.0)
+        assert not drop.done()
+        assert kept_tree.exists()  # not deleted beside the extraction
+        assert await kept(runtime) == {job_id: "kept"}
+    assert (await asyncio.wait_for(drop, 60))["status"] == "succeeded"
+    assert not kept_tree.exists()
+    assert await kept(runtime) == {job_id: "expired"}

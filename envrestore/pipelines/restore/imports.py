@@ -31,6 +31,7 @@ from envrestore.pipelines.engines.shadow import (
 )
 from envrestore.pipelines.errors import EnvrestoreError, IntegrityError
 from envrestore.pipelines.jobs.context import StepContext
+from envrestore.pipelines.restore import busyfs
 from envrestore.pipelines.restore.dumps import checked_dump
 from envrestore.pipelines.restore.parts import PartStream, spool_dir
 from envrestore.pipelines.restore.prepare import archive_rules, dump_cap, parts_of, targets_of
@@ -137,7 +138,8 @@ async def extract_part(
     limits = limits_for(ref.size, ctx.settings)  # modes: settings.files_mode_policy
     rules = await archive_rules(ctx, element)
     stream = PartStream(ctx, ref, max_output=limits.max_stream_bytes)
-    with naming_part(element):
+    # Rollback-point deletes on this filesystem wait until the extraction is over.
+    with naming_part(element), busyfs.extracting(ctx.settings.state_dir, dest):
         report = await extract_archive(
             stream.raw(),
             dest,

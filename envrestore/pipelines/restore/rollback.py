@@ -19,7 +19,7 @@ from envrestore.pipelines.errors import Conflict, NotFound
 from envrestore.pipelines.jobs.context import StepContext
 from envrestore.pipelines.ledger.queries import sql
 from envrestore.pipelines.requests import RollbackRequest
-from envrestore.pipelines.restore import points
+from envrestore.pipelines.restore import busyfs, points
 from envrestore.pipelines.restore.targets import job_tag
 
 
@@ -102,7 +102,9 @@ async def drop_rollback_point(ctx: StepContext) -> dict[str, Any]:
         else:
             path = Path(entry["rollback"])
             if await asyncio.to_thread(path.exists):
-                await trees.delete_tree_later(path)
+                # Never beside an extraction on the same filesystem (PERFORMANCE.md).
+                async with busyfs.no_extraction(ctx.settings.state_dir, path):
+                    await trees.delete_tree_later(path)
             if element == "code":
                 await forget_pre_restore(Path(entry["live"]), job_tag=details["tag"])
     await ctx.runtime.pool.execute(
