@@ -48,9 +48,11 @@ from tests.bench.contenders import (
     CLIENT_TWO_SESSIONS,
     NAIVE,
     OVERLAPPED,
+    PSQL_PARALLEL,
     TAR_EXTRACT,
     Site,
     check_client_load,
+    check_pg_load,
     check_site,
     check_tar,
     run_envrestore,
@@ -67,6 +69,8 @@ SIZES = [float(s) for s in os.environ.get("ENVRESTORE_BENCH_SIZES", "0.25,1").sp
 ROUNDS = int(os.environ.get("ENVRESTORE_BENCH_ROUNDS", "3"))
 SETTLE_OVERRIDE = os.environ.get("ENVRESTORE_BENCH_SETTLE_SECONDS")
 RESULTS_DIR = Path(os.environ.get("ENVRESTORE_BENCH_RESULTS", ".envrestore/bench"))
+#: The PostgreSQL site (database only) runs at the smallest size; 0 leaves it out.
+POSTGRES = os.environ.get("ENVRESTORE_BENCH_POSTGRES", "1") != "0"
 #: The "before" of issue 11's overlap work: the producer in lockstep with one client.
 LOCKSTEP_ENV = {"ENVRESTORE_IMPORT_READAHEAD_MB": "1", "ENVRESTORE_MARIADB_IMPORT_CONNECTIONS": "1"}
 
@@ -87,7 +91,10 @@ def expected_seconds(sizes: list[float], rounds: int) -> float:
     """A rough forecast from the 2-core machine: setup, rounds, settle pauses per size."""
     total = 0.0
     for scale in sizes:
-        lockstep = 10 + 40 * scale if scale == min(sizes) else 0
+        smallest = scale == min(sizes)
+        lockstep = 10 + 40 * scale if smallest else 0
+        if smallest and POSTGRES:  # its site, its backup, then envrestore and psql each round
+            total += 20 + 80 * scale + rounds * (10 + 40 * scale)
         total += 30 + 200 * scale  # generate, back up, download and split the parts
         total += rounds * (20 + 150 * scale + lockstep) + (rounds - 1) * settle_seconds(scale)
     return total
@@ -177,6 +184,59 @@ def _dump_size(database: str) -> int:
     return total
 
 
+def make_pg_site(
+    settings: Settings, site: Site, env: dict[str, str], scale: float
+) -> dict[str, Any]:
+    """shop.pg: the same tables on PostgreSQL, backed up database only; its figures back."""
+    size = datasets.SiteSize.at(scale)
+    site.pg_database = f"{site.database}_pg"
+    started = time.monotonic()
+    site.pg_rows = datasets.make_pg_database(site.pg_database, size)
+    generated = time.monotonic() - started
+    lz4 = datasets.psql(
+        "postgres",
+        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+    )
+    site.pg_options = "-c default_toast_compression=lz4" if lz4.strip() == "t" else ""
+    pg_files, pg_code = site.work / "pg" / "files", site.work / "pg" / "code"
+    pg_files.mkdir(parents=True)
+    datasets.make_code(pg_code, commits=1)
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{site.pg_database}"
+    add = ("env", "add", "shop.pg", "--db", dsn, "--files", str(pg_files), "--code", str(pg_code))
+    done = run_cli(env, *add)
+    assert done.returncode == 0, done.stderr
+    proc = start_worker(env, site.work / "worker-backup-pg.log")
+    try:
+        started = time.monotonic()
+        done = run_cli(
+            env,
+            "backup",
+            "create",
+            "shop.pg",
+            "--element",
+            "database",
+            "--wait",
+            "--json",
+            timeout=7200,
+        )
+        backed_up = time.monotonic() - started
+    finally:
+        stop_worker(proc)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    listed = run_cli(env, "backup", "list", "shop.pg", "--json")
+    part = {p["part"]: p for p in json.loads(listed.stdout)[0]["parts"]}["database"]
+    url = asyncio.run(_presign(settings, {"database": part["key"]}))["database"]
+    split = baselines.prepare_pg(site.parts_dir, url, part["key"])
+    return {
+        "rows": site.pg_rows,
+        "dump_bytes": split.pop("dump_bytes"),
+        "part_bytes": part["size"],
+        "lz4": bool(site.pg_options),
+        "split": split,
+        "setup_seconds": {"generate_db": round(generated, 1), "backup": round(backed_up, 1)},
+    }
+
+
 async def _presign(settings: Settings, keys: dict[str, str]) -> dict[str, str]:
     async with open_object_store(settings) as store:
         return {part: await store.presign_get(key, 7200) for part, key in keys.items()}
@@ -187,6 +247,14 @@ def run_one(name: str, site: Site, env: dict[str, str], run: str) -> dict[str, A
         return run_envrestore(site, env, run, RESULTS_DIR)
     if name == "lockstep":
         return run_envrestore(site, {**env, **LOCKSTEP_ENV}, run, RESULTS_DIR)
+    if name == "pg_envrestore":
+        check = check_pg_load(site)
+        live = {"PG_TARGET": site.pg_database}
+        return run_envrestore(
+            site, env, run, RESULTS_DIR, target="shop.pg", check=lambda: check(live)
+        )
+    if name == "pg_psql2":
+        return run_shell(name, PSQL_PARALLEL, site, run, check_pg_load(site))
     if name == "client2":
         return run_shell(name, CLIENT_TWO_SESSIONS, site, run, check_client_load(site))
     if name == "tar":
@@ -196,7 +264,7 @@ def run_one(name: str, site: Site, env: dict[str, str], run: str) -> dict[str, A
 
 
 def bench_size(
-    settings: Settings, env: dict[str, str], scale: float, *, lockstep: bool
+    settings: Settings, env: dict[str, str], scale: float, *, lockstep: bool, postgres: bool
 ) -> dict[str, Any]:
     """Build one site, run ROUNDS rounds of every contender on it; rounds and summary back."""
     with bench_dir() as work:
@@ -208,6 +276,9 @@ def bench_size(
             rotating = ["overlapped", "envrestore", "client2", "tar"]
             if lockstep:
                 rotating.insert(2, "lockstep")
+            if postgres:
+                data["pg"] = make_pg_site(settings, site, env, scale)
+                rotating += ["pg_envrestore", "pg_psql2"]
             rounds: list[dict[str, Any]] = []
             for index in range(ROUNDS):
                 turn = index % len(rotating)
@@ -229,6 +300,8 @@ def bench_size(
         finally:
             site.clear_aside()
             datasets.mariadb(None, f"DROP DATABASE IF EXISTS `{site.database}`")
+            if site.pg_database:
+                datasets.pg_drop_like(site.pg_database)
 
 
 def test_restore_against_shell_baselines(settings: Settings, cli_env: dict[str, str]) -> None:
@@ -250,7 +323,10 @@ def test_restore_against_shell_baselines(settings: Settings, cli_env: dict[str, 
     }
     started = time.monotonic()
     for scale in sorted(SIZES):
-        report["sizes"].append(bench_size(settings, env, scale, lockstep=scale == min(SIZES)))
+        smallest = scale == min(SIZES)
+        report["sizes"].append(
+            bench_size(settings, env, scale, lockstep=smallest, postgres=smallest and POSTGRES)
+        )
         out.write_text(json.dumps(report, indent=2) + "\n")  # each size kept as it ends
     report["seconds"] = round(time.monotonic() - started)
     out.write_text(json.dumps(report, indent=2) + "\n")

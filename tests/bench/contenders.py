@@ -103,6 +103,27 @@ tar -xf "$PARTS/files.tar" -C "$STAGE" --strip-components=1
 echo "$t0 $EPOCHREALTIME" >"$DL/files.time"
 """
 
+#: PostgreSQL's parallel loading by hand (what `pg_restore -j2` does): the schema,
+#: then the COPY rows in two sessions, then indexes and constraints in two sessions
+#: (each table whole in one); lz4 TOAST compression in every session when the
+#: server has it ($PG_OPTIONS), as envrestore's import does.
+PSQL_PARALLEL = r"""
+set -euo pipefail
+PSQL="psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres"
+$PSQL -d postgres -c "DROP DATABASE IF EXISTS \"$PG_TARGET\" WITH (FORCE)" >/dev/null
+$PSQL -d postgres -c "CREATE DATABASE \"$PG_TARGET\" TEMPLATE template0" >/dev/null
+export PGOPTIONS="$PG_OPTIONS"
+t0=$EPOCHREALTIME
+$PSQL -d "$PG_TARGET" -f "$PG_SPLIT/pre.sql" >/dev/null
+$PSQL -d "$PG_TARGET" -f "$PG_SPLIT/data-0.sql" >/dev/null & a=$!
+$PSQL -d "$PG_TARGET" -f "$PG_SPLIT/data-1.sql" >/dev/null & b=$!
+wait $a; wait $b
+$PSQL -d "$PG_TARGET" -f "$PG_SPLIT/post-0.sql" >/dev/null & a=$!
+$PSQL -d "$PG_TARGET" -f "$PG_SPLIT/post-1.sql" >/dev/null & b=$!
+wait $a; wait $b
+echo "$t0 $EPOCHREALTIME" >"$DL/database.time"
+"""
+
 #: Shell timing files → the envrestore step they compare with.
 STEP_OF_PART = {"database": "import_db", "files": "import_files", "code": "apply_code"}
 
@@ -118,6 +139,10 @@ class Site:
     head: str
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # part → key, size, sha256
     urls: dict[str, str] = field(default_factory=dict)
+    #: The PostgreSQL site (`shop.pg`, database only), when this size has one.
+    pg_database: str = ""
+    pg_rows: dict[str, int] = field(default_factory=dict)
+    pg_options: str = ""
 
     @property
     def parts_dir(self) -> Path:
@@ -142,6 +167,8 @@ class Site:
         )
         if drops:
             datasets.mariadb(None, drops)
+        if self.pg_database:
+            datasets.pg_drop_like(self.pg_database, keep=self.pg_database)
 
 
 # ------------------------------------------------------------------ shell contenders
@@ -158,8 +185,11 @@ def shell_env(site: Site, dl: Path, run: str) -> dict[str, str]:
         RUN=run,
         PARTS=str(site.parts_dir),
         SPLIT=str(site.parts_dir / "split"),
-        TARGET=f"{site.database}_client_{run.replace('-', '_')}",
+        TARGET=f"{site.database}_client_{run.replace('-', '_').replace('.', '_')}",
         STAGE=str(site.files.parent / f".tar-baseline-{run}"),
+        PG_TARGET=f"{site.pg_database}_psql_{run.replace('-', '_').replace('.', '_')}",
+        PG_SPLIT=str(site.parts_dir / "pg-split"),
+        PG_OPTIONS=site.pg_options,
     )
     for part, url in site.urls.items():
         env[f"URL_{part.upper()}"] = url
@@ -220,6 +250,13 @@ def check_client_load(site: Site) -> Callable[[dict[str, str]], None]:
     return check
 
 
+def check_pg_load(site: Site) -> Callable[[dict[str, str]], None]:
+    def check(env: dict[str, str]) -> None:
+        assert datasets.pg_row_counts(env["PG_TARGET"]) == site.pg_rows, "psql load: rows differ"
+
+    return check
+
+
 def check_tar(site: Site) -> Callable[[dict[str, str]], None]:
     def check(env: dict[str, str]) -> None:
         assert datasets.tree_fingerprint(Path(env["STAGE"])) == site.tree, "tar -x: files differ"
@@ -264,9 +301,19 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_envrestore(
-    site: Site, env: Mapping[str, str], run: str, results_dir: Path
+    site: Site,
+    env: Mapping[str, str],
+    run: str,
+    results_dir: Path,
+    *,
+    target: str = "shop.dev",
+    check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """`envrestore restore shop.dev --wait --json` with a fresh worker; steps from the ledger."""
+    """`envrestore restore <target> --wait --json` with a fresh worker; steps from the ledger.
+
+    shop.dev is restored whole and checked as the site; another target
+    (shop.pg) restores its database only and is checked by `check`.
+    """
     proc = start_worker(env, site.work / f"worker-{run}.log")
     sampler = TreeSampler(proc.pid)
     profile = _start_profiler(proc.pid, run, results_dir)
@@ -274,7 +321,8 @@ def run_envrestore(
     try:
         began = time.time()
         started = time.monotonic()
-        done = run_cli(dict(env), "restore", "shop.dev", "--wait", "--json", timeout=7200)
+        only = () if target == "shop.dev" else ("--element", "database")
+        done = run_cli(dict(env), "restore", target, *only, "--wait", "--json", timeout=7200)
         wall = time.monotonic() - started
         ended = time.time()
     finally:
@@ -285,7 +333,10 @@ def run_envrestore(
     assert done.returncode == 0, done.stderr[-2000:]
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded"
-    site.check_restored(run)
+    if check is None:
+        site.check_restored(run)
+    else:
+        check()
     windows = {
         s["name"]: (_epoch(s["started_at"]), _epoch(s["finished_at"]))
         for s in job["steps"]

@@ -192,3 +192,98 @@ def tree_fingerprint(root: Path) -> tuple[int, int]:
             files += 1
             total += Path(dirpath, name).lstat().st_size
     return files, total
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+PG_SCHEMA = """
+CREATE TABLE wp_posts (
+  id bigserial PRIMARY KEY,
+  post_author bigint NOT NULL DEFAULT 1,
+  post_date timestamp NOT NULL,
+  post_title text NOT NULL,
+  post_content text NOT NULL,
+  post_status varchar(20) NOT NULL DEFAULT 'publish',
+  post_name varchar(200) NOT NULL
+);
+CREATE INDEX wp_posts_post_date ON wp_posts (post_date);
+CREATE INDEX wp_posts_post_name ON wp_posts (post_name);
+CREATE TABLE wp_postmeta (
+  meta_id bigserial PRIMARY KEY,
+  post_id bigint NOT NULL,
+  meta_key varchar(255),
+  meta_value text
+);
+CREATE INDEX wp_postmeta_post_id ON wp_postmeta (post_id);
+CREATE INDEX wp_postmeta_meta_key ON wp_postmeta (meta_key);
+CREATE TABLE wp_options (
+  option_id bigserial PRIMARY KEY,
+  option_name varchar(191) NOT NULL UNIQUE,
+  option_value text NOT NULL
+);
+INSERT INTO wp_options (option_name, option_value)
+SELECT 'option_' || n, repeat(md5(n::text), 8) FROM generate_series(1, 500) n;
+"""
+
+PG_POSTS_BATCH = """
+INSERT INTO wp_posts (id, post_date, post_title, post_content, post_name)
+SELECT p, '2020-01-01'::timestamp + p * interval '1 minute', 'Post ' || p,
+       array_to_string(ARRAY(SELECT md5((p * 1000 + g)::text)
+                             FROM generate_series(1, {words}) g), ' '),
+       'post-' || p
+FROM generate_series({first}, {last}) p;
+INSERT INTO wp_postmeta (post_id, meta_key, meta_value)
+SELECT p, '_meta_' || m, encode(sha256((p * 10 + m)::text::bytea), 'hex') || ' ' || md5(m::text)
+FROM generate_series({first}, {last}) p, generate_series(1, {metas}) m;
+"""
+
+
+def psql(database: str, sql: str, *, timeout: float = 3600) -> str:
+    """Run SQL with `psql` on the loopback PostgreSQL as postgres; stop at the first error."""
+    argv = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database]
+    done = subprocess.run(
+        [*argv, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"],
+        input=sql,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def make_pg_database(database: str, size: SiteSize) -> dict[str, int]:
+    """The same WordPress-like tables on PostgreSQL (post_content TOASTed); rows per table."""
+    psql("postgres", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    psql("postgres", f'CREATE DATABASE "{database}" TEMPLATE template0')
+    psql(database, PG_SCHEMA)
+    for first in range(1, size.posts + 1, POST_BATCH):
+        last = min(size.posts, first + POST_BATCH - 1)
+        psql(
+            database,
+            PG_POSTS_BATCH.format(
+                words=WORDS_PER_POST, first=first, last=last, metas=META_PER_POST
+            ),
+        )
+    psql(database, "SELECT setval('wp_posts_id_seq', (SELECT max(id) FROM wp_posts))")
+    return pg_row_counts(database)
+
+
+def pg_row_counts(database: str) -> dict[str, int]:
+    out = psql(
+        database,
+        "SELECT 'wp_posts', COUNT(*) FROM wp_posts UNION ALL "
+        "SELECT 'wp_postmeta', COUNT(*) FROM wp_postmeta UNION ALL "
+        "SELECT 'wp_options', COUNT(*) FROM wp_options",
+    )
+    return {name: int(count) for name, count in (line.split("|") for line in out.splitlines())}
+
+
+def pg_drop_like(prefix: str, *, keep: str = "") -> None:
+    """Drop every PostgreSQL database whose name starts with prefix, but keep."""
+    names = psql("postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'")
+    for name in names.split():
+        if name != keep:
+            psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

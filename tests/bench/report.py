@@ -21,7 +21,13 @@ LABELS = {
     "lockstep": "envrestore, lockstep (before: read-ahead 1 MB, 1 connection)",
     "client2": "`mariadb` client, 2 sessions (dump on disk)",
     "tar": "`tar -x` (archive on disk)",
+    "pg_envrestore": "PostgreSQL site, database only: envrestore, defaults",
+    "pg_psql2": "PostgreSQL site: `psql`, 2 sessions + lz4 (dump on disk)",
 }
+#: Contenders that restore the MariaDB site whole: the ones compared with the shells.
+WHOLE = ("naive", "overlapped", "envrestore", "lockstep")
+#: Contenders whose rows show the job's steps and the worker's memory.
+JOBS = ("envrestore", "lockstep", "pg_envrestore")
 #: The steps before the imports, shown as one column.
 PREPARE = ("resolve", "fetch", "verify", "wipe")
 MEMORY = ("worker_peak_rss_mb", "worker_hwm_sum_mb", "clients_peak_rss_mb", "tree_peak_rss_mb")
@@ -41,6 +47,7 @@ TARGETS = (
     Target("end-to-end vs naive shell", 0.45),
     Target("import_db vs `mariadb` client, 2 sessions", 1.1),
     Target("import_files vs `tar -x`", 1.1),
+    Target("PostgreSQL import_db vs parallel `psql`", 1.2),
     Target("switch window", 0.2, "s"),
     Target("worker peak RSS", 300, "MB"),
 )
@@ -73,7 +80,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("profile", "profile_import_db"):
             row[key] = _median_profile([run.get(key, {}) for run in runs])
         out[name] = row
-    for name in names:
+    for name in (n for n in names if n in WHOLE):
         for base in ("naive", "overlapped"):
             if base in out:
                 out[name][f"ratio_vs_{base}"] = round(
@@ -106,8 +113,12 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         TARGETS[1].name: env.get("ratio_vs_naive"),
         TARGETS[2].name: ratio(steps.get("import_db"), base_step("client2", "import_db")),
         TARGETS[3].name: ratio(steps.get("import_files"), base_step("tar", "import_files")),
-        TARGETS[4].name: env.get("switch_window_seconds"),
-        TARGETS[5].name: env.get("worker_peak_rss_mb"),
+        TARGETS[4].name: ratio(
+            summary.get("pg_envrestore", {}).get("steps_seconds", {}).get("import_db"),
+            base_step("pg_psql2", "import_db"),
+        ),
+        TARGETS[5].name: env.get("switch_window_seconds"),
+        TARGETS[6].name: env.get("worker_peak_rss_mb"),
     }
     rows = []
     for target in TARGETS:
@@ -148,18 +159,15 @@ def main_table(sizes: list[dict[str, Any]]) -> list[str]:
             if not row:
                 continue
             steps = row["steps_seconds"]
-            prepare = (
-                sum(steps[s] for s in PREPARE if s in steps)
-                if name.startswith(("envrestore", "lockstep"))
-                else None
-            )
+            prepare = sum(steps[s] for s in PREPARE if s in steps) if name in JOBS else None
+            dump = site["pg"]["dump_bytes"] if name.startswith("pg_") else site["dump_bytes"]
             lines.append(
                 f"| {site['scale']:g} | {label} "
                 f"| {row['wall_seconds']:.1f} ({row['wall_min']:.1f}-{row['wall_max']:.1f}) "
                 f"| {_num(row.get('ratio_vs_naive'), '.2f')} "
                 f"| {_num(row.get('ratio_vs_overlapped'), '.2f')} "
                 f"| {_num(prepare, '.2f')} "
-                f"| {_rate(steps.get('import_db'), site['dump_bytes'])} "
+                f"| {_rate(steps.get('import_db'), dump)} "
                 f"| {_rate(steps.get('import_files'), site['file_bytes'])} "
                 f"| {_num(steps.get('apply_code'))} | {_num(steps.get('switch'), '.2f')} "
                 f"| {_num(row.get('switch_window_seconds'), '.3f')} "
@@ -226,6 +234,13 @@ def print_report(report: dict[str, Any]) -> None:
             f"({site['rows']['wp_posts']} posts, {site['rows']['wp_postmeta']} meta rows), "
             f"{site['files']} files / {site['file_bytes'] / MB:.0f} MB; parts: {parts}"
         )
+        if "pg" in site:
+            pg = site["pg"]
+            lines.append(
+                f"- size {site['scale']:g}, PostgreSQL site: dump {pg['dump_bytes'] / MB:.0f} MB "
+                f"uncompressed, part {pg['part_bytes'] / MB:.0f} MB; "
+                f"lz4 TOAST {'available' if pg['lz4'] else 'not available'}"
+            )
     lines += ["", *main_table(sizes), "", *targets_table(sizes)]
     profile = profile_table(sizes)
     if len(profile) > 2:
