@@ -495,7 +495,7 @@ async def import_stream(
     format. A failure of any session or of the stream (the filter's refusal)
     cancels every other session and is raised, first cause first.
     """
-    head, chunks = await _peek(chunks, 4096)
+    head, chunks = await _peek(chunks, 1024)
     if connections == 1 or not looks_like_pg_dump(head):
         await launch(chunks)
         return [("single", 1)]
