@@ -27,6 +27,10 @@ def _rows_tail(kind: str) -> Callable[[bytes, int], int]:
     return fastscan.rows_tail_py if kind == "python" else _fastscan.rows_tail
 
 
+def _rows_span(kind: str) -> Callable[[bytes, int], tuple[int, int, int]]:
+    return fastscan.rows_span_py if kind == "python" else _fastscan.rows_span
+
+
 def _copy_end(kind: str) -> Callable[[bytes, int], tuple[int, int]]:
     return fastscan.copy_end_py if kind == "python" else _fastscan.copy_end
 
@@ -41,6 +45,7 @@ def both_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     """Runs a filter test once with the Python scans and once with the C ones."""
     kind = str(request.param)
     monkeypatch.setattr(mariadb_filter, "rows_tail", _rows_tail(kind))
+    monkeypatch.setattr(mariadb_filter, "rows_span", _rows_span(kind))
     monkeypatch.setattr(postgres_filter, "copy_end", _copy_end(kind))
     return kind
 
@@ -49,6 +54,7 @@ def test_the_installed_filter_uses_the_c_scans_when_built():
     assert fastscan.NATIVE is (_fastscan is not None)
     if _fastscan is not None:
         assert mariadb_filter.rows_tail is _fastscan.rows_tail
+        assert mariadb_filter.rows_span is _fastscan.rows_span
         assert postgres_filter.copy_end is _fastscan.copy_end
 
 
@@ -171,3 +177,47 @@ async def test_copy_data_ends_only_at_psqls_end_line(both_paths: str, size: int)
     assert info.value.data["line"] == 30_003
     clean = dump.replace(b"\\! id\n", b"SELECT pg_catalog.setval('public.s', 1, true);\n")
     assert await _run(clean, "postgresql", size) == clean
+
+
+def _one_row_per_line(rows: int) -> bytes:
+    """mariadb-dump 10.11's layout: the INSERT head alone, then one row per line."""
+    lines = [b"(%d,'r\\'%d\\\\',NULL,0x0F)," % (i, i) for i in range(rows)]
+    return b"INSERT INTO `t` VALUES\n" + b"\n".join(lines)[:-1] + b";\n"
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_rows_one_per_line_pass_and_what_follows_them_is_checked(both_paths: str, size: int):
+    rows = _one_row_per_line(50_000)
+    clean = rows + b"UNLOCK TABLES;\n" + rows
+    assert await _run(clean, "mariadb", size) == clean
+    for tail, line in [
+        (b"GRANT ALL ON *.* TO x;\n", 50_002),  # the line after the statement's end
+        (b"", 50_001),  # on the line of the `;` itself
+    ]:
+        attack = rows[:-1] + (b" " if tail else b"; GRANT ALL ON *.* TO x;") + b"\n" + tail
+        with pytest.raises(UnsafeInput) as info:
+            await _run(attack, "mariadb", size)
+        assert (info.value.data["problem"], info.value.data["line"]) == ("grant", line)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_a_literal_over_rows_lines_is_read_to_its_end(both_paths: str, size: int):
+    rows = _one_row_per_line(20_000)
+    data = rows.replace(b"(777,", b"(777,'x\n\\\\\nGRANT ALL ON *.* TO y;\n',", 1)
+    assert await _run(data, "mariadb", size) == data
+    attack = rows.replace(
+        b"(777,", b"(777,'x\n'); GRANT ALL ON *.* TO y; INSERT INTO t VALUES (777,", 1
+    )
+    with pytest.raises(UnsafeInput) as info:
+        await _run(attack, "mariadb", size)
+    assert (info.value.data["problem"], info.value.data["line"]) == ("grant", 780)
+
+
+def test_rows_span_stops_where_the_line_check_must_go_on(kind: str):
+    span = fastscan.rows_span_py if kind == "python" else _fastscan.rows_span
+    data = b"(1,'a'),\n(2,'b'),\n(3,\"c\"),\n(4,'d');\nGRANT x;\n"
+    assert span(data, 0) == (-1, 18, 2)  # the double-quoted literal: line by line from there
+    assert span(data, 27) == (1, 36, 1)  # the row that ends the statement, and no further
+    assert span(data, 36) == (-1, 36, 0)
+    assert span(b"(1,'a\n'),\n", 0) == (-1, 0, 0)  # a literal across lines: the slow path
+    assert span(b"(1,'a'),\n(2,", 0) == (0, 12, 1)

@@ -9,6 +9,12 @@
  *     before trailing whitespace.  Returns 1 (plain, ends its statement), 0 (plain,
  *     the statement goes on) or -1 (anything else: the caller's full check runs).
  *
+ * rows_span(buf, start) -> (status, stop, newlines)
+ *     rows_tail over whole lines from buf[start:] (the first may be the rest of an
+ *     INSERT head's line): stops after the line whose rows end the statement
+ *     (status 1), at the end of buf (0), or at the start of the first line that is
+ *     not plain rows (-1); `newlines` counts the "\n" in buf[start:stop].
+ *
  * copy_end(buf, start) -> (end, newlines)
  *     buf[start:] starts a line inside a COPY ... FROM stdin data block. `end` is the
  *     index just after psql's end-of-data line (exactly "\." then "\n", "\r\n" or the
@@ -80,6 +86,40 @@ static PyObject *rows_tail(PyObject *self, PyObject *args) {
     return PyLong_FromLong(result);
 }
 
+static PyObject *rows_span(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &start)) return NULL;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    Py_ssize_t size = view.len, newlines = 0;
+    int status = 0;
+    if (start < 0 || start > size) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "start out of range");
+        return NULL;
+    }
+    Py_ssize_t at = start; /* the first line may start before `start` (the INSERT head) */
+    Py_BEGIN_ALLOW_THREADS
+    while (at < size) {
+        const unsigned char *nl = memchr(buf + at, '\n', (size_t)(size - at));
+        Py_ssize_t end = nl == NULL ? size : (nl - buf) + 1;
+        int line = rows_tail_impl(buf + at, buf + end);
+        if (line < 0) {
+            status = -1;
+            break;
+        }
+        if (nl != NULL) newlines++;
+        at = end;
+        if (line == 1) {
+            status = 1;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(inn)", status, at, newlines);
+}
+
 static PyObject *copy_end(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t start;
@@ -123,6 +163,7 @@ static PyObject *copy_end(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"rows_tail", rows_tail, METH_VARARGS, "Plain INSERT rows from start? 1 ends, 0 goes on, -1 no."},
+    {"rows_span", rows_span, METH_VARARGS, "(1 ended|0 end of buf|-1 stop, index, newlines)."},
     {"copy_end", copy_end, METH_VARARGS, "(index after the COPY end line or -1, newlines)."},
     {NULL, NULL, 0, NULL},
 };

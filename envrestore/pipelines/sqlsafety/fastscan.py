@@ -1,4 +1,4 @@
-"""The filter's two hot scans, in C when `_fastscan` is built, else in Python.
+"""The filter's hot scans, in C when `_fastscan` is built, else in Python.
 
 Both engines' dumps are mostly data the filter only has to skip safely: the
 rows of mysqldump's extended INSERTs and the lines of pg_dump's COPY blocks.
@@ -44,6 +44,24 @@ def rows_tail_py(buf: bytes, start: int) -> int:
     return 1 if code.rstrip(_SPACE).endswith(b";") else 0
 
 
+def rows_span_py(buf: bytes, start: int) -> tuple[int, int, int]:
+    """rows_tail over whole lines of buf[start:]: (1, index after the line that ends
+    the statement | 0, len(buf) | -1, start of the first line that is not plain rows;
+    the number of `\\n` in buf[start:index])."""
+    at = start
+    newlines = 0
+    while at < len(buf):
+        end = buf.find(b"\n", at) + 1 or len(buf)
+        line = rows_tail_py(buf[at:end], 0)
+        if line < 0:
+            return -1, at, newlines
+        newlines += buf[end - 1 : end] == b"\n"
+        at = end
+        if line == 1:
+            return 1, at, newlines
+    return 0, at, newlines
+
+
 def copy_end_py(buf: bytes, start: int) -> tuple[int, int]:
     """(index just after psql's end-of-data line `\\.` in buf[start:], or -1; the
     number of `\\n` up to there, or to the end). buf[start] starts a line."""
@@ -69,15 +87,17 @@ def copy_end_py(buf: bytes, start: int) -> tuple[int, int]:
 
 
 rows_tail: Callable[[bytes, int], int] = rows_tail_py
+rows_span: Callable[[bytes, int], tuple[int, int, int]] = rows_span_py
 copy_end: Callable[[bytes, int], tuple[int, int]] = copy_end_py
 NATIVE = False
 try:
     from envrestore.pipelines.sqlsafety import _fastscan  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the install
+
+    _native = (_fastscan.rows_tail, _fastscan.rows_span, _fastscan.copy_end)
+except (ImportError, AttributeError):  # pragma: no cover - not built, or built from older source
     log.warning(
         "sqlsafety.fastscan_missing", hint="python -m envrestore.pipelines.sqlsafety.build_native"
     )
 else:
-    rows_tail = _fastscan.rows_tail
-    copy_end = _fastscan.copy_end
+    rows_tail, rows_span, copy_end = _native
     NATIVE = True

@@ -82,7 +82,7 @@ class LineSplitter:
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self.max_line = max_line
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._size = 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -100,12 +100,13 @@ class LineSplitter:
                         problem="line_too_long",
                     )
             return b""
-        head = chunk if cut == len(chunk) - 1 else chunk[: cut + 1]
-        if self._parts:
-            self._parts.append(head)
+        if self._parts:  # one copy: the chunk's lines go into the join as a view
+            self._parts.append(memoryview(chunk)[: cut + 1])
             head = b"".join(self._parts)
             self._parts = []
             self._size = 0
+        else:
+            head = chunk if cut == len(chunk) - 1 else chunk[: cut + 1]
         if cut < len(chunk) - 1:
             rest = chunk[cut + 1 :]
             self._parts.append(rest)
