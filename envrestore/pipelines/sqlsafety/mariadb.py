@@ -6,9 +6,12 @@ only at what lies outside string literals and plain comments: executable
 comments (`/*!40101 … */`, `/*M!100616 … */`) are run by the server, so their
 content is inspected like any SQL.
 
-Speed: a 1 MB extended INSERT line costs two C-level regex passes (blank the
-literals, then match the rest against a short character class); Python-level
-scanning only runs on lines with an unterminated literal or comment.
+Speed: most of a dump is INSERT … VALUES rows. Only each statement's head is
+matched in Python; the rows lines after it are skipped by `fastscan.rows_span`
+(C, memchr from quote to backslash to quote, ~2 GB/s on one core), which stops
+at the statement's `;` and hands back any line it is unsure of (a `"` literal,
+a literal across lines, a comment, anything but numbers, NULL and 0x hex
+outside literals) to the full line check below.
 
 Where the client and the server could read quotes differently, the filter
 refuses instead of guessing: backslashes in `identifiers` (the client treats
