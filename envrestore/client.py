@@ -26,25 +26,15 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from envrestore.config.settings import Settings
 from envrestore.pipelines import registry, registry_admin
-from envrestore.pipelines.backup.service import BackupRecord, get_backup, list_backups
-from envrestore.pipelines.catalog import job_kinds
 from envrestore.pipelines.errors import BadInput, NotFound
 from envrestore.pipelines.jobs import views
-from envrestore.pipelines.jobs.cancel import cancel_job
 from envrestore.pipelines.jobs.principal import Principal
 from envrestore.pipelines.jobs.records import JobRecord, StepRecord
 from envrestore.pipelines.jobs.submit import Submitted
-from envrestore.pipelines.ledger.connection import create_pool
 from envrestore.pipelines.ledger.queries import sql
-from envrestore.pipelines.objectstore import ObjectStore, open_object_store
-from envrestore.pipelines.objectstore.s3 import S3ObjectStore
-from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.requests import (
     BackupRequest,
     CloneRequest,
@@ -55,9 +45,20 @@ from envrestore.pipelines.requests import (
     RestoreRequest,
     RollbackRequest,
 )
-from envrestore.pipelines.sources import direct_uploads
-from envrestore.pipelines.sources.links import Link
 from envrestore.pipelines.text import clean_data, clean_text
+
+# The job kinds, the producer's checks and the S3 client are imported by the methods
+# that use them: reading jobs (`envrestore job list`, the API's GET /jobs) needs none.
+if TYPE_CHECKING:
+    import asyncpg
+
+    from envrestore.config.settings import Settings
+    from envrestore.pipelines.backup.service import BackupRecord
+    from envrestore.pipelines.objectstore import ObjectStore
+    from envrestore.pipelines.objectstore.s3 import S3ObjectStore
+    from envrestore.pipelines.producer import Producer
+    from envrestore.pipelines.sources import direct_uploads
+    from envrestore.pipelines.sources.links import Link
 
 __all__ = ["Envrestore", "JobEvent", "JobSnapshot", "Submitted"]
 
@@ -128,7 +129,7 @@ class Envrestore:
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        store: ObjectStore,
+        store: ObjectStore | None,
         principal: Principal,
         *,
         preflight: bool = True,
@@ -136,12 +137,19 @@ class Envrestore:
     ) -> None:
         self.settings = settings
         self.pool = pool
-        self.store = store
+        self._store = store
         self.principal = principal
         self.preflight = preflight
         #: None: settings.idempotency_scope (the CLI's); the API scopes keys per token.
         self.idempotency_scope = idempotency_scope
         self._owned: contextlib.AsyncExitStack | None = None
+
+    @property
+    def store(self) -> ObjectStore:
+        """The object store (None given: this client only reads the ledger)."""
+        if self._store is None:
+            raise RuntimeError("this Envrestore was made without an object store")
+        return self._store
 
     # -- lifetime ---------------------------------------------------------------
 
@@ -150,6 +158,9 @@ class Envrestore:
         cls, settings: Settings, *, principal: Principal | None = None, pool_size: int = 5
     ) -> Envrestore:
         """Open a pool on the ledger and an object store client; `close()` (or `async with`)."""
+        from envrestore.pipelines.ledger.connection import create_pool
+        from envrestore.pipelines.objectstore import open_object_store
+
         stack = contextlib.AsyncExitStack()
         try:
             pool = await create_pool(settings.database_url, max_size=pool_size)
@@ -186,7 +197,7 @@ class Envrestore:
         return Envrestore(
             self.settings,
             self.pool,
-            self.store,
+            self._store,
             principal,
             preflight=self.preflight,
             idempotency_scope=idempotency_scope,
@@ -194,6 +205,8 @@ class Envrestore:
 
     @property
     def producer(self) -> Producer:
+        from envrestore.pipelines.producer import Producer
+
         return Producer(
             self.pool,
             self.settings,
@@ -219,10 +232,14 @@ class Envrestore:
         return await registry.get_environment(self.pool, target)
 
     async def backups(self, target: str) -> list[BackupRecord]:
+        from envrestore.pipelines.backup.service import list_backups
+
         return await list_backups(self.pool, target)
 
     async def backup(self, backup_id: str, *, target: str | None = None) -> BackupRecord:
         """A backup by id; with `target`, one of another environment is NotFound too."""
+        from envrestore.pipelines.backup.service import get_backup
+
         found = await get_backup(self.pool, backup_id)
         if target is not None and f"{found.site}.{found.env}" != target:
             raise NotFound(f"backup {backup_id!r} does not exist", backup_id=backup_id)
@@ -354,6 +371,9 @@ class Envrestore:
 
     async def cancel(self, job_id: uuid.UUID | str) -> None:
         """Cancel an active job (Conflict when it has ended, Refused once its switch began)."""
+        from envrestore.pipelines.catalog import job_kinds
+        from envrestore.pipelines.jobs.cancel import cancel_job
+
         await cancel_job(self.pool, _job_id(job_id), job_kinds())
 
     # -- uploads straight to the object store ------------------------------------
@@ -362,6 +382,8 @@ class Envrestore:
         self, target: str, *, element: str, size: int, filename: str
     ) -> direct_uploads.UploadStarted:
         """Presigned part URLs for a file the caller PUTs to the object store itself."""
+        from envrestore.pipelines.sources import direct_uploads
+
         environment = await self.environment(target)
         return await direct_uploads.start_upload(
             self.pool,
@@ -376,6 +398,8 @@ class Envrestore:
         )
 
     async def upload(self, upload_id: uuid.UUID | str) -> direct_uploads.OpenUpload:
+        from envrestore.pipelines.sources import direct_uploads
+
         return await direct_uploads.get_upload(self.pool, _uuid(upload_id, "upload"))
 
     async def complete_upload(
@@ -392,6 +416,8 @@ class Envrestore:
         Without a key the upload's id is the idempotency key: completing twice
         gives the same job.
         """
+        from envrestore.pipelines.sources import direct_uploads
+
         sha = sha256.strip().lower()
         if not _SHA256.match(sha):
             raise BadInput("sha256: give the file's SHA-256 as 64 hex digits")
@@ -408,6 +434,8 @@ class Envrestore:
         return submitted
 
     def _s3(self) -> S3ObjectStore:
+        from envrestore.pipelines.objectstore.s3 import S3ObjectStore
+
         if not isinstance(self.store, S3ObjectStore):
             raise BadInput("uploads need the S3 object store")
         return self.store

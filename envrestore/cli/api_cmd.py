@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import asyncpg
 import typer
-import uvicorn
 
 from envrestore.cli.common import from_setting, load_cli_settings, run_command, with_ledger
-from envrestore.config.logging import configure_logging
+
+if TYPE_CHECKING:  # uvicorn, FastAPI and asyncpg are imported when the API starts
+    import asyncpg
 
 
 def api(
@@ -29,6 +29,10 @@ def api(
 
     Clients authenticate with a bearer token (envrestore token create).
     """
+    import uvicorn
+
+    from envrestore.config.logging import configure_logging
+
     settings = load_cli_settings()
     level = os.environ.get("ENVRESTORE_LOG_LEVEL") or "INFO"
     configure_logging(level=level)
@@ -48,7 +52,7 @@ def api(
         timeout_graceful_shutdown=10,
         **proxy_options(settings.api_forwarded_allow_ips),
     )
-    server = _Server(config)
+    server = _server(config)
     server.run()
     if not server.started:
         raise typer.Exit(1)  # uvicorn has said why (the port in use, ...)
@@ -64,10 +68,14 @@ def proxy_options(allowed: str) -> dict[str, Any]:
     return {"proxy_headers": True, "forwarded_allow_ips": allowed}
 
 
-class _Server(uvicorn.Server):
+def _server(config: Any) -> Any:
     """uvicorn, except that a stop by SIGTERM/SIGINT ends with exit 0 like `envrestore
     worker` (uvicorn re-raises the signal after its graceful shutdown: exit -15)."""
+    import uvicorn
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        self._captured_signals.clear()
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return _Server(config)

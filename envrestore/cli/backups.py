@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import asyncpg
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
 
 from envrestore.cli.common import (
     JsonOpt,
@@ -32,18 +22,20 @@ from envrestore.cli.common import (
     with_ledger,
 )
 from envrestore.cli.confirming import ConfirmOpt, confirm_or_exit
-from envrestore.cli.tables import print_table
-from envrestore.pipelines.backup import inspect, lifecycle
-from envrestore.pipelines.backup import service as backups
 from envrestore.pipelines.errors import BadInput
-from envrestore.pipelines.jobs.submit import Submitted
-from envrestore.pipelines.objectstore import open_object_store
-from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.requests import (
     BackupRequest,
     DeleteBackupRequest,
     parse_elements,
 )
+
+if TYPE_CHECKING:  # imported where used, for a quick start (cli/common.py)
+    import asyncpg
+
+    from envrestore.pipelines.backup import inspect, lifecycle
+    from envrestore.pipelines.backup import service as backups
+    from envrestore.pipelines.jobs.submit import Submitted
+    from envrestore.pipelines.producer import Producer
 
 backup_app = typer.Typer(help="Backups of an environment.", no_args_is_help=True)
 
@@ -91,6 +83,9 @@ def backup_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List an environment's backups, newest first."""
+    from envrestore.cli.tables import print_table
+    from envrestore.pipelines.backup import service as backups
+
     settings = load_cli_settings()
 
     async def body() -> list[backups.BackupRecord]:
@@ -129,6 +124,12 @@ def backup_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one backup: its parts with sizes and sha256, expiry, kind and the job that made it."""
+    from rich.text import Text
+
+    from envrestore.cli.tables import print_table
+    from envrestore.pipelines.backup import inspect
+    from envrestore.pipelines.objectstore import open_object_store
+
     settings = load_cli_settings()
 
     async def body() -> dict[str, Any]:
@@ -187,6 +188,18 @@ def backup_get(
     as_json: JsonOpt = False,
 ) -> None:
     """Download one part of a backup, streamed, its sha256 checked against the manifest."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from envrestore.pipelines.backup import inspect
+    from envrestore.pipelines.objectstore import open_object_store
+
     settings = load_cli_settings()
 
     async def body() -> inspect.Downloaded:
@@ -235,6 +248,8 @@ def backup_delete(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a backup from S3 and the ledger, as a job; kept while a job still reads it."""
+    from envrestore.pipelines.backup import inspect
+
     settings = load_cli_settings()
 
     async def build() -> DeleteBackupRequest:
@@ -274,6 +289,9 @@ def backup_sweep(
     """Remove what killed, cancelled or abandoned work left in S3, once older than the minimum
     age: prefixes under backups/ with no ledger row, unfinished multipart uploads of backups no
     job is writing, and import uploads under staging/uploads/ no unfinished job reads."""
+    from envrestore.pipelines.backup import lifecycle
+    from envrestore.pipelines.objectstore import open_object_store
+
     settings = load_cli_settings()
     hours = settings.backup_orphan_min_age_hours if min_age_hours is None else min_age_hours
 

@@ -7,56 +7,60 @@ producer serves the HTTP API and the scheduler.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 from urllib.parse import urlsplit
 
-import asyncpg
 import typer
-from pydantic import ValidationError
-from rich.console import Console, ConsoleDimensions
 
-from envrestore.cli.errors import ERROR_KINDS, NOT_MIGRATED, fail_for
+from envrestore.cli.errors import ERROR_KINDS, NOT_MIGRATED, LazyConsole, fail_for
 from envrestore.cli.errors import err as err  # re-exported: every command module uses these
 from envrestore.cli.errors import fail as fail
 from envrestore.cli.errors import print_json as print_json
 from envrestore.cli.exit_codes import ExitCode
-from envrestore.cli.follow import StoppedFollowing, follow_job
-from envrestore.client import Envrestore
-from envrestore.config.settings import Settings, describe_settings_error, load_settings
-from envrestore.pipelines import registry
 from envrestore.pipelines.errors import EnvrestoreError, NotFound
-from envrestore.pipelines.jobs.principal import Principal
-from envrestore.pipelines.jobs.submit import Submitted
-from envrestore.pipelines.ledger.connection import create_pool
-from envrestore.pipelines.ledger.migrate import available_migrations
-from envrestore.pipelines.ledger.queries import sql
-from envrestore.pipelines.objectstore import open_object_store
-from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.secrets import mask_url
 from envrestore.pipelines.text import clean_text
+
+# Only what every command needs is imported here: asyncpg, rich, pydantic and the
+# pipelines are imported by the function that uses them, so `envrestore --help`
+# or a command that never talks to the ledger starts in a fraction of the time
+# (tests/unit/test_cli_imports.py, tests/bench/bench_client.py).
+if TYPE_CHECKING:
+    import asyncpg
+    from rich.console import Console
+
+    from envrestore.client import Envrestore
+    from envrestore.config.settings import Settings
+    from envrestore.pipelines.jobs.submit import Submitted
+    from envrestore.pipelines.producer import Producer
 
 T = TypeVar("T")
 
 
-class _OutConsole(Console):
+OFF_TERMINAL_WIDTH = 200
+
+
+def _stdout_console() -> Console:
     """stdout: a terminal's width, or $COLUMNS if set; off a terminal (pipes, CI,
     the demo's capture) 200 columns instead of rich's 80. Decided at each print,
     so a test (or a resized terminal) sees its own width."""
+    from rich.console import Console, ConsoleDimensions
 
-    @property  # type: ignore[misc]
-    def size(self) -> ConsoleDimensions:
-        dims = super().size
-        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
-            return ConsoleDimensions(OFF_TERMINAL_WIDTH, dims.height)
-        return dims
+    class _OutConsole(Console):
+        @property  # type: ignore[misc]
+        def size(self) -> ConsoleDimensions:
+            dims = super().size
+            if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+                return ConsoleDimensions(OFF_TERMINAL_WIDTH, dims.height)
+            return dims
+
+    return _OutConsole(soft_wrap=True)
 
 
-OFF_TERMINAL_WIDTH = 200
-out = _OutConsole(soft_wrap=True)
+out = cast("Console", LazyConsole(_stdout_console))
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 WaitOpt = Annotated[
@@ -77,6 +81,10 @@ EXIT_FOR: list[tuple[type[EnvrestoreError], ExitCode]] = [(t, c) for t, _, c in 
 
 def load_cli_settings() -> Settings:
     """The settings, or one line naming the bad variable (exit 2)."""
+    from pydantic import ValidationError
+
+    from envrestore.config.settings import describe_settings_error, load_settings
+
     try:
         settings = load_settings()
         check_urls(settings)
@@ -116,6 +124,10 @@ def check_urls(settings: Settings) -> None:
 
 def run_command(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run an async command body; turn its errors into one line and an exit code."""
+    import asyncio
+
+    from envrestore.cli.follow import StoppedFollowing
+
     try:
         return asyncio.run(body())
     except StoppedFollowing as exc:
@@ -131,6 +143,10 @@ def run_command(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
 async def check_schema(pool: asyncpg.Pool) -> None:
     """Refuse at once (one line, run `envrestore db migrate`) on a ledger not migrated,
     or migrated by an older envrestore, rather than failing on a missing table later."""
+    import asyncpg
+
+    from envrestore.pipelines.ledger.migrate import available_migrations
+
     try:
         applied = {r["version"] for r in await pool.fetch("SELECT version FROM schema_migrations")}
     except asyncpg.UndefinedTableError:
@@ -149,6 +165,8 @@ async def check_schema(pool: asyncpg.Pool) -> None:
 
 async def with_ledger(settings: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     """A small pool on the ledger for the length of one command, its schema checked."""
+    from envrestore.pipelines.ledger.connection import create_pool
+
     pool = await create_pool(settings.database_url, max_size=2)
     try:
         await check_schema(pool)
@@ -157,10 +175,25 @@ async def with_ledger(settings: Settings, use: Callable[[asyncpg.Pool], Awaitabl
         await pool.close()
 
 
-async def with_client(settings: Settings, use: Callable[[Envrestore], Awaitable[T]]) -> T:
-    """The producer API (envrestore.client) for the operator at this shell, for one command."""
+async def with_client(
+    settings: Settings,
+    use: Callable[[Envrestore], Awaitable[T]],
+    *,
+    object_store: bool = True,
+) -> T:
+    """The producer API (envrestore.client) for the operator at this shell, for one command.
+
+    `object_store=False`: a command that only reads or changes the ledger (job list,
+    show, cancel) does without the S3 client, whose set-up costs a quick command's start.
+    """
+    from envrestore.client import Envrestore
+    from envrestore.pipelines.jobs.principal import Principal
 
     async def run(pool: asyncpg.Pool) -> T:
+        if not object_store:
+            return await use(Envrestore(settings, pool, None, Principal.operator()))
+        from envrestore.pipelines.objectstore import open_object_store
+
         async with open_object_store(settings) as store:
             return await use(Envrestore(settings, pool, store, Principal.operator()))
 
@@ -201,6 +234,8 @@ async def finish_job_command(
         return ExitCode.OK
     if not as_json:
         err.print(f"job {job_id} {'queued' if submitted.created else '(existing)'}; waiting")
+    from envrestore.cli.follow import follow_job
+
     view = await follow_job(pool, job_id, quiet=as_json)
     return report_final(view, as_json=as_json)
 
@@ -223,6 +258,10 @@ def submit_command(
     as_json: bool,
 ) -> NoReturn:
     """Submit through a producer for the operator at this shell, then report or follow."""
+
+    from envrestore.client import Envrestore
+    from envrestore.pipelines.jobs.principal import Principal
+    from envrestore.pipelines.objectstore import open_object_store
 
     async def with_producer(pool: asyncpg.Pool) -> Submitted:
         async with open_object_store(settings) as store:
@@ -256,16 +295,30 @@ CodeStrategyOpt = Annotated[
 ]
 
 
+#: The built-in defaults of the settings an option's help names: written here so that
+#: building the command's help does not import pydantic (tests/unit/test_cli_imports.py
+#: checks each against config/settings.py).
+SETTING_DEFAULTS: dict[str, object] = {
+    "queue_name": "envrestore",
+    "api_host": "127.0.0.1",
+    "api_port": 8080,
+    "link_default_ttl": 300,
+}
+
+
 def from_setting(text: str, setting: str) -> str:
     """Help text for an option that, when not given, takes a setting's value: it names
     the variable and the built-in default, as click shows them for other options."""
-    default = Settings.model_fields[setting].get_default(call_default_factory=True)
+    default = SETTING_DEFAULTS[setting]
     return f"{text}  [env var: ENVRESTORE_{setting.upper()}; default: {default}]"
 
 
 async def require_known(pool: asyncpg.Pool, target: str) -> None:
     """`SITE` or `SITE.ENV` named on the command line must exist: NotFound (exit 3)
     rather than an empty listing that reads as "nothing there"."""
+    from envrestore.pipelines import registry
+    from envrestore.pipelines.ledger.queries import sql
+
     site, _, env = target.partition(".")
     if env:
         await registry.get_environment(pool, target)

@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-import asyncpg
-import structlog
 import typer
-from rich.console import Console
 from typer._click import Context  # typer vendors click; its exception types live here
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
@@ -36,9 +34,36 @@ from envrestore.pipelines.errors import (
 )
 from envrestore.pipelines.text import clean_text
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from rich.console import Console
 
-err = Console(stderr=True, soft_wrap=True)
+
+class LazyConsole:
+    """A rich Console made on first use: importing rich costs a command that prints
+    plain JSON (or nothing) about 40 ms of its start (README "The CLI")."""
+
+    def __init__(self, make: Callable[[], Console]) -> None:
+        self._make = make
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = self._make()
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+#: Typed as the Console it stands for (it forwards every attribute to one).
+err = cast("Console", LazyConsole(_stderr_console))
 
 #: Error family → (stable code, exit code); the first match wins.
 ERROR_KINDS: list[tuple[type[EnvrestoreError], str, ExitCode]] = [
@@ -86,6 +111,27 @@ def describe(exc: BaseException) -> tuple[str, ExitCode, str]:
             if isinstance(exc, family):
                 return code, exit_code, exc.message
         return "error", ExitCode.ERROR, exc.message
+    # Only an asyncpg error can come from asyncpg: when no command loaded it, none did.
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        found = _describe_asyncpg(asyncpg, exc)
+        if found is not None:
+            return found
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return "unavailable", ExitCode.UNAVAILABLE, f"a service cannot be reached: {exc}"
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return "bad_input", ExitCode.USAGE, str(exc)
+    if isinstance(exc, OSError):
+        return "error", ExitCode.ERROR, str(exc)
+    name = type(exc).__name__
+    return (
+        "internal",
+        ExitCode.ERROR,
+        f"unexpected {name}: {exc} (ENVRESTORE_LOG_LEVEL=DEBUG shows the traceback)",
+    )
+
+
+def _describe_asyncpg(asyncpg: Any, exc: BaseException) -> tuple[str, ExitCode, str] | None:
     if isinstance(
         exc,
         (
@@ -98,26 +144,19 @@ def describe(exc: BaseException) -> tuple[str, ExitCode, str]:
         return "not_migrated", ExitCode.UNAVAILABLE, NOT_MIGRATED
     if isinstance(exc, asyncpg.ClientConfigurationError):
         return "bad_input", ExitCode.USAGE, f"bad ENVRESTORE_DATABASE_URL: {exc}"
-    if isinstance(exc, (ConnectionError, TimeoutError, asyncpg.InterfaceError)):
+    if isinstance(exc, asyncpg.InterfaceError):
         return "unavailable", ExitCode.UNAVAILABLE, f"a service cannot be reached: {exc}"
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return "bad_input", ExitCode.USAGE, str(exc)
-    if isinstance(exc, OSError):
-        return "error", ExitCode.ERROR, str(exc)
-    if isinstance(exc, asyncpg.PostgresError):
+    if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, OSError):
         return "unavailable", ExitCode.UNAVAILABLE, f"the ledger refused a query: {exc}"
-    name = type(exc).__name__
-    return (
-        "internal",
-        ExitCode.ERROR,
-        f"unexpected {name}: {exc} (ENVRESTORE_LOG_LEVEL=DEBUG shows the traceback)",
-    )
+    return None
 
 
 def fail_for(exc: BaseException) -> NoReturn:
     code, exit_code, message = describe(exc)
     if code == "internal" and logging.getLogger().isEnabledFor(logging.DEBUG):
-        log.debug("cli.unexpected_error", exc_info=exc)  # --log-level DEBUG: the traceback
+        import structlog  # --log-level DEBUG: the traceback
+
+        structlog.get_logger(__name__).debug("cli.unexpected_error", exc_info=exc)
     fail(message, code=code, exit_code=exit_code)
 
 

@@ -9,13 +9,19 @@ CLI uses for an unreachable service and for a ledger not migrated.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from envrestore.cli.common import JsonOpt, load_cli_settings, out, print_json, run_command
 from envrestore.cli.exit_codes import ExitCode
-from envrestore.observability.health import CHECKS, Check, all_ok, check_everything
+
+if TYPE_CHECKING:
+    from envrestore.observability.health import Check
 
 
 def health(as_json: JsonOpt = False) -> None:
     """Check the ledger, its migrations, the broker and the object store (exit 6 if any fails)."""
+    from envrestore.observability.health import CHECKS, all_ok, check_everything
+
     settings = load_cli_settings()
     checks: list[Check] = run_command(lambda: check_everything(settings))
     ok = all_ok(checks)

@@ -12,17 +12,9 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from envrestore.cli.common import (
     CodeStrategyOpt,
@@ -44,18 +36,8 @@ from envrestore.cli.common import (
     with_ledger,
 )
 from envrestore.cli.exit_codes import ExitCode
-from envrestore.pipelines import registry
 from envrestore.pipelines.errors import BadInput
 from envrestore.pipelines.jobs.principal import Principal
-from envrestore.pipelines.jobs.submit import Submitted
-from envrestore.pipelines.objectstore import open_object_store
-from envrestore.pipelines.objectstore.resumable import (
-    file_identity,
-    staging_upload_key,
-    upload_file,
-)
-from envrestore.pipelines.objectstore.s3 import S3ObjectStore
-from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.requests import (
     ELEMENTS,
     CloneRequest,
@@ -64,7 +46,11 @@ from envrestore.pipelines.requests import (
     PartInput,
     parse_pairs,
 )
-from envrestore.pipelines.sources.links import Link
+
+if TYPE_CHECKING:  # imported where used, for a quick start (cli/common.py)
+    from envrestore.pipelines.jobs.submit import Submitted
+    from envrestore.pipelines.producer import Producer
+    from envrestore.pipelines.sources.links import Link
 
 import_app = typer.Typer(
     help="Import a database, a files archive or a whole site from a URL or a file.",
@@ -106,6 +92,22 @@ async def _part_input(
     producer: Producer, element: str, value: str, *, quiet: bool, is_url: bool | None = None
 ) -> PartInput:
     """A URL as given, or a local file uploaded to staging first."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from envrestore.pipelines.objectstore.resumable import (
+        file_identity,
+        staging_upload_key,
+        upload_file,
+    )
+    from envrestore.pipelines.objectstore.s3 import S3ObjectStore
+
     if is_url if is_url is not None else _looks_like_url(value):
         return PartInput(element, url=value)
     path = Path(value).expanduser()  # noqa: ASYNC240 - one stat before a long upload
@@ -346,6 +348,8 @@ def clone_content(
     environment, with a rollback point (asked to confirm on a terminal, unless
     --yes). URLs are rewritten from the source's to the target's (env add --url).
     """
+    from envrestore.pipelines import registry
+
     if db_only and files_only:
         fail("give --db-only or --files-only, not both", code="usage", exit_code=ExitCode.USAGE)
     elements = ("database",) if db_only else ("files",) if files_only else ("database", "files")
@@ -387,6 +391,9 @@ def backup_link(
 ) -> None:
     """Print temporary links (presigned GETs) to a backup's parts; curl and wget can use
     them until they expire. Each link is recorded: part, expiry, who asked."""
+    from envrestore.pipelines.objectstore import open_object_store
+    from envrestore.pipelines.producer import Producer
+
     if all_parts == (part is not None):
         fail("give --part code|database|files, or --all", code="usage", exit_code=ExitCode.USAGE)
     parts = ELEMENTS if all_parts else (part or "",)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
 from envrestore.cli.common import (
     JsonOpt,
@@ -21,10 +20,11 @@ from envrestore.cli.common import (
     with_ledger,
 )
 from envrestore.cli.exit_codes import ExitCode
-from envrestore.cli.follow import amount_text, follow_job
-from envrestore.cli.tables import print_table
-from envrestore.client import Envrestore
-from envrestore.pipelines.jobs import views
+
+if TYPE_CHECKING:  # the rest is imported where used: a quick start (cli/common.py)
+    from rich.text import Text
+
+    from envrestore.client import Envrestore
 
 job_app = typer.Typer(help="Jobs: show, list, follow.", no_args_is_help=True)
 
@@ -39,11 +39,16 @@ def job_show(
     settings = load_cli_settings()
 
     async def body() -> int:
+        from envrestore.cli.follow import follow_job
+        from envrestore.pipelines.jobs import views
+
         uid = views.parse_job_id(job_id)
         if wait:
             view = await with_ledger(settings, lambda pool: follow_job(pool, uid, quiet=as_json))
             return report_final(view, as_json=as_json)
-        view = (await with_client(settings, lambda client: client.job(uid))).view
+        view = (
+            await with_client(settings, lambda client: client.job(uid), object_store=False)
+        ).view
         if as_json:
             print_json(view)
         else:
@@ -55,10 +60,17 @@ def job_show(
 
 def _cell(value: Any) -> Text:
     """A table cell: cleaned, and never read as rich markup."""
+    from rich.text import Text
+
     return Text(shown(value))
 
 
 def _print_job(view: dict[str, Any]) -> None:
+    from rich.text import Text
+
+    from envrestore.cli.follow import amount_text
+    from envrestore.cli.tables import print_table
+
     out.print(
         Text.assemble(
             f"job {shown(view['id'])}  {shown(view['kind'])}  {shown(view['target'])}  ",
@@ -86,8 +98,10 @@ def job_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> No
     settings = load_cli_settings()
 
     async def body() -> None:
+        from envrestore.pipelines.jobs import views
+
         uid = views.parse_job_id(job_id)
-        await with_client(settings, lambda client: client.cancel(uid))
+        await with_client(settings, lambda client: client.cancel(uid), object_store=False)
 
     run_command(body)
     out.print(f"job {job_id} cancelled; its cleanup runs on the workers")
@@ -113,12 +127,14 @@ def job_list(
                 await require_known(client.pool, target)
             return await client.jobs(site=site, env=env, limit=limit)
 
-        return await with_client(settings, listing)
+        return await with_client(settings, listing, object_store=False)
 
     jobs = run_command(body)
     if as_json:
         print_json(jobs)
         return
+    from envrestore.cli.tables import print_table
+
     print_table(
         out,
         ["id", "kind", "target", "status", "created_at", "error"],

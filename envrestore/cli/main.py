@@ -1,4 +1,9 @@
-"""The `envrestore` command: subcommands grouped by noun (db, site, env, backup, job, worker)."""
+"""The `envrestore` command: subcommands grouped by noun (db, site, env, backup, job, worker).
+
+Building the app imports only typer and the command modules, which import what a
+command needs when it runs (cli/common.py): `envrestore --help` and `--version`
+never load asyncpg, rich, pydantic or the S3 client (tests/unit/test_cli_imports.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,6 @@ from typing import Annotated
 
 import typer
 
-from envrestore import __version__
 from envrestore.cli.api_cmd import api
 from envrestore.cli.backups import backup_app
 from envrestore.cli.common import (
@@ -28,11 +32,6 @@ from envrestore.cli.restores import restore
 from envrestore.cli.rollbacks import rollback_app
 from envrestore.cli.schedule import schedule_app, scheduler
 from envrestore.cli.tokens import token_app
-from envrestore.config.logging import LOG_FORMAT_VARIABLE, configure_logging
-from envrestore.observability.worker_exposition import prepare_worker_metrics
-from envrestore.pipelines.ledger.connection import connect
-from envrestore.pipelines.ledger.migrate import migrate
-from envrestore.workers.shutdown import THREADS_SHARE
 
 app = typer.Typer(
     name="envrestore",
@@ -67,6 +66,8 @@ app.command("api")(api)
 
 def _print_version(value: bool) -> None:
     if value:
+        from envrestore import __version__
+
         typer.echo(f"envrestore {__version__}")
         raise typer.Exit()
 
@@ -88,6 +89,8 @@ def _main(
         ),
     ] = False,
 ) -> None:
+    from envrestore.config.logging import configure_logging
+
     configure_logging(level=log_level)
 
 
@@ -100,6 +103,9 @@ def db_migrate() -> None:
 
     The ledger is ENVRESTORE_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/envrestore).
     """
+    from envrestore.pipelines.ledger.connection import connect
+    from envrestore.pipelines.ledger.migrate import migrate
+
     settings = load_cli_settings()
 
     async def body() -> list[str]:
@@ -126,6 +132,10 @@ def worker(
     ] = None,
 ) -> None:
     """Start a worker: Dramatiq's CLI with envrestore's broker and actors."""
+    from envrestore.config.logging import LOG_FORMAT_VARIABLE
+    from envrestore.observability.worker_exposition import prepare_worker_metrics
+    from envrestore.workers.shutdown import THREADS_SHARE
+
     settings = load_cli_settings()
     dramatiq = shutil.which("dramatiq", path=str(Path(sys.executable).parent)) or "dramatiq"
     argv = [

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import asyncpg
 import typer
 
 from envrestore.cli.common import (
@@ -20,8 +19,11 @@ from envrestore.cli.common import (
 )
 from envrestore.cli.confirming import ConfirmOpt, confirm_or_exit
 from envrestore.cli.exit_codes import ExitCode
-from envrestore.cli.tables import print_table
-from envrestore.pipelines import registry, registry_admin
+
+if TYPE_CHECKING:  # imported where used, for a quick start (cli/common.py)
+    import asyncpg
+
+    from envrestore.pipelines import registry, registry_admin
 
 site_app = typer.Typer(help="Sites.", no_args_is_help=True)
 env_app = typer.Typer(help="Environments of a site (dev, test, live, ...).", no_args_is_help=True)
@@ -30,6 +32,8 @@ env_app = typer.Typer(help="Environments of a site (dev, test, live, ...).", no_
 @site_app.command("add")
 def site_add(name: Annotated[str, typer.Argument(help="Site name, e.g. mysite.")]) -> None:
     """Register a site."""
+    from envrestore.pipelines import registry
+
     settings = load_cli_settings()
 
     async def body() -> bool:
@@ -70,6 +74,8 @@ def env_add(
     ] = None,
 ) -> None:
     """Register an environment, or update its settings."""
+    from envrestore.pipelines import registry, registry_admin
+
     settings = load_cli_settings()
 
     async def body() -> tuple[registry.Environment, bool]:
@@ -104,6 +110,9 @@ def env_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List environments (database DSNs shown with passwords masked)."""
+    from envrestore.cli.tables import print_table
+    from envrestore.pipelines import registry
+
     settings = load_cli_settings()
 
     async def body() -> list[registry.Environment]:
@@ -139,6 +148,8 @@ def env_load(
     file: Annotated[Path, typer.Argument(help="A TOML file of [[env]] entries.")],
 ) -> None:
     """Register many environments from a TOML file, all checked before any is written."""
+    from envrestore.pipelines import registry, registry_admin
+
     settings = load_cli_settings()
 
     async def body() -> list[tuple[registry.Environment, bool]]:
@@ -180,6 +191,9 @@ def env_load(
 @site_app.command("list")
 def site_list(as_json: JsonOpt = False) -> None:
     """List sites and their environments."""
+    from envrestore.cli.tables import print_table
+    from envrestore.pipelines import registry_admin
+
     settings = load_cli_settings()
 
     async def body() -> list[registry_admin.Site]:
@@ -210,6 +224,8 @@ def site_remove(
     job holds or waits for an environment's lease, while the ledger holds
     backups of one, or while a rollback point is kept.
     """
+    from envrestore.pipelines import registry_admin
+
     settings = load_cli_settings()
     what = f"site {name}" + (" and all its environments" if cascade else "")
     confirm_or_exit(f"forget {what}? (nothing on disk is deleted)", yes=yes)
@@ -234,6 +250,8 @@ def env_remove(
     Refused while a job holds or waits for its lease, while the ledger holds
     backups of it (delete them first), or while a rollback point is kept.
     """
+    from envrestore.pipelines import registry_admin
+
     settings = load_cli_settings()
     confirm_or_exit(f"forget environment {target}? (nothing on disk is deleted)", yes=yes)
 
@@ -271,6 +289,8 @@ def env_set(
     Refused while a job holds or waits for its lease; a new database or
     directory also while a rollback point still refers to the old one.
     """
+    from envrestore.pipelines import registry_admin
+
     settings = load_cli_settings()
 
     async def body() -> tuple[registry.Environment, list[str]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,13 +20,15 @@ from envrestore.cli.common import (
     stdin_is_terminal,
     submit_command,
 )
-from envrestore.pipelines.jobs.submit import Submitted
-from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.requests import (
     RestoreRequest,
     parse_elements,
     parse_pairs,
 )
+
+if TYPE_CHECKING:  # imported where used, for a quick start (cli/common.py)
+    from envrestore.pipelines.jobs.submit import Submitted
+    from envrestore.pipelines.producer import Producer
 
 
 def restore(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer._click import Context
@@ -21,12 +21,12 @@ from envrestore.cli.common import (
     with_ledger,
 )
 from envrestore.cli.confirming import confirm_or_exit
-from envrestore.cli.tables import print_table, when
-from envrestore.pipelines.jobs import views
-from envrestore.pipelines.jobs.submit import Submitted
-from envrestore.pipelines.producer import Producer
 from envrestore.pipelines.requests import RollbackRequest
-from envrestore.pipelines.restore import points
+
+if TYPE_CHECKING:  # imported where used, for a quick start (cli/common.py)
+    from envrestore.pipelines.jobs.submit import Submitted
+    from envrestore.pipelines.producer import Producer
+    from envrestore.pipelines.restore import points
 
 
 class _RollbackGroup(TyperGroup):
@@ -63,6 +63,8 @@ def rollback_run(
     as_json: JsonOpt = False,
 ) -> None:
     """Swap back the content a restore replaced (kept ENVRESTORE_ROLLBACK_HOURS, default 24)."""
+    from envrestore.pipelines.jobs import views
+
     settings = load_cli_settings()
 
     async def submit(producer: Producer) -> Submitted:
@@ -92,6 +94,9 @@ def rollback_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List kept rollback points: size on disk (files and code trees), database size, expiry."""
+    from envrestore.cli.tables import print_table, when
+    from envrestore.pipelines.restore import points
+
     settings = load_cli_settings()
 
     async def body() -> list[points.RollbackPoint]:
@@ -142,6 +147,9 @@ def rollback_drop(
     Refused while another job holds the environment's lease or is queued for it
     (the error names it). The drop is an expire_rollback job run by the workers.
     """
+    from envrestore.pipelines.jobs import views
+    from envrestore.pipelines.restore import points
+
     settings = load_cli_settings()
 
     async def check() -> tuple[uuid.UUID, str]:

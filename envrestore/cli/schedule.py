@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,17 +17,14 @@ from envrestore.cli.common import (
     run_command,
     with_ledger,
 )
-from envrestore.cli.tables import print_table, when
-from envrestore.config.logging import configure_logging
-from envrestore.config.settings import Settings
 from envrestore.pipelines.jobs.principal import Principal
-from envrestore.pipelines.ledger.connection import create_pool
-from envrestore.pipelines.objectstore import open_object_store
-from envrestore.pipelines.producer import Producer
-from envrestore.pipelines.schedule.lease import new_holder_id
-from envrestore.pipelines.schedule.loop import Scheduler, utc_now
 from envrestore.pipelines.schedule.slots import WEEKDAYS
-from envrestore.pipelines.schedule.store import Schedule, list_schedules, set_schedule
+
+if TYPE_CHECKING:  # imported where used, for a quick start (cli/common.py)
+    import asyncio
+
+    from envrestore.config.settings import Settings
+    from envrestore.pipelines.schedule.store import Schedule
 
 schedule_app = typer.Typer(
     help="Daily (and weekly) backups of each environment; `envrestore scheduler` runs them.",
@@ -73,6 +69,9 @@ def schedule_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Turn an environment's daily backup on, at an hour (UTC) and weekly day."""
+    from envrestore.pipelines.schedule.loop import utc_now
+    from envrestore.pipelines.schedule.store import set_schedule
+
     settings = load_cli_settings()
 
     async def body() -> Schedule:
@@ -104,6 +103,9 @@ def schedule_off(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop an environment's scheduled backups (existing backups keep their expiry)."""
+    from envrestore.pipelines.schedule.loop import utc_now
+    from envrestore.pipelines.schedule.store import set_schedule
+
     settings = load_cli_settings()
 
     async def body() -> Schedule:
@@ -130,6 +132,10 @@ def schedule_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Each environment's schedule in effect (defaults included), next slot and last slot taken."""
+    from envrestore.cli.tables import print_table, when
+    from envrestore.pipelines.schedule.loop import utc_now
+    from envrestore.pipelines.schedule.store import list_schedules
+
     settings = load_cli_settings()
 
     async def body() -> list[Schedule]:
@@ -177,6 +183,12 @@ def schedule_show(
 
 async def run_scheduler(settings: Settings, stop: asyncio.Event) -> None:
     """The scheduler loop until `stop` is set (SIGTERM, SIGINT)."""
+    from envrestore.pipelines.ledger.connection import create_pool
+    from envrestore.pipelines.objectstore import open_object_store
+    from envrestore.pipelines.producer import Producer
+    from envrestore.pipelines.schedule.lease import new_holder_id
+    from envrestore.pipelines.schedule.loop import Scheduler
+
     holder = new_holder_id()
     pool = await create_pool(settings.database_url, max_size=4)
     try:
@@ -197,6 +209,10 @@ def scheduler() -> None:
     Settings: ENVRESTORE_SCHEDULER_TICK_SECONDS, ENVRESTORE_SCHEDULER_LEASE_SECONDS,
     ENVRESTORE_SCHEDULE_DEFAULT_HOUR, ENVRESTORE_SCHEDULE_DEFAULT_WEEKLY_DAY.
     """
+    import asyncio
+
+    from envrestore.config.logging import configure_logging
+
     settings = load_cli_settings()
     configure_logging(level=os.environ.get("ENVRESTORE_LOG_LEVEL") or "INFO")
 

@@ -8,9 +8,8 @@ digest, so no command can show it again.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import asyncpg
 import typer
 
 from envrestore.cli.common import (
@@ -23,15 +22,21 @@ from envrestore.cli.common import (
     shown,
     with_ledger,
 )
-from envrestore.cli.tables import print_table, when
-from envrestore.pipelines.auth import tokens
-from envrestore.pipelines.auth.tokens import SCOPES, Revoked, TokenInfo
 from envrestore.pipelines.jobs.principal import Principal
+
+if TYPE_CHECKING:  # imported where used, for a quick start (cli/common.py)
+    import asyncpg
+
+    from envrestore.pipelines.auth.tokens import Revoked, TokenInfo
 
 token_app = typer.Typer(
     help="API bearer tokens: each reaches some sites (or all) for some actions.",
     no_args_is_help=True,
 )
+
+#: pipelines.auth.tokens.SCOPES, named here for `--scopes`'s help without importing the
+#: token store (asyncpg) at start; tests/unit/test_cli_imports.py checks they agree.
+SCOPES = ("read", "backup", "restore", "import", "link", "admin")
 
 #: `--sites '*'`: every site, present and future.
 EVERY_SITE = "*"
@@ -79,6 +84,9 @@ def token_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a token and print it once (only its SHA-256 digest is stored)."""
+    from envrestore.cli.tables import when
+    from envrestore.pipelines.auth import tokens
+
     settings = load_cli_settings()
     site_list = None if sites.strip() == EVERY_SITE else _split(sites)
 
@@ -114,6 +122,9 @@ def token_create(
 @token_app.command("list")
 def token_list(as_json: JsonOpt = False) -> None:
     """List tokens: scope, expiry, last use, revocation (never a token or its digest)."""
+    from envrestore.cli.tables import print_table, when
+    from envrestore.pipelines.auth import tokens
+
     settings = load_cli_settings()
 
     async def body() -> list[TokenInfo]:
@@ -153,6 +164,9 @@ def token_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a token at once: it never authenticates again (revoking twice is harmless)."""
+    from envrestore.cli.tables import when
+    from envrestore.pipelines.auth import tokens
+
     settings = load_cli_settings()
 
     async def body() -> Revoked:
