@@ -22,19 +22,18 @@ next attempt reads them back and finishes.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
 from envrestore.pipelines.dsn import Dsn
-from envrestore.pipelines.engines import mariadb_split
+from envrestore.pipelines.engines import mariadb_import
 from envrestore.pipelines.engines.mariadb import MariaDbEngine, quote_identifier
 from envrestore.pipelines.engines.mariadb_sql import (
     creates,
@@ -50,7 +49,6 @@ from envrestore.pipelines.engines.mariadb_sql import (
     without_import_definers,
 )
 from envrestore.pipelines.engines.shadow import (
-    FedCounter,
     ImportLogin,
     ImportReport,
     ProgressCallback,
@@ -67,7 +65,7 @@ from envrestore.pipelines.errors import (
     Refused,
     TransientError,
 )
-from envrestore.pipelines.streams import empty_stream, run_consumer
+from envrestore.pipelines.streams import DEFAULT_READAHEAD, run_consumer
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +73,6 @@ log = structlog.get_logger(__name__)
 PLAN_TABLE = "__envrestore_switch"
 #: A switch waits this long for running queries on live tables, then gives up (and is retried).
 LOCK_WAIT_SECONDS = 10
-#: `mariadb --help` probed once per client binary: does it know --sandbox?
-_SANDBOX_SUPPORT: dict[str, bool] = {}
 
 _q = quote_identifier
 
@@ -86,6 +82,8 @@ class MariaDbShadow:
     """The restore side of MariaDB/MySQL, on top of `MariaDbEngine`'s client handling."""
 
     engine: MariaDbEngine
+    #: Bytes buffered toward each import session (ENVRESTORE_IMPORT_READAHEAD_MB).
+    readahead: int = DEFAULT_READAHEAD
 
     # ------------------------------------------------------------ plumbing
 
@@ -156,16 +154,6 @@ class MariaDbShadow:
         )
         return [unhex(row[0]) for row in rows if row and row[0]]
 
-    async def _client_has_sandbox(self) -> bool:
-        client = self.engine.client()
-        if client not in _SANDBOX_SUPPORT:
-            try:
-                help_text = await run_consumer([client, "--no-defaults", "--help"], empty_stream())
-            except EnvrestoreError:
-                help_text = ""
-            _SANDBOX_SUPPORT[client] = "--sandbox" in help_text
-        return _SANDBOX_SUPPORT[client]
-
     # ------------------------------------------------------------ prepare, import, check
 
     async def prepare_shadow(self, dsn: Dsn, names: ShadowNames) -> None:
@@ -210,70 +198,12 @@ class MariaDbShadow:
         chunks: AsyncIterator[bytes],
         *,
         on_progress: ProgressCallback | None = None,
-        connections: int = 1,
+        connections: int | Literal["auto"] = 1,
     ) -> ImportReport:
-        """`mariadb --binary-mode` fed the dump; `connections=2` splits big tables' INSERTs."""
-        if connections not in (1, 2):
-            raise BadInput(f"connections must be 1 or 2, not {connections}")
-        options = ["--binary-mode", "--max-allowed-packet=1G"]
-        if await self._client_has_sandbox():
-            options.append("--sandbox")
-        fed = FedCounter(dsn.database, on_progress)
-
-        started = time.monotonic()
-        try:
-            if connections == 1:
-                await run_consumer(
-                    self.engine.client_argv(dsn, *options),
-                    fed.wrap(chunks),
-                    env=self.engine.environment(dsn),
-                    secrets=self.engine.secrets(dsn),
-                )
-            else:
-                await self._import_split(dsn, options, fed.wrap(chunks))
-        except EnvrestoreError as exc:
-            if "stderr" not in exc.data:
-                raise  # the dump's own verdict (refused, truncated, damaged): already clear
-            raise self._error(exc, dsn, what="import", database=dsn.database) from exc
-        seconds = time.monotonic() - started
-        log.info(
-            "shadow.imported",
-            engine="mariadb",
-            dsn=dsn.masked(),
-            bytes=fed.bytes,
-            seconds=seconds,
-            connections=connections,
+        """`mariadb --binary-mode` fed the dump over 1 to 8 sessions (`mariadb_import`)."""
+        return await mariadb_import.import_dump(
+            self, dsn, chunks, on_progress=on_progress, connections=connections
         )
-        return ImportReport(dsn.database, fed.bytes, seconds, tuple(options))
-
-    async def _import_split(
-        self, dsn: Dsn, options: list[str], chunks: AsyncIterator[bytes]
-    ) -> None:
-        """Two client sessions fed by `mariadb_split.Splitter` (PERFORMANCE.md: 1.36x)."""
-        sync = f"{_q(dsn.database)}.{_q(mariadb_split.SYNC_TABLE)}"
-        await self._run(
-            dsn,
-            f"CREATE OR REPLACE TABLE {sync} (id INT PRIMARY KEY) ENGINE=InnoDB;",
-            what="import",
-            database=dsn.database,
-        )
-        splitter = mariadb_split.Splitter(dsn.database)
-        argv = self.engine.client_argv(dsn, *options)
-        env, secrets = self.engine.environment(dsn), self.engine.secrets(dsn)
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(splitter.run(chunks))
-                for dest in (0, 1):
-                    group.create_task(
-                        run_consumer(argv, splitter.stream(dest), env=env, secrets=secrets)
-                    )
-        except BaseExceptionGroup as group_error:
-            # The first real failure, not the cancellations it caused in the other tasks.
-            errors = [
-                e for e in group_error.exceptions if not isinstance(e, asyncio.CancelledError)
-            ]
-            raise (errors or list(group_error.exceptions))[0] from None
-        await self._run(dsn, f"DROP TABLE IF EXISTS {sync};", what="import", database=dsn.database)
 
     async def sanity_check(self, dsn: Dsn) -> dict[str, int]:
         return await self.engine.list_tables(dsn)
@@ -299,7 +229,7 @@ class MariaDbShadow:
         accounts = login_accounts(user)
         script = "".join(
             f"CREATE USER {account} IDENTIFIED BY '{password}' "
-            "WITH MAX_USER_CONNECTIONS 4;\n"
+            f"WITH MAX_USER_CONNECTIONS {mariadb_import.LOGIN_MAX_CONNECTIONS};\n"
             f"GRANT ALL PRIVILEGES ON {_q(pattern)}.* TO {account};\n"
             for account in accounts
         )

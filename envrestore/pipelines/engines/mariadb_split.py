@@ -1,9 +1,10 @@
-"""The two-connection MariaDB import: one mysqldump stream fed to two client sessions.
+"""The parallel MariaDB import: one mysqldump stream fed to N client sessions.
 
 PERFORMANCE.md: splitting the big tables' INSERTs over two sessions loads a
 dump ~1.36x faster on 2 cores. The split must give exactly what one session
-would: same rows, triggers not fired by dumped rows, no deadlock. `Splitter`
-routes the lines; `MariaDbShadow._import_split` runs the two clients.
+would: same rows, triggers not fired by dumped rows, no deadlock, and no text
+run as SQL that the statement filter saw as a string literal. `Splitter` routes
+the filtered stream; `mariadb_import` runs the clients.
 """
 
 from __future__ import annotations
@@ -13,53 +14,65 @@ import re
 from collections.abc import AsyncIterator
 
 from envrestore.pipelines.engines.mariadb import quote_identifier
+from envrestore.pipelines.engines.mariadb_lexer import ClientLexer
+from envrestore.pipelines.errors import PermanentError
 
 _q = quote_identifier
 
-#: Shadow-local table through which the two import sessions wait for each other.
+#: Shadow-local table through which the import sessions wait for each other.
 SYNC_TABLE = "__envrestore_import_sync"
-#: A table's INSERTs stay on the first connection until its block is this large.
+#: A table's INSERTs stay on the first session until its block is this large.
 SPLIT_AFTER_BYTES = 4 << 20
 _FLUSH_BYTES = 256 << 10
-_INSERT_RE = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)` VALUES\b")
-_SESSION_RE = re.compile(rb"^(?:/\*!\d+ )?SET\b[^\n]*;\r?\n?$|^/\*M!999999\\- enable the sandbox")
-_LOCK_RE = re.compile(rb"^(?:LOCK TABLES\b[^\n]*WRITE|UNLOCK TABLES);\r?\n?$")
-_DELIMITER_RE = re.compile(rb"^DELIMITER\s+(\S+)")
+#: Slices waiting for each session (each at most ~1 MiB): memory stays bounded.
+_QUEUE_ITEMS = 4
+_INSERT_RE = re.compile(rb"INSERT INTO `((?:[^`\n]|``)+)` VALUES\b")
+#: One SET statement alone on its line, no call in it: run by every session.
+_SESSION_RE = re.compile(rb"(?:/\*!\d+ )?SET\b[^;(\n]*;[ \t\r]*\n?")
+_LOCK_RE = re.compile(rb"(?:LOCK TABLES\b[^\n]*WRITE|UNLOCK TABLES);[ \t\r]*\n?")
+_SANDBOX_LINE = b"/*M!999999\\- enable the sandbox mode */"
 
 
 class Splitter:
-    """Routes a mysqldump stream to two sessions, byte-balanced, in dump order per table.
+    """Routes a mysqldump stream to `sessions` client sessions, in dump order per table.
 
-    Expects mysqldump/mariadb-dump text: no raw newline inside a string literal
-    (they write `\\n`), so a line ending in `;` ends an INSERT. Everything goes
-    to the first session (A) except the INSERT statements of a table whose
-    block has grown past SPLIT_AFTER_BYTES: those alternate so both sessions carry
-    as many bytes. Two waits keep the result identical to one session: B waits
-    until A has run the statements before the block (CREATE TABLE), and A waits
-    until B has run its INSERTs before A's next statement (a trigger must not fire
-    on dumped rows). Session settings (SET lines) go to both; LOCK TABLES lines are
-    dropped (A's WRITE lock would block B). Anything unusual stays on A.
+    Only whole statements move, and only where `ClientLexer` proves the client
+    would be between two statements. Everything goes to the first session (A)
+    except the INSERT statements of a table whose block has grown past
+    SPLIT_AFTER_BYTES: those go to the session that has carried the fewest bytes
+    of the block. Two waits keep the result identical to one session: the others
+    wait until A has run the block's first INSERT (after its CREATE TABLE), and A
+    waits until every other session has run its INSERTs before A's next
+    statement (a trigger must not fire on dumped rows; ALTERs, views, the next
+    table come after). Session settings (SET lines) go to all; LOCK TABLES lines
+    are dropped (A's WRITE lock would block the others). When the lexer cannot
+    follow the dump, everything from there goes to A; inside a statement already
+    given to another session, the import stops instead.
     """
 
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, sessions: int = 2) -> None:
+        if sessions < 2:
+            raise ValueError(f"a split needs 2 sessions or more, not {sessions}")
+        self.sessions = sessions
         self.sync = f"{_q(database)}.{_q(SYNC_TABLE)}".encode()
-        self.out: tuple[bytearray, bytearray] = (bytearray(), bytearray())
-        self.sent = [0, 0]
-        self.queues: tuple[asyncio.Queue[bytes | None], asyncio.Queue[bytes | None]] = (
-            asyncio.Queue(4),
-            asyncio.Queue(4),
-        )
-        self.delimiter = b";"
-        self.at_boundary = True
+        self.out = [bytearray() for _ in range(sessions)]
+        self.sent = [0] * sessions
+        self.queues: list[asyncio.Queue[bytes | None]] = [
+            asyncio.Queue(_QUEUE_ITEMS) for _ in range(sessions)
+        ]
+        self.lexer = ClientLexer()
+        self.serial = False  # the lexer is lost: everything goes to A
         self.block_table: bytes | None = None
         self.block_bytes = 0
+        self.block_sent = [0] * sessions
         self.block_signal = 0
-        self.b_waited = False
-        self.b_dirty = False
-        #: A has not finished its first INSERT of the block yet: B must not start.
+        self.waiting: set[int] = set()  # sessions told to wait for the block's first INSERT
+        self.dirty: set[int] = set()  # sessions (not A) that carried INSERTs of the block
+        #: A has not finished its first INSERT of the block yet: no other session may start.
         self.first_pending = False
         self.signals = 0
         self.insert_dest: int | None = None
+        self.slow_insert = False  # the current INSERT is not plain rows: follow it line by line
         #: How an INSERT's last row line ends (`;\r\n` when the dump has CRLF lines).
         self.statement_end = b";\n"
 
@@ -88,7 +101,7 @@ class Splitter:
         ) % (self.sync, number, delimiter)
 
     async def inserted(self, dest: int) -> None:
-        """An INSERT statement ended; A's first of a block lets B start on the table.
+        """An INSERT statement ended; A's first of a block lets the others start on the table.
 
         Not before: MariaDB 10.6+ loads an INSERT into an *empty* table (with the
         dump's unique/foreign key checks off) under a table X lock, so two sessions
@@ -99,113 +112,172 @@ class Splitter:
             await self.emit(0, self.signal_sql(self.block_signal), flush=True)
 
     async def end_block(self) -> None:
-        """A takes over again: if B carried part of the block, A waits for B to finish it."""
-        if self.first_pending:
-            self.first_pending = False
-            await self.emit(0, self.signal_sql(self.block_signal), flush=True)
-        if self.b_dirty:
+        """A takes over again: it waits for each session that carried part of the block."""
+        self.first_pending = False  # nobody waits for a signal A never got to send
+        for dest in sorted(self.dirty):
             self.signals += 1
-            await self.emit(1, self.signal_sql(self.signals), flush=True)
-            await self.emit(0, self.wait_sql(self.signals, self.delimiter))
-            self.b_dirty = False
+            await self.emit(dest, self.signal_sql(self.signals), flush=True)
+            await self.emit(0, self.wait_sql(self.signals, self.lexer.delimiter))
+        self.dirty.clear()
+        self.waiting.clear()
         self.block_table = None
 
+    def unsplittable(self) -> PermanentError:
+        return PermanentError(
+            f"the dump has {self.lexer.lost} inside an INSERT statement that another import "
+            "session was already running, so it cannot be split safely; the import stopped "
+            "and nothing was changed. Import it over one session "
+            "(ENVRESTORE_MARIADB_IMPORT_CONNECTIONS=1)",
+            problem="unsplittable",
+        )
+
+    async def _lost(self, dest: int) -> None:
+        """The lexer cannot follow the dump: from here on, everything goes to A."""
+        if dest != 0 or self.dirty:
+            raise self.unsplittable()
+        self.serial = True
+        self.insert_dest = None
+
     async def line(self, line: bytes) -> None:
-        if self.insert_dest is not None:
-            # Inside a multi-row INSERT (mariadb-dump writes one row per line).
-            self.block_bytes += len(line)
-            dest = self.insert_dest
-            await self.emit(dest, line)
-            if line.rstrip().endswith(b";"):
-                self.insert_dest = None
-                await self.inserted(dest)
+        """One line at a statement boundary or inside a statement of A (not an INSERT's rows)."""
+        lexer = self.lexer
+        if self.serial:
+            await self.emit(0, line)
             return
-        insert = _INSERT_RE.match(line) if self.at_boundary and self.delimiter == b";" else None
+        if not (lexer.at_boundary and lexer.delimiter == b";"):
+            lexer.line(line)
+            if lexer.lost is not None:
+                await self._lost(0)
+            await self.emit(0, line)
+            return
+        insert = _INSERT_RE.match(line)
         if insert is not None:
-            table = insert.group(1)
-            if table != self.block_table:
-                await self.end_block()
-                self.signals += 1
-                self.block_table, self.block_bytes = table, 0
-                self.block_signal, self.b_waited = self.signals, False
-                self.first_pending = True
-            self.block_bytes += len(line)
-            if line.endswith(b"\r\n"):
-                self.statement_end = b";\r\n"
-            dest = 0
-            if (
-                not self.first_pending
-                and self.block_bytes > SPLIT_AFTER_BYTES
-                and self.sent[1] < self.sent[0]
-            ):
-                dest = 1
-                if not self.b_waited:
-                    await self.emit(1, self.wait_sql(self.block_signal, b";"))
-                    self.b_waited = True
-                self.b_dirty = True
-            await self.emit(dest, line)
-            if not line.rstrip().endswith(b";"):
-                self.insert_dest = dest
-            else:
-                await self.inserted(dest)
+            await self.insert_head(line, insert)
             return
         stripped = line.strip()
         if self.block_table is not None and stripped and not stripped.startswith(b"--"):
             await self.end_block()
-        if self.at_boundary and self.delimiter == b";" and _LOCK_RE.match(line):
+        if stripped == _SANDBOX_LINE:  # a client command of MariaDB 11 dumps, for every session
+            for dest in range(self.sessions):
+                await self.emit(dest, line)
             return
-        if self.at_boundary and self.delimiter == b";" and _SESSION_RE.match(line):
-            await self.emit(1, line)
+        lexer.line(line)
+        if lexer.lost is not None:
+            await self._lost(0)
+        elif lexer.at_boundary:  # the line holds whole statements: it can be moved or dropped
+            if _LOCK_RE.fullmatch(line):
+                return
+            if _SESSION_RE.fullmatch(line):
+                for dest in range(1, self.sessions):
+                    await self.emit(dest, line)
         await self.emit(0, line)
-        delimiter = _DELIMITER_RE.match(stripped) if self.at_boundary else None
-        if delimiter is not None:
-            self.delimiter = delimiter.group(1)
-        elif stripped and not stripped.startswith((b"--", b"/*M!999999")):
-            # `/*M!999999\- enable the sandbox mode */` is a client command, not SQL.
-            self.at_boundary = stripped.endswith(self.delimiter)
+
+    async def insert_head(self, line: bytes, insert: re.Match[bytes]) -> None:
+        """The first line of an INSERT statement: choose its session."""
+        table = insert.group(1)
+        if table != self.block_table:
+            if self.block_table is not None:
+                await self.end_block()
+            self.signals += 1
+            self.block_table, self.block_bytes = table, 0
+            self.block_sent = [0] * self.sessions
+            self.block_signal = self.signals
+            self.first_pending = True
+        self.block_bytes += len(line)
+        if line.endswith(b"\r\n"):
+            self.statement_end = b";\r\n"
+        dest = 0
+        if not self.first_pending and self.block_bytes > SPLIT_AFTER_BYTES:
+            dest = min(range(self.sessions), key=self.block_sent.__getitem__)
+            if dest != 0:
+                if dest not in self.waiting:
+                    await self.emit(dest, self.wait_sql(self.block_signal, b";"))
+                    self.waiting.add(dest)
+                self.dirty.add(dest)
+        self.slow_insert = False
+        if not self.lexer.rows(line, insert.end()):
+            self.lexer.line(line)
+            self.slow_insert = True
+            if self.lexer.lost is not None:
+                await self._lost(dest)
+                await self.emit(0, line)
+                return
+        self.block_sent[dest] += len(line)
+        await self.emit(dest, line)
+        if self.lexer.at_boundary:
+            await self.inserted(dest)
+        else:
+            self.insert_dest = dest
 
     async def rows(self, data: bytes, start: int) -> int:
         """Forward the rows of the current INSERT from `data[start:]`; where to go on from."""
-        assert self.insert_dest is not None
-        end = data.find(self.statement_end, start)
-        if end != -1:
-            stop = end + len(self.statement_end)
-            dest, self.insert_dest = self.insert_dest, None
-        else:
-            stop = data.rfind(b"\n", start) + 1  # whole lines only; 0: none complete yet
-            if stop <= start:
-                return start
-            dest = self.insert_dest
-        self.block_bytes += stop - start
-        await self.emit(dest, data[start:stop])
-        if self.insert_dest is None:
+        dest = self.insert_dest
+        assert dest is not None
+        if not self.slow_insert:
+            end = data.find(self.statement_end, start)
+            if end != -1:
+                stop = end + len(self.statement_end)
+            else:
+                stop = data.rfind(b"\n", start) + 1  # whole lines only; 0: none complete yet
+                if stop <= start:
+                    return start
+            piece = data[start:stop]
+            if self.lexer.rows(piece):
+                await self._forward(dest, piece)
+                return stop
+            self.slow_insert = True  # not plain rows: the exact lexer, one line at a time
+        end = data.find(b"\n", start)
+        if end == -1:
+            return start
+        line = data[start : end + 1]
+        self.lexer.line(line)
+        if self.lexer.lost is not None:
+            await self._lost(dest)
+            await self.emit(0, line)
+            return end + 1
+        await self._forward(dest, line)
+        return end + 1
+
+    async def _forward(self, dest: int, piece: bytes) -> None:
+        self.block_bytes += len(piece)
+        self.block_sent[dest] += len(piece)
+        await self.emit(dest, piece)
+        if self.lexer.at_boundary:
+            self.insert_dest = None
             await self.inserted(dest)
-        return stop
+
+    async def _feed(self, data: bytes) -> bytes:
+        """Route the whole lines of `data`; the incomplete last line is returned."""
+        start = 0
+        while True:
+            if self.insert_dest is not None:
+                went_on = await self.rows(data, start)
+                if self.insert_dest is not None:
+                    if went_on == start:
+                        break  # the rest of the statement is not here yet
+                    start = went_on
+                    continue
+                start = went_on
+            end = data.find(b"\n", start)
+            if end == -1:
+                break
+            await self.line(data[start : end + 1])
+            start = end + 1
+        return data[start:]
 
     async def run(self, chunks: AsyncIterator[bytes]) -> None:
         header = b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED;\n"
-        await self.emit(0, header)
-        await self.emit(1, header)
+        for dest in range(self.sessions):
+            await self.emit(dest, header)
         rest = b""
         async for chunk in chunks:
-            data = rest + chunk if rest else chunk
-            start = 0
-            while True:
-                if self.insert_dest is not None:
-                    # Fast path: the rest of an INSERT goes as one slice, not line by line.
-                    start = await self.rows(data, start)
-                    if self.insert_dest is not None:
-                        break
-                end = data.find(b"\n", start)
-                if end == -1:
-                    break
-                await self.line(data[start : end + 1])
-                start = end + 1
-            rest = data[start:]
+            rest = await self._feed(rest + chunk if rest else chunk)
         if rest:
-            await self.line(rest + b"\n")
-        await self.end_block()
-        for dest in (0, 1):
+            self.slow_insert = True  # an unterminated last line: follow it exactly
+            rest = await self._feed(rest + b"\n")
+        if not self.serial and self.lexer.at_boundary:
+            await self.end_block()
+        for dest in range(self.sessions):
             await self.flush(dest)
             await self.queues[dest].put(None)
 

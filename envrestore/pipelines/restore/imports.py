@@ -73,10 +73,11 @@ async def import_db(ctx: StepContext) -> dict[str, Any]:
     try:
         with naming_part("database"):
             filtered = checked_dump(ctx, stream, engine=target.engine, report=report)
-            # "auto": 2 sessions until the engines size them by the server (issue 11).
-            wanted = ctx.settings.mariadb_import_connections
+            # 1 to 8 sessions, or "auto": the engine sizes them by the DB server.
             connections = (
-                (2 if wanted == "auto" else min(wanted, 2)) if target.engine == "mariadb" else 1
+                ctx.settings.mariadb_import_connections
+                if target.engine == "mariadb"
+                else ctx.settings.postgres_import_connections
             )
             watch = ImportWatch(
                 admin=live,
@@ -112,6 +113,7 @@ async def import_db(ctx: StepContext) -> dict[str, Any]:
         "least_privilege": login.reason
         or "the import ran as a login that could reach only the shadow database",
         "seconds": round(imported.seconds, 3),
+        "connections": imported.connections,
     }
 
 
