@@ -12,13 +12,17 @@ from structlog.testing import capture_logs
 
 from envrestore.pipelines import registry
 from envrestore.pipelines.errors import BadInput, TransientError
+from envrestore.pipelines.jobs import runner
+from envrestore.pipelines.jobs.advance import stop_job
 from envrestore.pipelines.jobs.kinds import JobKind
-from envrestore.pipelines.jobs.model import Plan, StepSpec
+from envrestore.pipelines.jobs.model import JobStatus, Plan, StepSpec
 from envrestore.pipelines.jobs.outbox import relay_once
 from envrestore.pipelines.jobs.reconciler import reconcile_once
-from envrestore.pipelines.jobs.runner import run_step
+from envrestore.pipelines.jobs.records import JobRecord
+from envrestore.pipelines.jobs.runner import LEASE_WAIT_SECONDS, run_step
 from envrestore.pipelines.jobs.submit import submit_job
 from envrestore.pipelines.jobs.views import show_job
+from envrestore.pipelines.ledger.queries import sql
 from tests.support.driver import drive
 from tests.support.sites import make_repo
 
@@ -261,3 +265,82 @@ async def test_step_logs_are_bound_with_job_step_site_env_and_attempt(toy):
     for entry in finished:
         assert entry["job_id"] == str(job.job_id)
         assert (entry["site"], entry["env"], entry["attempt"]) == ("toy", "dev", 1)
+
+
+async def _relayed(rt) -> list:
+    sent: list = []
+    await relay_once(rt.pool, lambda j, s: sent.append((j, s)))
+    return sent
+
+
+async def _outbox_due_in(rt, job_id) -> list[float]:
+    """Seconds until each of the job's queued messages is due (negative: due already)."""
+    rows = await rt.pool.fetch(
+        "SELECT extract(epoch FROM available_at - now())::float AS due_in FROM outbox "
+        "WHERE job_id = $1",
+        job_id,
+    )
+    return [row["due_in"] for row in rows]
+
+
+async def test_a_step_waiting_for_the_lease_is_put_off_and_woken_when_the_holder_ends(toy, script):
+    """The waiting step is not sent again every second: its message is put off for the
+    long safety net, and the job ahead of it makes it due the moment it ends."""
+    rt, kind, env = toy
+    script.block["join"] = asyncio.Event()
+    first = await submit(rt, kind, env)
+    second = await submit(rt, kind, env)
+    first_run = asyncio.create_task(drive(rt, first.job_id))
+    await script.started.setdefault("join", asyncio.Event()).wait()
+    # The driver of the first job delivered the second's first message too: it waits.
+    view = await show_job(rt.pool, second.job_id)
+    assert view["status"] == "queued"
+    assert all(s["attempts"] == 0 for s in view["steps"])
+    assert all(due > LEASE_WAIT_SECONDS - 5 for due in await _outbox_due_in(rt, second.job_id))
+    # Nothing of the second job is due while the first holds the lease.
+    sent: list = []
+    await relay_once(rt.pool, lambda j, s: sent.append((j, s)))
+    assert all(j != second.job_id for j, _ in sent)
+
+    script.block.pop("join").set()
+    assert (await first_run)["status"] == "succeeded"
+    # Woken by the first job's end: the first job's driver, which delivers whatever is
+    # due, ran the second's first step already (not 30 s later).
+    steps = {s["name"]: s for s in (await show_job(rt.pool, second.job_id))["steps"]}
+    assert steps["fetch"]["attempts"] == 1
+    assert (await drive(rt, second.job_id))["status"] == "succeeded"
+    tokens = await rt.pool.fetch(
+        "SELECT id, lease_token FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY lease_token",
+        [first.job_id, second.job_id],
+    )
+    assert [(r["id"], r["lease_token"]) for r in tokens] == [(first.job_id, 1), (second.job_id, 2)]
+
+
+async def test_a_waiter_behind_an_older_job_cancelled_while_waiting_is_woken(toy, script):
+    """A job waits behind an older one that never held the lease; that one is cancelled:
+    it releases nothing, but the newer job is woken at once (not after the safety net)."""
+    rt, kind, env = toy
+    older = await submit(rt, kind, env)
+    newer = await submit(rt, kind, env)
+    # The relay took both first messages; only the newer one is delivered (yet).
+    assert {j for j, _ in await _relayed(rt)} == {older.job_id, newer.job_id}
+    await run_step(rt, newer.job_id, "fetch")  # first come, first served: it must wait
+    assert all(d > LEASE_WAIT_SECONDS - 5 for d in await _outbox_due_in(rt, newer.job_id))
+    async with rt.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("lock_job"), older.job_id)
+        await stop_job(conn, older.job_id, status=JobStatus.CANCELLED, error=None, step=None)
+    due = await _outbox_due_in(rt, newer.job_id)
+    assert due and all(d <= 0 for d in due)
+    assert (await drive(rt, newer.job_id))["status"] == "succeeded"
+    assert (await show_job(rt.pool, older.job_id))["status"] == "cancelled"
+
+
+async def test_a_lease_that_came_free_while_deciding_to_wait_is_taken_not_waited_for(toy):
+    """The last look under the lease's lock: a release between the first try and the
+    decision to wait is seen, so the step takes the lease instead of sleeping 30 s."""
+    rt, kind, env = toy
+    job = await submit(rt, kind, env)
+    record = JobRecord.from_row(await rt.pool.fetchrow(sql("get_job"), job.job_id))
+    token = await runner._wait_for_lease(rt, record, "fetch")
+    assert token == 1
+    assert await _outbox_due_in(rt, job.job_id) == [pytest.approx(0, abs=1)]

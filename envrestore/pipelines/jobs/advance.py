@@ -19,11 +19,12 @@ from envrestore.pipelines.ledger.types import Conn
 log = structlog.get_logger(__name__)
 
 
-async def advance_job(conn: Conn, job_id: uuid.UUID) -> JobStatus | None:
+async def advance_job(conn: Conn, job_id: uuid.UUID, *, stopped: bool = False) -> JobStatus | None:
     """Settle the job's status, skip what can no longer run, and queue what is ready.
 
     Must run inside a transaction; locks the job row so that two steps
-    finishing at once advance the job one after the other.
+    finishing at once advance the job one after the other. `stopped`: the job
+    was just failed or cancelled (`stop_job`).
     """
     row = await conn.fetchrow(sql("get_job_for_update"), job_id)
     if row is None:
@@ -59,9 +60,34 @@ async def advance_job(conn: Conn, job_id: uuid.UUID) -> JobStatus | None:
         await conn.execute(sql("notify_outbox"), str(job_id))
 
     live = any(s.status in (StepStatus.PENDING, StepStatus.RUNNING) for s in steps)
-    if not status.active and not live and job.environment_id is not None:
-        await conn.execute(sql("release_lease"), job.environment_id, job_id)
+    if not status.active and job.environment_id is not None:
+        if not live:
+            await conn.execute(sql("release_lease"), job.environment_id, job_id)
+        # A job just stopped no longer keeps newer ones waiting behind it (first come,
+        # first served) unless it holds the lease: then it wakes them once it lets go.
+        if not live or stopped:
+            await wake_lease_waiters(conn, job.environment_id, job_id)
     return status
+
+
+async def wake_lease_waiters(conn: Conn, environment_id: int, ended: uuid.UUID) -> int:
+    """Make the steps that wait for the environment's lease due now (job `ended` let it go).
+
+    A waiting step is put off for a long while (runner.LEASE_WAIT_SECONDS, a safety
+    net) instead of asking again every second; this wakes it as soon as the job
+    ahead of it ends, or ends without ever holding the lease (an older job that was
+    waiting too). Every waiter is woken: the oldest takes the lease, the others wait
+    again. Also called for a job that never held the lease: nothing to release then.
+    """
+    woken = await conn.fetch(sql("wake_lease_waiters"), environment_id, ended)
+    if woken:
+        await conn.execute(sql("notify_outbox"), "lease-released")
+        log.info(
+            "lease.waiters_woken",
+            environment_id=environment_id,
+            steps=[f"{row['job_id']}:{row['step']}" for row in woken],
+        )
+    return len(woken)
 
 
 async def stop_job(
@@ -79,5 +105,5 @@ async def stop_job(
             sql("insert_event"), job_id, step, f"job.{status.value}", {"error": error}
         )
         log.warning(f"job.{status.value}", job_id=str(job_id), step=step, error=error)
-    await advance_job(conn, job_id)
+    await advance_job(conn, job_id, stopped=stopped is not None)
     return stopped is not None

@@ -47,8 +47,10 @@ T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
-#: How long a step that waits for its environment's lease sleeps before asking again.
-LEASE_RETRY_SECONDS = 1.0
+#: How long a step that waits for its environment's lease is put off. The job that
+#: lets the lease go wakes it at once (advance.wake_lease_waiters); this is the
+#: safety net, so a waiting step is not sent again every second.
+LEASE_WAIT_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 60.0
 
 
@@ -151,8 +153,9 @@ async def _claim(
         # attempts and start time stay untouched while it waits its turn.
         token = await _hold_lease(runtime, job)
         if token is None:
-            await pool.execute(sql("insert_outbox"), job_id, step, LEASE_RETRY_SECONDS)
-            observing.lease_deferred(job.kind, step, LEASE_RETRY_SECONDS)
+            token = await _wait_for_lease(runtime, job, step)
+        if token is None:
+            observing.lease_deferred(job.kind, step, LEASE_WAIT_SECONDS)
             log.info("step.waiting_for_lease", target=job.target)
             return None
         job = dataclasses.replace(job, lease_token=token)
@@ -225,6 +228,30 @@ async def _hold_lease(runtime: Runtime, job: JobRecord) -> int | None:
             await pool.execute(sql("set_job_lease_token"), job.id, acquired["fencing_token"])
             log.info("lease.acquired", token=acquired["fencing_token"])
             return int(acquired["fencing_token"])
+    return None
+
+
+async def _wait_for_lease(runtime: Runtime, job: JobRecord, step: str) -> int | None:
+    """Put the step off until the lease comes free; its token if it came free just now.
+
+    Under the lease row's lock, the lease is tried once more, then the step's message
+    is put off: a job that releases the lease meanwhile (`release_lease` waits for this
+    lock) commits either before the try, which then succeeds, or after the message is
+    recorded, which its `wake_lease_waiters` then makes due. No wake-up is lost.
+    Locks are taken as `advance_job` takes them, the job first, then the lease.
+    """
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        await conn.execute(sql("lock_job"), job.id)
+        await conn.execute(sql("ensure_lease_row"), job.environment_id)
+        await conn.fetchrow(sql("lock_lease"), job.environment_id)
+        if job.lease_token is None:  # held once and lost since: never again
+            acquired = await conn.fetchrow(sql("acquire_lease"), job.environment_id, job.id)
+            if acquired is not None:
+                token = int(acquired["fencing_token"])
+                await conn.execute(sql("set_job_lease_token"), job.id, token)
+                log.info("lease.acquired", token=token)
+                return token
+        await conn.execute(sql("insert_outbox"), job.id, step, LEASE_WAIT_SECONDS)
     return None
 
 

@@ -194,6 +194,24 @@ SELECT 1 FROM env_leases WHERE environment_id = $1 AND job_id = $2 AND fencing_t
 -- name: release_lease
 UPDATE env_leases SET job_id = NULL WHERE environment_id = $1 AND job_id = $2;
 
+-- name: lock_lease
+-- The environment's lease row, locked for the transaction in which a step decides
+-- to wait: a release (`release_lease`, then `wake_lease_waiters`) is ordered before
+-- or after it, so the waiting step either takes the lease or is woken.
+SELECT job_id, fencing_token FROM env_leases WHERE environment_id = $1 FOR UPDATE;
+
+-- name: wake_lease_waiters
+-- The environment's lease may have come free (job $2 ended): the deferred messages
+-- of its other active jobs that never held it (steps waiting for the lease, due
+-- and not backing off) are due now.
+UPDATE outbox o SET available_at = now()
+FROM jobs j, job_steps s
+WHERE j.environment_id = $1 AND j.id <> $2 AND j.status IN ('queued', 'running')
+  AND j.lease_token IS NULL
+  AND o.job_id = j.id AND o.available_at > now()
+  AND s.job_id = o.job_id AND s.name = o.step AND s.status = 'pending' AND s.not_before <= now()
+RETURNING o.job_id, o.step;
+
 -- name: insert_event
 INSERT INTO job_events (job_id, step, event, data) VALUES ($1, $2, $3, $4);
 
