@@ -3,8 +3,9 @@
 Run: .venv/bin/python -m tests.bench.bench_db_import [--posts 60000] [--repeat 2]
 (not part of the test run). It generates a WordPress-like database on the local
 MariaDB and PostgreSQL servers with SQL on the server, dumps it to a temporary
-file, imports it into a shadow (PostgreSQL: with and without lz4 TOAST
-compression; MariaDB: one and two connections; alternating, in the same run),
+file, imports it into a shadow (PostgreSQL: pglz and lz4 TOAST compression,
+one and two sessions, beside `psql -f` and `pg_restore -j2` of a -Fd dump of
+the same data; MariaDB: one and two connections; alternating, in the same run),
 then times the switch windows:
 switch, rollback, and a third swap, each over the full database.
 Everything it creates is dropped at the end. Remember PERFORMANCE.md: on this
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from envrestore.pipelines.dsn import Dsn, parse_dsn
@@ -27,8 +29,9 @@ from envrestore.pipelines.engines import shadow
 from envrestore.pipelines.engines.mariadb import MariaDbEngine
 from envrestore.pipelines.engines.mariadb_shadow import MariaDbShadow
 from envrestore.pipelines.engines.postgres import PostgresEngine
-from envrestore.pipelines.engines.postgres_shadow import PostgresShadow
+from envrestore.pipelines.engines.postgres_shadow import LZ4_OPTIONS, PostgresShadow
 from envrestore.pipelines.engines.shadow import ShadowEngine, shadow_names
+from envrestore.pipelines.sqlsafety import filter_dump
 from envrestore.pipelines.streams import CHUNK_SIZE
 
 MARIADB_URL = "mariadb://root@127.0.0.1:3306/"
@@ -103,6 +106,22 @@ async def swap_windows(engine: ShadowEngine, live: Dsn, shadow_db: str) -> list[
     for name in (names.rollback, aside, third):
         await engine.drop_database(live, name)
     return windows
+
+
+async def run_tool(
+    engine: PostgresEngine, dsn: Dsn, tool: str, *args: str, lz4: bool = False
+) -> float:
+    """A libpq client on `dsn`'s server (PGOPTIONS lz4 TOAST when asked); its wall time."""
+    env = {**os.environ, **engine.environment(dsn)}
+    if lz4:
+        env["PGOPTIONS"] = LZ4_OPTIONS
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        engine.tool(tool), *engine.connection_args(dsn), *args, env=env
+    )
+    if await proc.wait() != 0:
+        raise RuntimeError(f"{tool} failed with exit code {proc.returncode}")
+    return time.monotonic() - started
 
 
 def mib_per_s(size: int, seconds: float) -> float:
@@ -185,24 +204,93 @@ async def bench_postgres(posts: int, words: int, repeat: int, tmp: Path) -> None
         print(f"postgres: generated {size / 1e6:.0f} MB in {time.monotonic() - started:.1f}s")
         dump_path = tmp / "postgres.sql"
         dump_size = await dump_to(engine.dump(live), dump_path)
-        names = shadow_names(live.database, "bench")
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(repeat):
-            for lz4 in (False, True):
-                await shadow.prepare_shadow(live, names)
-                report = await shadow_engine.import_into(
-                    live.with_database(names.shadow), file_chunks(dump_path), lz4=lz4
-                )
-                times[lz4].append(report.seconds)
-                print(
-                    f"postgres: import {dump_size / 1e6:.0f} MB, lz4={lz4}: {report.seconds:.1f}s "
-                    f"({mib_per_s(dump_size, report.seconds):.1f} MiB/s)"
-                )
-        pglz, lz4_time = statistics.median(times[False]), statistics.median(times[True])
-        print(
-            f"postgres: median import pglz {pglz:.1f}s, lz4 {lz4_time:.1f}s, "
-            f"ratio {pglz / lz4_time:.2f}x"
+        directory = tmp / "postgres.dir"
+        await run_tool(
+            engine,
+            live,
+            "pg_dump",
+            "-Fd",
+            "-j2",
+            "--no-owner",
+            "--no-privileges",
+            "-f",
+            str(directory),
+            "--dbname",
+            live.database,
         )
+        names = shadow_names(live.database, "bench")
+        target = live.with_database(names.shadow)
+
+        async def envrestore(connections: int, lz4: bool, filtered: bool = False) -> float:
+            chunks = file_chunks(dump_path)
+            if filtered:
+                chunks = filter_dump(chunks, engine="postgresql")
+            report = await shadow_engine.import_into(
+                target, chunks, connections=connections, lz4=lz4
+            )
+            return report.seconds
+
+        async def psql_file() -> float:
+            return await run_tool(
+                engine,
+                target,
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-o",
+                os.devnull,
+                "-f",
+                str(dump_path),
+                "--dbname",
+                target.database,
+                lz4=True,
+            )
+
+        async def pg_restore(jobs: int) -> float:
+            return await run_tool(
+                engine,
+                target,
+                "pg_restore",
+                f"-j{jobs}",
+                "--no-owner",
+                "--no-privileges",
+                "--dbname",
+                target.database,
+                str(directory),
+                lz4=True,
+            )
+
+        contenders: dict[str, Callable[[], Awaitable[float]]] = {
+            "envrestore 1 session, pglz": lambda: envrestore(1, False),
+            "envrestore 1 session, lz4": lambda: envrestore(1, True),
+            "envrestore 2 sessions, lz4": lambda: envrestore(2, True),
+            "envrestore 2 sessions, lz4, filtered": lambda: envrestore(2, True, True),
+            "psql -f (1 session), lz4": psql_file,
+            "pg_restore -j2 of -Fd, lz4": lambda: pg_restore(2),
+        }
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(repeat):
+            for name, run in contenders.items():
+                await shadow.prepare_shadow(live, names)
+                seconds = await run()
+                times[name].append(seconds)
+                print(
+                    f"postgres: import {dump_size / 1e6:.0f} MB, {name}: {seconds:.2f}s "
+                    f"({mib_per_s(dump_size, seconds):.1f} MiB/s)"
+                )
+        baseline = statistics.median(times["pg_restore -j2 of -Fd, lz4"])
+        print(f"\npostgres, {dump_size / 1e6:.0f} MB plain dump, median of {repeat}:")
+        print("| contender | median s | MiB/s | vs pg_restore -j2 |\n|---|---:|---:|---:|")
+        for name, values in times.items():
+            median = statistics.median(values)
+            print(
+                f"| {name} | {median:.2f} | {mib_per_s(dump_size, median):.1f} "
+                f"| {median / baseline:.2f} |"
+            )
+        await shadow.prepare_shadow(live, names)
+        await envrestore(2, True)
         windows = await swap_windows(shadow_engine, live, names.shadow)
         print(
             "postgres: rename windows (s): "
