@@ -47,6 +47,10 @@ class Settings(BaseSettings):
 
     # Queue and step protocol
     queue_name: str = "envrestore"
+    # An idle worker asks Redis for new messages at least this often (Dramatiq's
+    # consumer backs off up to this when the queue is empty; its own default, 1 s,
+    # made a job wait 0.5 s on average before its first step started).
+    worker_poll_seconds: float = Field(default=0.1, ge=0.01, le=5)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     stale_after_seconds: float = Field(default=10.0, gt=0)
     reconcile_seconds: float = Field(default=2.0, gt=0)
