@@ -3,6 +3,7 @@ read every edge the same way, and the filter built on them is fooled by neither.
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -221,3 +222,18 @@ def test_rows_span_stops_where_the_line_check_must_go_on(kind: str):
     assert span(data, 36) == (-1, 36, 0)
     assert span(b"(1,'a\n'),\n", 0) == (-1, 0, 0)  # a literal across lines: the slow path
     assert span(b"(1,'a'),\n(2,", 0) == (0, 12, 1)
+
+
+@pytest.mark.skipif(_fastscan is None, reason="_fastscan not built (build_native.py)")
+def test_the_c_scans_and_their_twins_agree_on_random_input():
+    """Differential check over the characters that matter (quotes, escapes, `;`,
+    line breaks, comment starts): any disagreement is a way to fool one of them."""
+    rng = random.Random(11)
+    alphabet = b"''''\\\\\\;;\n\n\r -(),1aNx\"#/.\\."
+    for _ in range(20_000):
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 24)))
+        start = rng.randrange(0, len(data) + 1)
+        assert _fastscan.rows_tail(data, start) == fastscan.rows_tail_py(data, start), data
+        assert _fastscan.rows_span(data, start) == fastscan.rows_span_py(data, start), data
+        line = data.rfind(b"\n", 0, start) + 1  # copy_end starts at a line start
+        assert _fastscan.copy_end(data, line) == fastscan.copy_end_py(data, line), data
