@@ -33,11 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import structlog
+
 from envrestore.pipelines.engines.psql_lexer import copy_end, looks_like_pg_dump, scan_line
 from envrestore.pipelines.errors import BadInput
+
+log = structlog.get_logger(__name__)
 
 #: Most sessions an import may use (the settings' bound).
 MAX_CONNECTIONS = 8
@@ -154,6 +159,7 @@ class Splitter:
         self.copy: _Copy | None = None
         #: Each stage run and how many sessions it started (logs, tests).
         self.stages: list[tuple[str, int]] = [("pre", 0)]
+        self.stage_started = time.monotonic()
 
     # ------------------------------------------------------------ sessions
 
@@ -218,6 +224,15 @@ class Splitter:
             assert session.task is not None
             await session.task
         self.sessions = {}
+        now = time.monotonic()
+        log.info(
+            "shadow.import_stage",
+            stage=self.stage,
+            sessions=len(sessions),
+            seconds=round(now - self.stage_started, 3),
+            bytes=sum(session.sent for session in sessions),
+        )
+        self.stage_started = now
 
     async def _enter(self, stage: str) -> None:
         await self._barrier()
