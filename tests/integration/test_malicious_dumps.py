@@ -121,9 +121,15 @@ async def _assert_nothing_escaped(site: dict[str, Any]) -> None:
     assert _root_query(site, f"SELECT COUNT(*) FROM mysql.user WHERE user IN ({ours})") == ["0"]
 
 
-#: The restore route over 1 and 2 connections, the import route over one: the
-#: route changes how the bytes arrive, not how they are split between clients.
-ROUTE_CONNECTIONS = [("restore", 1), ("restore", 2), ("import", 1)]
+#: The restore route over 1, 2, 3 and "auto" connections, the import route over
+#: one: the route changes how the bytes arrive, not how they are split between clients.
+ROUTE_CONNECTIONS = [
+    ("restore", 1),
+    ("restore", 2),
+    ("restore", 3),
+    ("restore", "auto"),
+    ("import", 1),
+]
 
 
 async def _run(
@@ -292,6 +298,37 @@ async def test_without_create_user_the_dsn_user_imports_and_the_filter_still_gua
     hostile = _before_trailer(dump, f"INSERT INTO `{site['canary']}`.t VALUES (666);\n".encode())
     view = await _run(runtime, site, hostile, route=route)
     assert view["status"] == "failed" and "a table in another database" in view["error"]
+    await _assert_nothing_escaped(site)
+
+
+@pytest.mark.parametrize("connections", [2, 3, "auto"])
+async def test_a_literal_spanning_lines_is_never_cut_between_import_sessions(
+    runtime, site, mariadb_server, monkeypatch, connections
+):
+    """The filter reads the smuggling lines as one INSERT with a string literal; a split
+    cutting on lines would run the DELETE alone, on live, as the DSN user (no CREATE
+    USER: no import login to stop it). The failing statement at the end runs after
+    all the sessions' rows; the restore fails and live stays as it was."""
+    from envrestore.pipelines.engines import mariadb_split
+
+    monkeypatch.setattr(mariadb_split, "SPLIT_AFTER_BYTES", 0)
+    user, db = site["user"], site["dsn"].database
+    _mariadb_admin(
+        mariadb_server,
+        f"REVOKE CREATE USER ON *.* FROM '{user}'@'%', '{user}'@'localhost'",
+    )
+    smuggle = (
+        b"INSERT INTO `smug` VALUES ('x;\n"
+        + f"INSERT INTO `smug` VALUES (0);DELETE FROM `{db}`.`wp_options`;\n".encode()
+        + b"INSERT INTO `smug` VALUES (0)');\n"
+    )
+    rows = b"".join(b"INSERT INTO `smug` VALUES ('row %d');\n" % n for n in range(40))
+    extra = b"CREATE TABLE `smug` (s TEXT);\n" + rows + smuggle * 3 + rows
+    extra += b"INSERT INTO `no_such_table` VALUES (1);\n"  # fails on the server, after all
+    dump = _before_trailer(await _real_dump(runtime, site), extra)
+    view = await _run(runtime, site, dump, route="restore", mariadb_import_connections=connections)
+    assert view["status"] == "failed" and "no_such_table" in view["error"]
+    assert await snapshot(site["dsn"], site["files"], site["code"]) == site["before"]
     await _assert_nothing_escaped(site)
 
 
