@@ -352,7 +352,10 @@ class TarGuard:
     def _check_name(self, name: str, shown: str, what: str = "name") -> None:
         if "\0" in name:
             raise unsafe(shown, "nul_in_name", f"has a NUL byte in its {what}")
-        if len(name.encode("utf-8", "surrogateescape")) > self.limits.max_name:
+        # At most 4 bytes a character: short names need no encoding to be measured.
+        if len(name) * 4 > self.limits.max_name and (
+            len(name.encode("utf-8", "surrogateescape")) > self.limits.max_name
+        ):
             raise unsafe(
                 shown,
                 "name_too_long",
@@ -428,7 +431,10 @@ def _kind_of(code: bytes) -> MemberKind | None:
 
 
 def _parts(name: str) -> tuple[str, ...]:
-    return tuple(part for part in name.split("/") if part not in ("", "."))
+    parts = name.split("/")
+    if "" in parts or "." in parts:
+        return tuple(part for part in parts if part not in ("", "."))
+    return tuple(parts)
 
 
 def _escapes(path: tuple[str, ...], target: str, links: dict[tuple[str, ...], str]) -> bool:

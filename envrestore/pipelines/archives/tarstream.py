@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import struct
 import tarfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -52,12 +53,28 @@ class Header:
 
 _POSIX_MAGIC = b"ustar\x00"
 _SPACES = 8 * 0x20
+#: name, mode, (uid, gid), size, mtime, checksum, type, linkname, magic, (...), prefix.
+_FIELDS = struct.Struct("100s8s16x12s12s8sc100s6s82x155s")
+#: Headers that carry metadata for the next member: only their size matters.
+_EXTENDED = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
 
 
 def _number(field: bytes) -> int:
-    if field[:1] in (b"\x80", b"\xff"):  # base-256 (GNU), for sizes over 8 GiB
+    if field[0] & 0x80:  # base-256 (GNU, 0x80 or 0xff first), for sizes over 8 GiB
         value = int.from_bytes(field[1:], "big")
-        return value - (256 ** (len(field) - 1)) if field[:1] == b"\xff" else value
+        if field[0] == 0xFF:
+            return value - (1 << (8 * (len(field) - 1)))
+        if field[0] != 0x80:
+            raise ValueError("bad base-256 marker")
+        return value
     text = field.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
 
@@ -68,22 +85,34 @@ def _signed_checksum(block: bytes) -> int:
 
 
 def decode_header(block: bytes) -> Header:
-    """Decode one 512-byte header; raise tarfile.HeaderError if it is not one."""
+    """Decode one 512-byte header; raise tarfile.HeaderError if it is not one.
+
+    One `struct` unpack for every field; an extended header (pax, GNU long
+    name) decodes only its type and size, which is all the parser uses of it.
+    """
+    name, mode_f, size_f, mtime_f, sum_f, kind, link, magic, prefix = _FIELDS.unpack_from(block)
     try:
-        checksum = _number(block[148:156])
-        mode = _number(block[100:108])
-        size = _number(block[124:136])
-        mtime = _number(block[136:148])
+        checksum = _number(sum_f)
+        size = _number(size_f)
+        extended = kind in _EXTENDED
+        mode = 0 if extended else _number(mode_f)
+        mtime = 0 if extended else _number(mtime_f)
     except ValueError as exc:
         raise tarfile.HeaderError("bad number field") from exc
-    if checksum != sum(block) - sum(block[148:156]) + _SPACES and checksum != _signed_checksum(
-        block
-    ):
+    if checksum != sum(block) - sum(sum_f) + _SPACES and checksum != _signed_checksum(block):
         raise tarfile.HeaderError("bad checksum")
-    kind = block[156:157]
-    name = block[0:100].split(b"\0", 1)[0]
-    if block[257:263] == _POSIX_MAGIC:
-        prefix = block[345:500].split(b"\0", 1)[0]
+    name = name.split(b"\0", 1)[0]
+    if extended:
+        return Header(
+            name=name.decode("utf-8", "surrogateescape"),
+            type=kind,
+            mode=0,
+            size=size,
+            mtime_ns=0,
+            linkname="",
+        )
+    if magic == _POSIX_MAGIC:
+        prefix = prefix.split(b"\0", 1)[0]
         if prefix:
             name = prefix + b"/" + name
     text = name.decode("utf-8", "surrogateescape")
@@ -95,7 +124,7 @@ def decode_header(block: bytes) -> Header:
         mode=mode,
         size=size,
         mtime_ns=mtime * 1_000_000_000,
-        linkname=block[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape"),
+        linkname=link.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"),
     )
 
 
@@ -251,13 +280,7 @@ class TarParser:
                 offset=self.offset - BLOCK,
             ) from exc
         code = info.type
-        if code in (
-            tarfile.XHDTYPE,
-            tarfile.XGLTYPE,
-            tarfile.SOLARIS_XHDTYPE,
-            tarfile.GNUTYPE_LONGNAME,
-            tarfile.GNUTYPE_LONGLINK,
-        ):
+        if code in _EXTENDED:
             if info.size > _MAX_EXTENDED:
                 raise unsafe(
                     info.name, "name_too_long", f"has an extended header of {info.size} bytes"
@@ -335,12 +358,22 @@ class TarParser:
                         member=info.name,
                     ) from exc
             if "mtime" in pax:
-                with contextlib.suppress(InvalidOperation, ValueError):
-                    info.mtime_ns = int(Decimal(pax["mtime"]) * 1_000_000_000)
+                info.mtime_ns = _pax_mtime(pax["mtime"], info.mtime_ns)
         if info.type == tarfile.DIRTYPE:
             info.name = info.name.rstrip("/")
         self._pax = {}
         self._long_name = self._long_link = None
+
+
+def _pax_mtime(value: str, default: int) -> int:
+    """A pax mtime ("1796205034.541165353") in ns; Decimal only for unusual forms."""
+    seconds, _, fraction = value.partition(".")
+    if seconds.isascii() and seconds.isdigit() and (not fraction or fraction.isdigit()):
+        return int(seconds) * 1_000_000_000 + int(fraction[:9].ljust(9, "0"))
+    try:
+        return int(Decimal(value) * 1_000_000_000)
+    except (InvalidOperation, ValueError):
+        return default
 
 
 def _pax_records(data: bytes, offset: int) -> dict[str, str]:
