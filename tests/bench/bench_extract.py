@@ -1,0 +1,157 @@
+"""Files extraction against `tar -x` of the same archive, same run, same filesystem.
+
+    .venv/bin/python -m tests.bench.bench_extract        (or: make bench)
+
+Builds an uploads tree like the restore benchmark's (`datasets.make_uploads`:
+log-uniform 4-512 KB files, mostly incompressible; ENVRESTORE_BENCH_EXTRACT_GB,
+default 0.25), archives it as a backup does (`files.tar_argv`, then `gzip`), then times, in rotating order over ENVRESTORE_BENCH_EXTRACT_ROUNDS
+rounds (default 3):
+
+- `tar -xzf` of the `.tar.gz` and `tar -xf` of the plain `.tar` (inflate cost apart);
+- envrestore's `formats.extract_archive` (the restore's entry point) on the
+  `.tar.gz` stream and on the plain `.tar` stream.
+
+Every run extracts into a fresh directory on the same filesystem. Nothing is
+deleted between timed runs (journal-less ext4 creates files 3x slower for
+minutes after a big delete, PERFORMANCE.md): the trees are kept until the end.
+Before each run: `sync` and a settle pause (ENVRESTORE_BENCH_SETTLE_SECONDS, 3).
+Prints medians, files/s, MB/s and the ratio of each envrestore run to its `tar`
+baseline (speed ratio: above 1.0 is faster than tar).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from envrestore.pipelines.archives.files import tar_argv
+from envrestore.pipelines.archives.formats import extract_archive
+from envrestore.pipelines.archives.tarpolicy import ArchiveRules, limits_for
+from tests.bench import datasets
+
+GB = float(os.environ.get("ENVRESTORE_BENCH_EXTRACT_GB", "0.25"))
+ROUNDS = int(os.environ.get("ENVRESTORE_BENCH_EXTRACT_ROUNDS", "3"))
+SETTLE_SECONDS = float(os.environ.get("ENVRESTORE_BENCH_SETTLE_SECONDS", "3"))
+TOP = "files_dev"
+CHUNK = 1 << 20
+
+
+def settle() -> None:
+    subprocess.run(["sync"], check=False)
+    time.sleep(SETTLE_SECONDS)
+
+
+def build(work: Path) -> tuple[Path, Path, int, int]:
+    """The uploads tree archived as `files.tar` and `files.tar.gz`; (tar, tgz, files, bytes)."""
+    tree = work / "uploads"
+    files, size = datasets.make_uploads(tree, datasets.SiteSize(GB, 0, int(GB * (1 << 30))))
+    plain = work / "files.tar"
+    with plain.open("wb") as out:
+        subprocess.run(tar_argv(tree, TOP), stdout=out, check=True)
+    packed = work / "files.tar.gz"
+    with packed.open("wb") as out:
+        subprocess.run(["gzip", "-c", str(plain)], stdout=out, check=True)
+    shutil.rmtree(tree)
+    return plain, packed, files, size
+
+
+async def _read(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            yield chunk
+
+
+def envrestore_extract(archive: Path, dest: Path, spool: Path) -> None:
+    codec = "gzip" if archive.suffix == ".gz" else "plain"
+    asyncio.run(
+        extract_archive(
+            _read(archive),
+            dest,
+            codec=codec,
+            key=archive.name,
+            limits=limits_for(archive.stat().st_size),
+            rules=ArchiveRules(label="the files part", top=TOP),
+            spool_dir=spool,
+        )
+    )
+
+
+def tar_extract(archive: Path, dest: Path) -> None:
+    dest.mkdir()
+    flags = "-xzf" if archive.suffix == ".gz" else "-xf"
+    subprocess.run(["tar", flags, str(archive), "-C", str(dest)], check=True)
+
+
+def run(work: Path) -> dict[str, float]:
+    """Median seconds per contender."""
+    plain, packed, files, size = build(work)
+    print(
+        f"\narchive: {files} files, {size / 1e6:.0f} MB ({packed.stat().st_size / 1e6:.0f} MB gz)"
+    )
+    spool = work / "spool"
+    spool.mkdir()
+    contenders: dict[str, Callable[[Path], None]] = {
+        "tar -xzf (.tar.gz)": lambda dest: tar_extract(packed, dest),
+        "envrestore (.tar.gz)": lambda dest: envrestore_extract(packed, dest, spool),
+        "tar -xf (.tar)": lambda dest: tar_extract(plain, dest),
+        "envrestore (.tar)": lambda dest: envrestore_extract(plain, dest, spool),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    trees = work / "trees"
+    trees.mkdir()
+    count = 0
+    for round_ in range(ROUNDS):
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for name in order:
+            count += 1
+            dest = trees / f"run-{count}"
+            settle()
+            started = time.perf_counter()
+            contenders[name](dest)
+            times[name].append(time.perf_counter() - started)
+            found = datasets.tree_fingerprint(dest / TOP if name.startswith("tar") else dest)
+            assert found == (files, size), f"{name} extracted {found}, expected {(files, size)}"
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print_table(medians, times, files, size)
+    return medians
+
+
+def print_table(
+    medians: dict[str, float], times: dict[str, list[float]], files: int, size: int
+) -> None:
+    baseline = {"(.tar.gz)": medians["tar -xzf (.tar.gz)"], "(.tar)": medians["tar -xf (.tar)"]}
+    print("\n| contender | median s (runs) | files/s | MB/s | speed vs tar |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds in medians.items():
+        base = baseline[name.split(" ")[-1]]
+        runs = ", ".join(f"{value:.2f}" for value in times[name])
+        print(
+            f"| {name} | {seconds:.2f} ({runs}) | {files / seconds:,.0f} | "
+            f"{size / 1e6 / seconds:.0f} | {base / seconds:.2f} |"
+        )
+
+
+def test_extract_against_tar() -> None:
+    work = Path(tempfile.mkdtemp(prefix="envrestore-bench-extract-", dir=_bench_parent()))
+    try:
+        medians = run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert all(value > 0 for value in medians.values())
+
+
+def _bench_parent() -> str | None:
+    """Same filesystem as the restores' trees (/tmp may be a tmpfs elsewhere)."""
+    return os.environ.get("ENVRESTORE_BENCH_DIR")
+
+
+if __name__ == "__main__":
+    test_extract_against_tar()
