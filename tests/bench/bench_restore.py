@@ -9,7 +9,7 @@ contender on that backup, in the same conditions, into the same live environment
   drop/create, `rm -rf`, `gunzip | mariadb`, `tar xzf`);
 - overlapped: three concurrent shell streams (curl | tee sha256sum | gunzip |
   mariadb or tar), old trees renamed aside;
-- envrestore: `envrestore restore shop.dev --wait --json` with one fresh worker
+- envrestore: `envrestore restore shop<size>.dev --wait --json` with one fresh worker
   (`--processes 1 --threads 4`) and default settings;
 - envrestore, lockstep (the smallest size only): the same with a 1 MB import
   read-ahead and one import connection, the "before" of the overlap work;
@@ -138,23 +138,25 @@ def make_site(work: Path, env: dict[str, str], scale: float) -> tuple[Site, dict
     timings["generate_files"] = time.monotonic() - started
     head = datasets.make_code(work / "site" / "code")
     site = Site(work, database, files, work / "site" / "code", rows, (count, total), head)
+    site.name = "shop" + f"{scale:g}".replace(".", "")  # all sizes share the test's ledger
+    dev = f"{site.name}.dev"
     dsn = f"mariadb://root@127.0.0.1:3306/{database}"
     for args in (
         ("db", "migrate"),
-        ("site", "add", "shop"),
-        ("env", "add", "shop.dev", "--db", dsn, "--files", str(files), "--code", str(site.code)),
+        ("site", "add", site.name),
+        ("env", "add", dev, "--db", dsn, "--files", str(files), "--code", str(site.code)),
     ):
         done = run_cli(env, *args)
         assert done.returncode == 0, done.stderr
     proc = start_worker(env, work / "worker-backup.log")
     try:
         started = time.monotonic()
-        done = run_cli(env, "backup", "create", "shop.dev", "--wait", "--json", timeout=7200)
+        done = run_cli(env, "backup", "create", dev, "--wait", "--json", timeout=7200)
         timings["backup"] = time.monotonic() - started
     finally:
         stop_worker(proc)
     assert done.returncode == 0, done.stderr[-2000:]
-    listed = run_cli(env, "backup", "list", "shop.dev", "--json")
+    listed = run_cli(env, "backup", "list", dev, "--json")
     backup = json.loads(listed.stdout)[0]
     site.parts = {p["part"]: p for p in backup["parts"]}
     data = {
@@ -187,7 +189,7 @@ def _dump_size(database: str) -> int:
 def make_pg_site(
     settings: Settings, site: Site, env: dict[str, str], scale: float
 ) -> dict[str, Any]:
-    """shop.pg: the same tables on PostgreSQL, backed up database only; its figures back."""
+    """<site>.pg: the same tables on PostgreSQL, backed up database only; its figures back."""
     size = datasets.SiteSize.at(scale)
     site.pg_database = f"{site.database}_pg"
     started = time.monotonic()
@@ -202,7 +204,8 @@ def make_pg_site(
     pg_files.mkdir(parents=True)
     datasets.make_code(pg_code, commits=1)
     dsn = f"postgresql://postgres@127.0.0.1:5432/{site.pg_database}"
-    add = ("env", "add", "shop.pg", "--db", dsn, "--files", str(pg_files), "--code", str(pg_code))
+    target = f"{site.name}.pg"
+    add = ("env", "add", target, "--db", dsn, "--files", str(pg_files), "--code", str(pg_code))
     done = run_cli(env, *add)
     assert done.returncode == 0, done.stderr
     proc = start_worker(env, site.work / "worker-backup-pg.log")
@@ -212,7 +215,7 @@ def make_pg_site(
             env,
             "backup",
             "create",
-            "shop.pg",
+            target,
             "--element",
             "database",
             "--wait",
@@ -223,7 +226,7 @@ def make_pg_site(
     finally:
         stop_worker(proc)
     assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
-    listed = run_cli(env, "backup", "list", "shop.pg", "--json")
+    listed = run_cli(env, "backup", "list", target, "--json")
     part = {p["part"]: p for p in json.loads(listed.stdout)[0]["parts"]}["database"]
     url = asyncio.run(_presign(settings, {"database": part["key"]}))["database"]
     split = baselines.prepare_pg(site.parts_dir, url, part["key"])
@@ -250,9 +253,7 @@ def run_one(name: str, site: Site, env: dict[str, str], run: str) -> dict[str, A
     if name == "pg_envrestore":
         check = check_pg_load(site)
         live = {"PG_TARGET": site.pg_database}
-        return run_envrestore(
-            site, env, run, RESULTS_DIR, target="shop.pg", check=lambda: check(live)
-        )
+        return run_envrestore(site, env, run, RESULTS_DIR, env_name="pg", check=lambda: check(live))
     if name == "pg_psql2":
         return run_shell(name, PSQL_PARALLEL, site, run, check_pg_load(site))
     if name == "client2":

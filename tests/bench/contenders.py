@@ -139,7 +139,9 @@ class Site:
     head: str
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # part → key, size, sha256
     urls: dict[str, str] = field(default_factory=dict)
-    #: The PostgreSQL site (`shop.pg`, database only), when this size has one.
+    #: The site's name in the ledger: one per size, as all sizes share one ledger.
+    name: str = "shop"
+    #: The PostgreSQL environment (`<name>.pg`, database only), when this size has one.
     pg_database: str = ""
     pg_rows: dict[str, int] = field(default_factory=dict)
     pg_options: str = ""
@@ -306,13 +308,13 @@ def run_envrestore(
     run: str,
     results_dir: Path,
     *,
-    target: str = "shop.dev",
+    env_name: str = "dev",
     check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """`envrestore restore <target> --wait --json` with a fresh worker; steps from the ledger.
+    """`envrestore restore <site>.<env> --wait --json` with a fresh worker; steps from the ledger.
 
-    shop.dev is restored whole and checked as the site; another target
-    (shop.pg) restores its database only and is checked by `check`.
+    `dev` is restored whole and checked as the site; another environment
+    (`pg`) restores its database only and is checked by `check`.
     """
     proc = start_worker(env, site.work / f"worker-{run}.log")
     sampler = TreeSampler(proc.pid)
@@ -321,7 +323,8 @@ def run_envrestore(
     try:
         began = time.time()
         started = time.monotonic()
-        only = () if target == "shop.dev" else ("--element", "database")
+        only = () if env_name == "dev" else ("--element", "database")
+        target = f"{site.name}.{env_name}"
         done = run_cli(dict(env), "restore", target, *only, "--wait", "--json", timeout=7200)
         wall = time.monotonic() - started
         ended = time.time()
@@ -330,7 +333,7 @@ def run_envrestore(
         sampler.join()
         _stop_profiler(profile)
         stop_worker(proc)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, f"{run}: {(done.stdout + done.stderr)[-3000:]}"
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded"
     if check is None:
