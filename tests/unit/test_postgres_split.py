@@ -24,6 +24,8 @@ from envrestore.pipelines.engines.psql_lexer import copy_end, looks_like_pg_dump
 from envrestore.pipelines.errors import BadInput, UnsafeInput
 
 SAMPLE = (Path(__file__).parent / "pg_dump_15_sample.sql").read_bytes()
+#: Statements every session gets (replayed settings).
+SETTING = re.compile(rb"^(?:SET |SELECT pg_catalog\.set_config|\\)")
 
 
 class Recorder:
@@ -113,7 +115,7 @@ async def test_the_sample_runs_in_four_stages_and_every_statement_once():
     assert [serial.find(text) for text in order] == sorted(serial.find(t) for t in order)
     assert all(serial.find(text) >= 0 for text in order)
     # Nothing lost or doubled, settings aside.
-    setting = re.compile(rb"^(?:SET |SELECT pg_catalog\.set_config|\\)")
+    setting = SETTING
     ran = [
         statement
         for session in recorder.inputs
@@ -271,3 +273,36 @@ def test_copy_end_is_a_line_that_is_exactly_the_marker():
 def test_the_dump_header_is_recognised():
     assert looks_like_pg_dump(SAMPLE[:4096])
     assert not looks_like_pg_dump(b"CREATE TABLE t (a int);\n-- PostgreSQL database dump\n")
+
+
+@pytest.mark.parametrize(
+    ("extra", "before", "stages"),
+    [
+        # Two statements on one line: a setting no new session would get.
+        (
+            b"SET search_path = public; SET xmloption = content;\n",
+            b"-- Name: touch()",
+            [("pre", 1)],
+        ),
+        # A transaction after the data: everything after it on one session, in order.
+        (b"BEGIN;\n", b"-- Name: child child_pkey", [("pre", 1), ("data", 2), ("serial", 1)]),
+        (b"CREATE TEMP TABLE t (a int);\n", b"-- Name: child; Type: TABLE;", [("pre", 1)]),
+    ],
+)
+async def test_what_a_new_session_could_not_inherit_keeps_one_session(extra, before, stages):
+    at = SAMPLE.index(before)
+    dump = SAMPLE[:at] + extra + SAMPLE[at:]
+    recorder, ran = await _split(dump, 2)
+    assert ran == stages
+    last = bytes(recorder.inputs[-1])
+    assert extra in last
+    assert last.index(extra) < last.index(b"FOREIGN KEY (parent_id)")
+    ran = [s for x in recorder.inputs for s in _statements(bytes(x)) if not SETTING.match(s)]
+    assert sorted(ran) == sorted(s for s in _statements(dump) if not SETTING.match(s))
+
+
+async def test_a_last_statement_without_a_newline_still_ends_its_line():
+    dump = re.sub(rb"\\unrestrict \S+\s*\Z", b"COMMENT ON TABLE public.p IS 'last'; -- end", SAMPLE)
+    recorder, _ = await _split(dump, 2)
+    serial = bytes(recorder.inputs[-1])
+    assert serial.endswith(b"COMMENT ON TABLE public.p IS 'last'; -- end\n")

@@ -89,6 +89,11 @@ _TARGET = re.compile(
     + _NAME
     + rb")\s)"
 )
+#: Statements that change a session's state in ways a new session could not replay.
+_PIN = re.compile(
+    rb"(?is)\s*(?:BEGIN|START\s+TRANSACTION|SAVEPOINT|PREPARE|DECLARE|LISTEN|SET|RESET"
+    rb"|SELECT\s+pg_catalog\.set_config|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?)\b"
+)
 _RESTRICT = re.compile(rb"\\restrict\s")
 _UNRESTRICT = re.compile(rb"\\unrestrict\s")
 
@@ -156,6 +161,8 @@ class Splitter:
         self.quote: bytes | None = None
         self.depth = 0
         self.streaming = False
+        #: From here on one session takes everything (see `_pin`).
+        self.pinned = False
         self.copy: _Copy | None = None
         #: Each stage run and how many sessions it started (logs, tests).
         self.stages: list[tuple[str, int]] = [("pre", 0)]
@@ -235,6 +242,8 @@ class Splitter:
         self.stage_started = now
 
     async def _enter(self, stage: str) -> None:
+        if self.pinned:
+            return
         await self._barrier()
         self.stage = stage
         self.width = self.connections if stage in ("data", "post") else 1
@@ -243,7 +252,7 @@ class Splitter:
     async def _to_serial(self) -> None:
         """The serial stage: the settings as they were before the first held-back
         statement, then those statements (and later settings) in dump order."""
-        if self.stage == "serial":
+        if self.stage == "serial" or self.pinned:
             return
         await self._enter("serial")
         deferred, self.deferred, self.deferred_bytes = self.deferred, [], 0
@@ -252,6 +261,21 @@ class Splitter:
             for unit in deferred:
                 await self._emit(0, unit)
         self.snapshot = None
+
+    async def _pin(self) -> None:
+        """One session for the rest of the dump, after what runs now has finished.
+
+        For what a new session could not inherit: a transaction, a temporary
+        table, a setting changed in a way not replayed, a line of several
+        statements, a statement too long to read. pg_dump writes none of these
+        outside large-object data.
+        """
+        if self.pinned:
+            return
+        if self.stage in ("data", "post"):
+            await self._to_serial()
+        self.pinned = True
+        self.width = 1
 
     # ------------------------------------------------------------ settings
 
@@ -332,8 +356,7 @@ class Splitter:
             await self._unit()
         elif self.unit_bytes > STATEMENT_BYTES:
             # Too long to hold: it goes, unread, to one session in dump order.
-            if self.stage in ("data", "post"):
-                await self._to_serial()
+            await self._pin()
             await self._emit(0, b"".join(self.lines))
             self.lines = []
             self.streaming = True
@@ -353,6 +376,7 @@ class Splitter:
     async def _unit(self) -> None:
         """Route one complete statement (with the comment lines before it)."""
         raw = b"".join(self.lines)
+        raw += b"" if raw.endswith(b"\n") else b"\n"
         code = b"\n".join(self.code)
         body = b"".join(self.lines[len(self.lines) - len(self.code) :])
         self._reset()
@@ -361,6 +385,10 @@ class Splitter:
         if key is not None:
             self._remember(key, body if body.endswith(b"\n") else body + b"\n")
             await self._broadcast(self.settings[key])
+            return
+        if not single or _PIN.match(code):
+            await self._pin()
+            await self._emit(0, raw)
             return
         if single and _COPY_IN.match(code):
             await self._copy_start(raw, body, code)
@@ -399,7 +427,7 @@ class Splitter:
         header = body if body.endswith(b"\n") else body + b"\n"
         self.copy = _Copy(header, name.group(1) if name else b"", splittable)
         self.copy.dest = self._pick()
-        await self._emit(self.copy.dest, raw if raw.endswith(b"\n") else raw + b"\n")
+        await self._emit(self.copy.dest, raw)
 
     async def _rows(self, data: bytes, start: int, *, eof: bool = False) -> int:
         """Forward COPY rows from data[start:] (whole lines); where to go on from."""
