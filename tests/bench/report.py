@@ -249,3 +249,11 @@ def print_report(report: dict[str, Any]) -> None:
         lines += ["", "Profile during import_db (before: lockstep; after: defaults)", ""]
         lines += profile
     print("\n".join([*lines, ""]), flush=True)
+
+
+if __name__ == "__main__":  # re-print a run's tables: python -m tests.bench.report <json>
+    import json
+    import sys
+    from pathlib import Path
+
+    print_report(json.loads(Path(sys.argv[1]).read_text()))
