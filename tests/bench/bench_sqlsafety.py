@@ -20,6 +20,11 @@ could not be built):
 | mariadb, a row a line (mariadb-dump) | 339 | 2,143 | 8,291 | ~21 (wall) |
 | mariadb, 1 MB lines (mysqldump) | 382 | 1,755 | 5,249 | ~21 (wall) |
 | postgresql, COPY | 835 | 4,785 | 7,224 | ~46 (wall) |
+
+`make bench` (300 MB; clients on 100 MB, wall time on a loaded machine): filter
+2,213 / 1,866 / 4,821 MB/s, clients 24 / 18 / 78 MB/s: the filter takes about 1 %
+of the time its client does. Dumps made by the real tools from this data (mariadb-dump
+150 MB, pg_dump 100 MB): 292 -> 1,550 MB/s and 661 -> 2,920 MB/s.
 """
 
 from __future__ import annotations
