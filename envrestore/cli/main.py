@@ -7,6 +7,7 @@ never load asyncpg, rich, pydantic or the S3 client (tests/unit/test_cli_imports
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
@@ -160,8 +161,41 @@ def worker(
     os.execvpe(argv[0], argv, env)  # noqa: S606 - replaces this process with the worker
 
 
+def app_for(argv: list[str]) -> typer.Typer:
+    """The app with only the command `argv` names, else the whole app.
+
+    typer builds every command's options at each call (about a fifth of a quick
+    command's start with ~50 commands); the one named is all a run needs. Help,
+    --version, no command or an unknown one: the whole app, as `--help` lists it.
+    """
+    name = _command_named(argv)
+    groups = [g for g in app.registered_groups if g.name == name]
+    commands = [c for c in app.registered_commands if c.name == name]
+    if name is None or not (groups or commands):
+        return app
+    trimmed = copy.copy(app)  # same settings and root callback (--log-level, --version)
+    trimmed.registered_groups = groups
+    trimmed.registered_commands = commands
+    return trimmed
+
+
+def _command_named(argv: list[str]) -> str | None:
+    """The first word of `argv` that is not a root option or its value."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log-level":
+            next(args, None)
+        elif arg.startswith("--log-level="):
+            continue
+        elif arg.startswith("-"):
+            return None  # --help, --version, or a mistake: the whole app answers
+        else:
+            return arg
+    return None
+
+
 def main() -> None:
-    app()
+    app_for(sys.argv[1:])()
 
 
 if __name__ == "__main__":

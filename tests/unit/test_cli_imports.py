@@ -75,3 +75,25 @@ def test_what_the_cli_states_without_importing_it_agrees_with_its_source() -> No
     for setting, default in SETTING_DEFAULTS.items():
         assert Settings.model_fields[setting].get_default(call_default_factory=True) == default
     assert SCOPES == tokens.SCOPES
+
+
+def test_a_run_builds_only_the_command_it_names() -> None:
+    import typer.main
+
+    from envrestore.cli.main import app, app_for
+
+    def built(app: typer.Typer) -> list[str]:
+        group = typer.main.get_command(app)
+        assert isinstance(group, typer.main.TyperGroup)
+        return sorted(group.commands)
+
+    def names(argv: list[str]) -> list[str]:
+        return built(app_for(argv))
+
+    assert names(["job", "list", "--json"]) == ["job"]
+    assert names(["--log-level", "DEBUG", "restore", "shop.dev"]) == ["restore"]
+    assert names(["--log-level=INFO", "backup"]) == ["backup"]
+    everything = built(app)
+    assert len(everything) > 10
+    for whole in (["--help"], ["--version"], [], ["jb", "list"], ["--json", "job"]):
+        assert names(whole) == everything
