@@ -21,7 +21,8 @@ import structlog
 from envrestore.pipelines.errors import BadInput
 from envrestore.pipelines.sqlsafety.ending import DumpEnding
 from envrestore.pipelines.sqlsafety.lines import MAX_LINE, FilterReport, LineFilter, LineSplitter
-from envrestore.pipelines.sqlsafety.mariadb import DEFAULT_COLLATION_MAP, MariaDbFilter
+from envrestore.pipelines.sqlsafety.mariadb import MariaDbFilter
+from envrestore.pipelines.sqlsafety.mariadb_rules import DEFAULT_COLLATION_MAP
 from envrestore.pipelines.sqlsafety.postgres import PostgresFilter
 from envrestore.pipelines.sqlsafety.postgres_rules import DEFAULT_EXTENSIONS
 

@@ -34,168 +34,44 @@ from envrestore.pipelines.sqlsafety.lines import (
     refusal,
     strip_eol,
 )
-
-#: Collations of newer servers rewritten to one MariaDB 10.x and MySQL 5.7+ both have.
-DEFAULT_COLLATION_MAP: Mapping[str, str] = {
-    "utf8mb4_0900_ai_ci": "utf8mb4_unicode_ci",
-    "utf8mb4_0900_as_ci": "utf8mb4_unicode_ci",
-    "utf8mb4_0900_as_cs": "utf8mb4_bin",
-    "utf8mb4_0900_bin": "utf8mb4_bin",
-    "utf8mb4_uca1400_ai_ci": "utf8mb4_unicode_ci",
-    "utf8mb4_uca1400_as_ci": "utf8mb4_unicode_ci",
-    "utf8mb4_uca1400_as_cs": "utf8mb4_bin",
-    "utf8mb3_uca1400_ai_ci": "utf8mb3_unicode_ci",
-}
-
-#: MariaDB 11's first line; we pass --sandbox to the client ourselves where it exists.
-SANDBOX_LINE = b"/*M!999999\\- enable the sandbox mode */"
-
-# Complete literals and plain comments on one line, blanked to one space each.
-_LITERALS = (
-    rb"'[^'\\]*(?:\\.[^'\\]*)*'"
-    rb'|"[^"\\]*(?:\\.[^"\\]*)*"'
-    rb"|`[^`\\]*`"
-    rb"|/\*(?!M?!)[^*]*\*+(?:[^/*][^*]*\*+)*/"
-    rb"|--(?:[\x00-\x20]|$).*"
-    rb"|\#.*"
-)
-_STRIP = re.compile(_LITERALS, re.S)
-# Anything left that opens a literal or comment: this line needs the slow scanner.
-_LEFTOVER = re.compile(rb"['\"`]|/\*(?!M?!)")
-_OPEN = re.compile(rb"['\"`]|/\*(?!M?!)|--(?:[\x00-\x20]|$)|\#")
-_CLOSE = {
-    b"'": re.compile(rb"[^'\\]*(?:\\.[^'\\]*)*'", re.S),
-    b'"': re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.S),
-    b"`": re.compile(rb"[^`]*`", re.S),
-}
-_EXEC_MARK = re.compile(rb"/\*M?!\d*|\*/")
-# The hot path: INSERT … VALUES rows whose unquoted parts are numbers, NULL and 0x hex.
-_SAFE_ROWS = re.compile(
-    rb"(?:\s*INSERT\s+INTO\s+(?:\([\s,]*\)\s*)?VALUES\b)?[\s0-9a-fA-FxXnNuUlL.,()+\-]*(?:;\s*)?"
-)
-_INSERT_PREFIX = re.compile(
-    rb"INSERT\s+(?:IGNORE\s+)?INTO\s+`[^`'\"\\]*`\s*(?:\([^'\"\\;#/-]*\)\s*)?VALUES\b"
-)
-_BACKSLASH = re.compile(rb"\\(?!N(?![A-Za-z0-9_]))")
-_CLIENT_WORD = re.compile(
-    rb"(?i)(delimiter|system|source|connect|pager|nopager|tee|notee|charset|edit|exit|quit"
-    rb"|go|ego|print|rehash|status|warnings|nowarning|prompt|clear|help|query_attributes"
-    rb"|resetconnection|sandbox)(?=[\s;]|$)"
-)
-# Identifiers kept (sanitised to one token), string literals and comments blanked.
-_IDENT_OR_LITERAL = re.compile(_LITERALS, re.S)
-_SANE_IDENT = re.compile(rb"[^\w$]")
-_IDENT = re.compile(rb"`[^`]*`")
-_TOKEN = rb"(?:`[^`]*`|[A-Za-z_$][\w$]*)"
-_QUALIFIED = re.compile(
-    rb"(?<![\w$.`])(?P<a>" + _TOKEN + rb")\s*\.\s*(?P<b>" + _TOKEN + rb")"
-    rb"(?P<c>\s*\.\s*" + _TOKEN + rb")?(?P<call>\s*\()?"
-)
-#: A qualified name right after one of these names a table (or routine) in a database.
-_TABLE_POSITION = re.compile(
-    rb"(?i)\b(?:FROM|JOIN|INTO|UPDATE|TABLE|TABLES|REFERENCES|CALL|DELETE|VIEW|TRIGGER"
-    rb"|PROCEDURE|FUNCTION|EVENT|EXISTS|LIKE|TO|IGNORE|STRAIGHT_JOIN|HANDLER|DESCRIBE"
-    rb"|EXPLAIN|ON\s+SCHEDULE)\s*\(?\s*$"
-)
-_CLAUSE = re.compile(
-    rb"(?i)\b(SELECT|FROM|JOIN|WHERE|SET|ON|GROUP|ORDER|HAVING|LIMIT|VALUES|USING|INTO"
-    rb"|UPDATE|TABLE|TABLES|RETURN|THEN|ELSE|DO|BEGIN|WHEN|WRITE|READ)\b"
-)
-_TABLE_LISTS = {b"FROM", b"JOIN", b"TABLE", b"TABLES", b"UPDATE", b"WRITE", b"READ"}
-#: Schemas a dump never touches: the server's own.
-SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
-_MYSQL8 = re.compile(rb"-- MySQL dump [\d.]+\s+Distrib (8|9)\.")
-
-_DELIMITER_OK = re.compile(rb"[;$|%&~^@/]{1,16}")
-_NAME = rb"(?:`(?P<q>(?:[^`]|``)+)`|(?P<n>[A-Za-z0-9_$]+))"
-_DB_STATEMENT = re.compile(
-    rb"(?i)(?P<kind>USE|CREATE\s+(?:DATABASE|SCHEMA)|DROP\s+(?:DATABASE|SCHEMA)"
-    rb"|ALTER\s+(?:DATABASE|SCHEMA))\b"
-)
-_DB_NAME = {
-    b"USE": re.compile(rb"(?i)\s*USE\s+" + _NAME),
-    b"CREATE": re.compile(
-        rb"(?i)\s*CREATE\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME
-    ),
-    b"DROP": re.compile(rb"(?i)\s*DROP\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+EXISTS\s+)?" + _NAME),
-    b"ALTER": re.compile(rb"(?i)\s*ALTER\s+(?:DATABASE|SCHEMA)\s+" + _NAME),
-}
-_USE = re.compile(rb"(?i)\s*USE\b")
-_CURRENT_DATABASE = re.compile(rb"-- Current Database: " + _NAME)
-
-_SAVED_VARS = rb"(?:OLD_SQL_MODE|SAVED_SQL_MODE|OLD_CHARACTER_SET_CLIENT|SAVED_CS_CLIENT)"
-_DANGERS: dict[str, tuple[bytes, str]] = {
-    "grant": (rb"\bGRANT\b", "GRANT (privileges belong to the target server)"),
-    "revoke": (rb"\bREVOKE\b", "REVOKE (privileges belong to the target server)"),
-    "account": (
-        rb"\b(?:CREATE|ALTER|DROP|RENAME)\s+(?:USER|ROLE)\b|\bSET\s+(?:DEFAULT\s+)?ROLE\b",
-        "a user or role statement",
-    ),
-    "password": (rb"\bSET\s+PASSWORD\b", "SET PASSWORD"),
-    "outfile": (rb"\bINTO\s+(?:OUTFILE|DUMPFILE)\b", "writing a server file (INTO OUTFILE)"),
-    "load_data": (rb"\bLOAD\s+(?:DATA|XML)\b", "LOAD DATA/LOAD XML (reads files)"),
-    "load_file": (rb"\bLOAD_FILE\s*\(", "LOAD_FILE() (reads server files)"),
-    "plugin": (rb"\b(?:UN)?INSTALL\s+(?:PLUGIN|SONAME)\b|\bSONAME\b", "loading a plugin or UDF"),
-    "shutdown": (rb"\bSHUTDOWN\b", "SHUTDOWN"),
-    "kill": (rb"\bKILL\b", "KILL"),
-    "database": (
-        rb"\b(?:CREATE|DROP|ALTER)\s+(?:DATABASE|SCHEMA)\b",
-        "a statement on another database",
-    ),
-    "use": (rb";\s*USE\b", "USE of another database"),
-    "global": (
-        rb"\bSET\s+(?:GLOBAL|PERSIST|PERSIST_ONLY)\b|@@(?:GLOBAL|PERSIST)\s*\.",
-        "changing server-wide settings",
-    ),
-    "dynamic_sql": (
-        rb"\bPREPARE\b|\bEXECUTE\b",
-        "dynamic SQL (PREPARE/EXECUTE cannot be checked)",
-    ),
-    "call": (rb"\bCALL\b", "CALL of a stored procedure"),
-    "server": (
-        rb"\b(?:CREATE|ALTER|DROP)\s+(?:SERVER|TABLESPACE)\b",
-        "a server or tablespace statement",
-    ),
-    "engine": (
-        rb"\bENGINE\s*=?\s*(?:CONNECT|FEDERATED|FEDERATEDX|SPIDER|OQGRAPH)\b",
-        "a table engine reaching outside the database",
-    ),
-    "directory": (rb"\b(?:DATA|INDEX)\s+DIRECTORY\b", "DATA/INDEX DIRECTORY"),
-    "replication": (
-        rb"\b(?:CHANGE\s+(?:MASTER|REPLICATION)|(?:START|STOP)\s+(?:SLAVE|REPLICA|ALL\s+SLAVES)"
-        rb"|RESET\s+(?:MASTER|SLAVE|REPLICA)|PURGE\s+(?:BINARY|MASTER)\s+LOGS)\b"
-        rb"|\bBINLOG\s*(?:;|$)",
-        "a replication or binlog statement",
-    ),
-    "quoting_mode": (
-        rb"@" + _SAVED_VARS + rb"\s*:?=(?!\s*@@)\s*|\bINTO\b[^;]*@" + _SAVED_VARS + rb"\b"
-        rb"|\b(?:SQL_MODE|CHARACTER_SET_CLIENT)\s*:?=(?!\s*@@)\s*"
-        rb"(?:@(?!" + _SAVED_VARS + rb"\b)|[\w.]+\s*\(|\()",
-        "an sql_mode or client charset that is not a plain value",
-    ),
-}
-_DANGER = re.compile(
-    b"|".join(b"(?P<" + name.encode() + b">" + rx + b")" for name, (rx, _) in _DANGERS.items()),
-    re.I,
-)
-_SENSITIVE_SET = re.compile(
-    rb"(?i)\bSET\b[^;]*?\b(?:SQL_MODE|CHARACTER_SET_CLIENT|NAMES|CHARSET|CHARACTER\s+SET)\b"
-)
-_BAD_MODE = re.compile(
-    rb"(?i)\b(?:ANSI|ANSI_QUOTES|NO_BACKSLASH_ESCAPES|ORACLE|MSSQL|DB2|POSTGRESQL|MAXDB"
-    rb"|BIG5|CP932|GBK|SJIS|GB18030)\b"
-)
-_USER = rb"(?:`(?:[^`]|``)*`|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[\w$.]+)"
-_HOST = rb"(?:`(?:[^`]|``)*`|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[\w$.%:-]+)"
-_DEFINER = (
-    rb"\bDEFINER\s*=\s*(?:CURRENT_USER(?:\s*\(\s*\))?|" + _USER + rb"(?:\s*@\s*" + _HOST + rb")?)"
+from envrestore.pipelines.sqlsafety.mariadb_rules import (
+    BACKSLASH,
+    BAD_MODE,
+    CLAUSE,
+    CLIENT_WORD,
+    CLOSE,
+    CURRENT_DATABASE,
+    DANGER,
+    DANGERS,
+    DB_STATEMENT,
+    DEFAULT_COLLATION_MAP,
+    DEFINER,
+    DELIMITER_OK,
+    EXEC_MARK,
+    IDENT,
+    IDENT_OR_LITERAL,
+    INSERT_PREFIX,
+    LEFTOVER,
+    LITERALS,
+    MYSQL8,
+    OPEN,
+    QUALIFIED,
+    SAFE_ROWS,
+    SANDBOX_LINE,
+    SANE_IDENT,
+    SENSITIVE_SET,
+    STRIP,
+    SYSTEM_SCHEMAS,
+    TABLE_LISTS,
+    TABLE_POSITION,
+    USE,
 )
 
 
 def _keep_ident(match: re.Match[bytes]) -> bytes:
     text = match.group()
     if text[:1] == b"`":
-        return b"`" + _SANE_IDENT.sub(b"_", text[1:-1]) + b"`"
+        return b"`" + SANE_IDENT.sub(b"_", text[1:-1]) + b"`"
     return b" "
 
 
@@ -225,7 +101,7 @@ class MariaDbFilter(LineFilter):
         self.collations = {k.lower().encode(): v.encode() for k, v in mapping.items()}
         names = b"|".join(re.escape(k) for k in self.collations)
         hint = rb"\bDEFINER\s*="
-        rewrite = _LITERALS + rb"|(?P<definer>" + _DEFINER + b")"
+        rewrite = LITERALS + rb"|(?P<definer>" + DEFINER + b")"
         if names:
             hint += rb"|\b(?:" + names + rb")\b"
             rewrite += rb"|(?P<coll>\b(?:" + names + rb")\b)"
@@ -268,7 +144,7 @@ class MariaDbFilter(LineFilter):
         scan = start
         if self.statement_empty:
             end = block.find(b"\n", start) + 1 or len(block)
-            head = _INSERT_PREFIX.match(block, start, end)
+            head = INSERT_PREFIX.match(block, start, end)
             if head is None:
                 return start
             scan = head.end()
@@ -300,7 +176,7 @@ class MariaDbFilter(LineFilter):
                 lead = body.lstrip()
                 if lead[:1] == b"\\":
                     raise self._client_command(lead)
-                word = _CLIENT_WORD.match(lead)
+                word = CLIENT_WORD.match(lead)
                 if word is not None:
                     if word.group(1).lower() != b"delimiter":
                         raise self._client_command(lead)
@@ -308,16 +184,16 @@ class MariaDbFilter(LineFilter):
                     return None
         ids: bytes | None = None
         if started_normal:
-            if body.startswith(b"-- MySQL dump") and _MYSQL8.match(body):
+            if body.startswith(b"-- MySQL dump") and MYSQL8.match(body):
                 self.report.note("a MySQL 8 dump: its collations are mapped to ones MariaDB has")
-            code = _STRIP.sub(b" ", body)
-            if _LEFTOVER.search(code):
+            code = STRIP.sub(b" ", body)
+            if LEFTOVER.search(code):
                 ids = self._scan(body)
-                code = _IDENT.sub(b" ", ids)
+                code = IDENT.sub(b" ", ids)
         else:
             ids = self._scan(body)
-            code = _IDENT.sub(b" ", ids)
-        if self.delimiter == b";" and _SAFE_ROWS.fullmatch(code):
+            code = IDENT.sub(b" ", ids)
+        if self.delimiter == b";" and SAFE_ROWS.fullmatch(code):
             end = code.rstrip()
             if end.endswith(b";"):
                 self.report.statements += 1
@@ -329,7 +205,7 @@ class MariaDbFilter(LineFilter):
             return None
         if b"." in code:
             if ids is None:
-                ids = _IDENT_OR_LITERAL.sub(_keep_ident, body)
+                ids = IDENT_OR_LITERAL.sub(_keep_ident, body)
             self._check_names(body, ids)
         return self._check_code(line, body, code, started_normal)
 
@@ -340,8 +216,8 @@ class MariaDbFilter(LineFilter):
         `table`.`column` (and NEW./OLD. in triggers) stays allowed: only a name in a
         table position, or in a comma list after FROM/JOIN/TABLE(S)/UPDATE, is a table.
         """
-        flat = _EXEC_MARK.sub(b" ", ids) if b"/*" in ids or b"*/" in ids else ids
-        for found in _QUALIFIED.finditer(flat):
+        flat = EXEC_MARK.sub(b" ", ids) if b"/*" in ids or b"*/" in ids else ids
+        for found in QUALIFIED.finditer(flat):
             first, second = _bare(found.group("a")), _bare(found.group("b"))
             name = f"{first}.{second}"
             if first.lower() in SYSTEM_SCHEMAS:
@@ -363,10 +239,10 @@ class MariaDbFilter(LineFilter):
                     "qualified",
                 )
             before = (self.tail + flat[: found.start()])[-240:]
-            in_table_position = _TABLE_POSITION.search(before) is not None
+            in_table_position = TABLE_POSITION.search(before) is not None
             if not in_table_position and before.rstrip().endswith(b","):
-                clauses = _CLAUSE.findall(before)
-                in_table_position = bool(clauses) and clauses[-1].upper() in _TABLE_LISTS
+                clauses = CLAUSE.findall(before)
+                in_table_position = bool(clauses) and clauses[-1].upper() in TABLE_LISTS
             if in_table_position:
                 raise refusal(
                     self.line_no,
@@ -386,7 +262,7 @@ class MariaDbFilter(LineFilter):
         goes to the full line check.
         """
         if self.statement_empty:
-            prefix = _INSERT_PREFIX.match(body)
+            prefix = INSERT_PREFIX.match(body)
             if prefix is None:
                 return False
             start = prefix.end()
@@ -412,7 +288,7 @@ class MariaDbFilter(LineFilter):
         quote = self.quote
         while pos < size:
             if quote is None:
-                found = _OPEN.search(body, pos)
+                found = OPEN.search(body, pos)
                 if found is None:
                     out.append(body[pos:])
                     break
@@ -430,7 +306,7 @@ class MariaDbFilter(LineFilter):
                 pos = close + 2
                 quote = None
             else:
-                closing = _CLOSE[quote].match(body, pos)
+                closing = CLOSE[quote].match(body, pos)
                 content = body[pos:] if closing is None else closing.group()
                 if quote == b"`":
                     if b"\\" in content:
@@ -448,7 +324,7 @@ class MariaDbFilter(LineFilter):
                             body,
                             "identifier_lines",
                         )
-                    out[-1] = b"`" + _SANE_IDENT.sub(b"_", content[:-1]) + b"`"
+                    out[-1] = b"`" + SANE_IDENT.sub(b"_", content[:-1]) + b"`"
                 if closing is None:
                     break
                 pos = closing.end()
@@ -461,7 +337,7 @@ class MariaDbFilter(LineFilter):
     def _check_code(
         self, line: bytes, body: bytes, code: bytes, started_normal: bool
     ) -> bytes | None:
-        backslash = _BACKSLASH.search(code)
+        backslash = BACKSLASH.search(code)
         if backslash is not None:
             raise self._client_command(code[backslash.start() :])
         delimiter = self.delimiter
@@ -472,30 +348,30 @@ class MariaDbFilter(LineFilter):
                 body,
                 "delimiter",
             )
-        flat = _EXEC_MARK.sub(b" ", code) if b"*/" in code or b"/*" in code else code
+        flat = EXEC_MARK.sub(b" ", code) if b"*/" in code or b"/*" in code else code
         parts = flat.split(delimiter)
         result: bytes | None = None
-        if not self.statement_empty and self.after_semicolon and _USE.match(parts[0]):
+        if not self.statement_empty and self.after_semicolon and USE.match(parts[0]):
             # `…;` ends a statement for the server even inside a DELIMITER ;; block.
             raise refusal(self.line_no, f'USE "{excerpt(parts[0])}"', body, "use")
         for index, part in enumerate(parts):
             head = part.lstrip()
             if not head or not (index or self.statement_empty):
                 continue
-            found = _DB_STATEMENT.match(head)
+            found = DB_STATEMENT.match(head)
             if found is not None:
                 alone = index == 0 and len(parts) == 2 and not parts[1].strip()
                 result = self._database_statement(line, body, found.group("kind"), alone)
-        danger = _DANGER.search(flat)
+        danger = DANGER.search(flat)
         if danger is not None and not (result is not None and danger.lastgroup == "database"):
             name = danger.lastgroup or "unsafe"
             raise refusal(
                 self.line_no,
-                f'{_DANGERS[name][1]} "{excerpt(flat[danger.start() :])}"',
+                f'{DANGERS[name][1]} "{excerpt(flat[danger.start() :])}"',
                 body,
                 name,
             )
-        if _SENSITIVE_SET.search(flat) and _BAD_MODE.search(body):
+        if SENSITIVE_SET.search(flat) and BAD_MODE.search(body):
             raise refusal(
                 self.line_no,
                 f'an sql_mode or character set that changes how quotes are read "{excerpt(body)}"',
@@ -549,7 +425,7 @@ class MariaDbFilter(LineFilter):
         )
 
     def _learn_database(self, body: bytes) -> None:
-        found = _CURRENT_DATABASE.match(body)
+        found = CURRENT_DATABASE.match(body)
         if found is None:
             return
         name = _name_of(found)
@@ -570,7 +446,7 @@ class MariaDbFilter(LineFilter):
             arg = arg[1:end] if end > 0 else b""
         else:
             arg = arg.split(None, 1)[0] if arg else b""
-        if not _DELIMITER_OK.fullmatch(arg):
+        if not DELIMITER_OK.fullmatch(arg):
             raise refusal(
                 self.line_no,
                 f'DELIMITER "{excerpt(arg)}" (only ;$|%&~^@/ characters can be delimiters)',
