@@ -125,9 +125,10 @@ def bench_env(cli_env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in cli_env.items() if k not in fast}
 
 
-def make_site(work: Path, env: dict[str, str], scale: float) -> tuple[Site, dict[str, Any]]:
+def make_site(
+    work: Path, env: dict[str, str], scale: float, database: str
+) -> tuple[Site, dict[str, Any]]:
     size = datasets.SiteSize.at(scale)
-    database = f"envr_bench_{uuid.uuid4().hex[:8]}"
     timings: dict[str, float] = {}
     started = time.monotonic()
     rows = datasets.make_database(database, size)
@@ -268,9 +269,10 @@ def bench_size(
     settings: Settings, env: dict[str, str], scale: float, *, lockstep: bool, postgres: bool
 ) -> dict[str, Any]:
     """Build one site, run ROUNDS rounds of every contender on it; rounds and summary back."""
+    database = f"envr_bench_{uuid.uuid4().hex[:8]}"
     with bench_dir() as work:
-        site, data = make_site(work, env, scale)
         try:
+            site, data = make_site(work, env, scale, database)
             keys = {part: p["key"] for part, p in site.parts.items()}
             site.urls = asyncio.run(_presign(settings, keys))
             data["client_split"] = baselines.prepare(site.parts_dir, site.urls, keys)
@@ -298,11 +300,9 @@ def bench_size(
                     settle(scale)
             summary = summarise(rounds)
             return {"site": data, "rounds": rounds, "summary": summary, "targets": targets(summary)}
-        finally:
-            site.clear_aside()
-            datasets.mariadb(None, f"DROP DATABASE IF EXISTS `{site.database}`")
-            if site.pg_database:
-                datasets.pg_drop_like(site.pg_database)
+        finally:  # every database this size made, whatever failed (the trees go with work)
+            datasets.mariadb_drop_like(database)
+            datasets.pg_drop_like(database)
 
 
 def test_restore_against_shell_baselines(settings: Settings, cli_env: dict[str, str]) -> None:

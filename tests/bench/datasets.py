@@ -123,6 +123,13 @@ def make_database(database: str, size: SiteSize) -> dict[str, int]:
     return row_counts(database)
 
 
+def mariadb_drop_like(prefix: str) -> None:
+    """Drop every MariaDB database whose name starts with prefix."""
+    names = mariadb(None, f"SHOW DATABASES LIKE '{prefix}%'").split()
+    if names:
+        mariadb(None, "".join(f"DROP DATABASE IF EXISTS `{name}`;" for name in names))
+
+
 def row_counts(database: str) -> dict[str, int]:
     out = mariadb(
         database,
