@@ -142,6 +142,10 @@ class TreeSampler(threading.Thread):
             "clients_hwm_max_mb": round(peaks.clients_hwm_max / MB, 1),
             "tree_peak_rss_mb": round(peaks.total_sum / MB, 1),
             "processes": sorted({name for name, _ in peaks.hwm.values()}),
+            "hwm_by_process_mb": [
+                [name, round(v / MB, 1)]
+                for name, v in sorted(peaks.hwm.values(), key=lambda item: -item[1])[:8]
+            ],
             "samples": peaks.samples,
         }
 
