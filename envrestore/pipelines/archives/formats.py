@@ -32,6 +32,7 @@ from envrestore.pipelines.archives.tarpolicy import ArchiveRules, TarLimits, Tar
 from envrestore.pipelines.archives.tarstream import check_tar
 from envrestore.pipelines.archives.zipstream import check_zip, extract_zip, zipped_sql
 from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.readahead import STAGE_READAHEAD, read_ahead
 from envrestore.pipelines.sqlsafety.sniff import check_dump_head, expect_dump_codec, sniffed
 from envrestore.pipelines.streams import bzip2_decompress, gzip_decompress, zstd_decompress
 
@@ -48,6 +49,14 @@ _DECOMPRESS: dict[str, Callable[..., AsyncIterator[bytes]]] = {
     "zstd": zstd_decompress,
     "bzip2": bzip2_decompress,
 }
+
+
+def _inflated(codec: str, raw: AsyncIterator[bytes], max_output: int) -> AsyncIterator[bytes]:
+    """Decompressed a few MiB ahead of the reader (the SQL filter, the tar reader):
+    inflating runs in a worker thread while the reader works on the event loop."""
+    return read_ahead(_DECOMPRESS[codec](raw, max_output=max_output), STAGE_READAHEAD)
+
+
 #: describe() phrases for data that may still be what we want (checked further on).
 _MAYBE_PLAIN = ("a tar archive", "what looks like", "plain text", "unknown binary", "no data")
 
@@ -161,11 +170,11 @@ async def open_dump(
         if codec == "plain":
             raw = checked_head(raw, 1, _not_empty)
         elif codec != "zip":
-            raw = _DECOMPRESS[codec](raw, max_output=max_output)
+            raw = _inflated(codec, raw, max_output)
     elif codec == "plain":
         raw = checked_head(raw, 1, _not_empty)
     elif codec != "zip":
-        raw = _DECOMPRESS[codec](expect_dump_codec(raw, codec=codec), max_output=max_output)
+        raw = _inflated(codec, expect_dump_codec(raw, codec=codec), max_output)
     if codec != "zip":
         async for chunk in sniffed(raw, engine=engine):
             yield chunk
@@ -186,7 +195,7 @@ async def _tar_stream(
     elif codec in _DECOMPRESS:
         raw = expect_compressed(raw, codec=codec, label=label)
     if codec in _DECOMPRESS:
-        raw = _DECOMPRESS[codec](raw, max_output=limits.max_stream_bytes)
+        raw = _inflated(codec, raw, limits.max_stream_bytes)
     return codec, raw
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from envrestore.pipelines.errors import IntegrityError
 from envrestore.pipelines.failpoints import failpoint
 from envrestore.pipelines.jobs.context import StepContext
+from envrestore.pipelines.readahead import STAGE_READAHEAD, read_ahead
 from envrestore.pipelines.sources.base import PartRef
 from envrestore.pipelines.streams import StreamMeter, rate_limited
 
@@ -35,13 +36,17 @@ class PartStream:
         self._counted = done
 
     def raw(self) -> AsyncIterator[bytes]:
-        """The compressed bytes as stored, counted against the compressed size."""
+        """The compressed bytes as stored, counted against the compressed size.
+
+        Downloaded and hashed a few MiB ahead of the reader (the inflater), so the
+        network and hashlib work while the next stages do."""
         if self.ctx.progress.total is None:
             self.ctx.progress.set(0, self.ref.size)
         source = self.ctx.store.get_stream(self.ref.key)
-        return self.meter.wrap(
+        metered = self.meter.wrap(
             self._pausable(rate_limited(source, self.ctx.settings.stream_rate_limit))
         )
+        return read_ahead(metered, STAGE_READAHEAD)
 
     async def _pausable(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Tests can pause a step here, after its first chunk, to kill it mid-stream."""
