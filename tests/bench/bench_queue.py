@@ -21,8 +21,9 @@ never idles) and **after idle** (ENVRESTORE_BENCH_QUEUE_IDLE_JOBS, 40, each
 after a pause of 0.3 to 2 s: the worker sits idle between jobs, as it does
 between an operator's commands, and an idle Dramatiq consumer polls Redis less
 and less often). Worker shapes: one process with 4 threads (`envrestore
-worker`'s default) and 2 processes x 2 threads (the systemd unit's). p50 and
-p95 after a warm-up. Nothing here asserts a speed: it prints a table and
+worker`'s default) and 2 processes x 2 threads (the systemd unit's); the
+baseline, in the same run, is the default shape with Dramatiq's own consumer
+settings (an idle poll backing off to 1 s). p50 and p95 after a warm-up. Nothing here asserts a speed: it prints a table and
 writes `.envrestore/bench/queue-<date>.json`.
 """
 
@@ -62,8 +63,15 @@ WARM_UP_JOBS = 10
 POLL_SECONDS = 0.002
 RESULTS_DIR = Path(os.environ.get("ENVRESTORE_BENCH_RESULTS", ".envrestore/bench"))
 FINAL = ("succeeded", "failed", "cancelled")
-#: (processes, threads): `envrestore worker`'s default, and the systemd unit's.
-SHAPES = ((1, 4), (2, 2))
+#: (label, processes, threads, environment): `envrestore worker`'s default and the
+#: systemd unit's, and the baseline: the default worker with Dramatiq's own consumer
+#: settings (idle poll backing off to 1 s, prefetch 2 per thread), as before issue 11.
+SHAPES: tuple[tuple[str, int, int, dict[str, str]], ...] = (
+    ("1x4 (Dramatiq defaults)", 1, 4, {
+        "ENVRESTORE_WORKER_POLL_SECONDS": "1", "dramatiq_queue_prefetch": "8"}),
+    ("1x4", 1, 4, {}),
+    ("2x2", 2, 2, {}),
+)  # fmt: skip
 #: cli_env's test-speed overrides; the benchmark runs the worker at its defaults.
 TEST_OVERRIDES = (
     "ENVRESTORE_HEARTBEAT_SECONDS",
@@ -82,7 +90,7 @@ class Worker:
     """`envrestore worker --processes P --threads T` as an operator starts it."""
 
     def __init__(self, env: dict[str, str], logs: Path, processes: int, threads: int) -> None:
-        self.log = logs / f"worker-{processes}x{threads}.log"
+        self.log = logs / f"worker-{processes}x{threads}-{uuid.uuid4().hex[:6]}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [ENVRESTORE, "worker", "--processes", str(processes), "--threads", str(threads)],
@@ -175,9 +183,8 @@ def test_queue_enqueue_to_done(settings: Settings, cli_env: dict[str, str], tmp_
     assert run_cli(cli_env, "db", "migrate").returncode == 0
     env = {k: v for k, v in cli_env.items() if k not in TEST_OVERRIDES}
     rows: dict[str, dict[str, Any]] = {}
-    for processes, threads in SHAPES:
-        shape = f"{processes}x{threads}"
-        worker = Worker(env, tmp_path, processes, threads)
+    for shape, processes, threads, extra in SHAPES:
+        worker = Worker({**env, **extra}, tmp_path, processes, threads)
         try:
             rows[shape] = asyncio.run(_measure(settings))
         except BaseException:
@@ -191,7 +198,7 @@ def test_queue_enqueue_to_done(settings: Settings, cli_env: dict[str, str], tmp_
         f"{IDLE_JOBS} after {IDLE_PAUSE_SECONDS[0]}-{IDLE_PAUSE_SECONDS[1]} s idle"
     )
     print(
-        f"{'worker':<20}{'arrival':<14}{'measured by':<38}"
+        f"{'worker':<26}{'arrival':<14}{'measured by':<38}"
         f"{'p50 ms':>8}{'p95 ms':>8}{'mean ms':>9}{'max ms':>8}"
     )
     labels = (
@@ -200,13 +207,12 @@ def test_queue_enqueue_to_done(settings: Settings, cli_env: dict[str, str], tmp_
         ("submit", "producer: submit call alone"),
     )
     for shape, result in rows.items():
-        processes, threads = shape.split("x")
-        name = f"{processes} proc x {threads} thr"
+        name = shape
         for pattern, arrival in (("back_to_back", "back to back"), ("after_idle", "after idle")):
             for which, label in labels:
                 row = result[pattern][which]
                 print(
-                    f"{name:<20}{arrival:<14}{label:<38}{row['p50_ms']:>8.1f}"
+                    f"{name:<26}{arrival:<14}{label:<38}{row['p50_ms']:>8.1f}"
                     f"{row['p95_ms']:>8.1f}{row['mean_ms']:>9.1f}{row['max_ms']:>8.1f}"
                 )
                 name = arrival = ""
