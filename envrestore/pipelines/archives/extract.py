@@ -95,7 +95,8 @@ class TreeWriter:
         if self._root_fd < 0:
             self._root_fd = os.open(self._root, _OPEN_DIR)
             self._dir_fds[()] = self._root_fd
-            self._pool = WritePool(self._threads, self._umask)
+            if self._threads > 0:  # 0: every file written by the parser's thread
+                self._pool = WritePool(self._threads, self._umask)
         kind = member.kind
         if kind is MemberKind.FILE:
             return self._open_file(member)
@@ -196,13 +197,11 @@ class TreeWriter:
                 "replaces_directory",
                 "would replace a directory extracted earlier from this archive",
             )
-        pool = self._pool
-        assert pool is not None
-        if path in pool.in_flight:
-            pool.drain()  # a duplicate: the earlier one is written first, then replaced
+        if self._in_flight(path):
+            self._pool_drain()  # a duplicate: the earlier one is written first, then replaced
         dir_fd = self._dir_fd(member, path[:-1])
         self._member = member
-        if member.size > BATCH_BYTES:
+        if member.size > BATCH_BYTES or self._pool is None:
             self._fd = create_file(dir_fd, path[-1], member.name, member.mode)
         else:
             self._job = FileJob(
@@ -215,10 +214,8 @@ class TreeWriter:
         if len(path) == 1:
             self._top_dirs.add(path[0])
         if path:
-            pool = self._pool
-            assert pool is not None
-            if path in pool.in_flight:
-                pool.drain()  # a file of that name is being written: replaced once it is
+            if self._in_flight(path):
+                self._pool_drain()  # a file of that name is being written: replaced once it is
             if path not in self._dir_paths:
                 parent = self._dir_fd(member, path[:-1])
                 name = path[-1]
@@ -285,10 +282,8 @@ class TreeWriter:
         fd = self._dir_fds.get(parts)
         if fd is not None:
             return fd
-        pool = self._pool
-        assert pool is not None
-        if any(parts[:depth] in pool.in_flight for depth in range(1, len(parts) + 1)):
-            pool.drain()  # a file on the way is being written: it must exist to be refused
+        if any(self._in_flight(parts[:depth]) for depth in range(1, len(parts) + 1)):
+            self._pool_drain()  # a file on the way is being written: it must exist to be refused
         if len(self._dir_fds) >= _MAX_DIR_FDS:
             self._close_dir_fds()
         known = len(parts)
@@ -323,6 +318,9 @@ class TreeWriter:
             if parts:
                 os.close(fd)
         self._dir_fds = {(): self._root_fd} if self._root_fd >= 0 else {}
+
+    def _in_flight(self, path: tuple[str, ...]) -> bool:
+        return self._pool is not None and path in self._pool.in_flight
 
     def _pool_drain(self) -> None:
         if self._pool is not None:
