@@ -9,6 +9,7 @@ a CLI command or a route.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,23 +94,32 @@ class Producer:
         *,
         idempotency_keys: Sequence[str | None] | None = None,
     ) -> list[Submitted]:
-        """Queue many jobs at once: every request checked first, then all recorded in
-        one transaction by one statement (their first messages in the outbox, one
-        NOTIFY for the relay). All or nothing: any refusal raises, no job of the
-        batch exists then. Results in the order of `requests`; the idempotency rules
-        are `submit`'s, a key given twice in the batch included."""
+        """Queue many jobs at once: every request checked first (concurrently, on the
+        pool's connections), then all recorded in one transaction by one statement
+        (their first messages in the outbox, one NOTIFY for the relay). All or
+        nothing: any refusal raises (the first in the order of `requests`), and no
+        job of the batch exists then. Results in the order of `requests`; the
+        idempotency rules are `submit`'s, a key given twice in the batch included."""
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(requests)
         if len(keys) != len(requests):
             raise BadInput(f"{len(requests)} requests but {len(keys)} idempotency keys")
-        answers: list[Submitted | None] = []
-        specs: list[JobSpec] = []
-        for request, key in zip(requests, keys, strict=True):
-            earlier = await self._earlier(request, key)
-            answers.append(earlier)
-            if earlier is None:
-                specs.append(self._spec(await self.prepare(request), request, key))
+        checked = await asyncio.gather(
+            *(self._checked(request, key) for request, key in zip(requests, keys, strict=True)),
+            return_exceptions=True,
+        )
+        for outcome in checked:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        specs = [c for c in checked if isinstance(c, JobSpec)]
         recorded = iter(await submit_jobs(self.pool, specs))
-        return [answer or next(recorded) for answer in answers]
+        return [c if isinstance(c, Submitted) else next(recorded) for c in checked]
+
+    async def _checked(self, request: Request, key: str | None) -> Submitted | JobSpec:
+        """The job an earlier identical delete made, or the job to record."""
+        earlier = await self._earlier(request, key)
+        if earlier is not None:
+            return earlier
+        return self._spec(await self.prepare(request), request, key)
 
     async def _earlier(self, request: Request, key: str | None) -> Submitted | None:
         """A delete already asked for under `key`: its checks would refuse a backup
