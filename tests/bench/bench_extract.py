@@ -4,8 +4,8 @@
 
 Builds an uploads tree like the restore benchmark's (`datasets.make_uploads`:
 log-uniform 4-512 KB files, mostly incompressible; ENVRESTORE_BENCH_EXTRACT_GB,
-default 0.25), archives it as a backup does (`files.tar_argv`, then `gzip`), then times, in rotating order over ENVRESTORE_BENCH_EXTRACT_ROUNDS
-rounds (default 3):
+default 0.25), archives it as a backup does (`files.tar_argv`, then `gzip`),
+then times, in rotating order over ENVRESTORE_BENCH_EXTRACT_ROUNDS rounds (3):
 
 - `tar -xzf` of the `.tar.gz` and `tar -xf` of the plain `.tar` (inflate cost apart);
 - envrestore's `formats.extract_archive` (the restore's entry point) on the
@@ -14,7 +14,7 @@ rounds (default 3):
 Every run extracts into a fresh directory on the same filesystem. Nothing is
 deleted between timed runs (journal-less ext4 creates files 3x slower for
 minutes after a big delete, PERFORMANCE.md): the trees are kept until the end.
-Before each run: `sync` and a settle pause (ENVRESTORE_BENCH_SETTLE_SECONDS, 3).
+Before each run: `sync` and a settle pause (ENVRESTORE_BENCH_EXTRACT_SETTLE_SECONDS, 3).
 Prints medians, files/s, MB/s and the ratio of each envrestore run to its `tar`
 baseline (speed ratio: above 1.0 is faster than tar).
 """
@@ -39,7 +39,7 @@ from tests.bench import datasets
 
 GB = float(os.environ.get("ENVRESTORE_BENCH_EXTRACT_GB", "0.25"))
 ROUNDS = int(os.environ.get("ENVRESTORE_BENCH_EXTRACT_ROUNDS", "3"))
-SETTLE_SECONDS = float(os.environ.get("ENVRESTORE_BENCH_SETTLE_SECONDS", "3"))
+SETTLE_SECONDS = float(os.environ.get("ENVRESTORE_BENCH_EXTRACT_SETTLE_SECONDS", "3"))
 TOP = "files_dev"
 CHUNK = 1 << 20
 
