@@ -199,9 +199,22 @@ async def test_a_dump_restored_over_n_sessions_equals_its_source(
     assert await _fetch(live, "SELECT nextval('shop.invoice_numbers')") == [(1017,)]
 
 
-async def _sessions_of(admin: Dsn, role: str) -> int:
-    rows = await _fetch(admin, f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'")
+async def _sessions_of(admin: Dsn, role: str, *, state: str = "%") -> int:
+    rows = await _fetch(
+        admin,
+        f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}' AND state LIKE '{state}'",
+    )
     return int(rows[0][0])  # type: ignore[call-overload]
+
+
+async def _no_client_left(admin: Dsn, role: str) -> bool:
+    """No psql of the import is still connected: a backend left idle waits for a client.
+    (A killed client's backend ends at its next read, within moments.)"""
+    for _ in range(40):
+        if await _sessions_of(admin, role, state="idle%") == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 @pytest.mark.parametrize("connections", [2, 3])
@@ -229,10 +242,12 @@ async def test_a_refused_statement_stops_every_session(
     with pytest.raises(UnsafeInput, match="DO"):
         await SHADOW.import_into(login.dsn, _filtered(bad, 1 << 12), connections=connections)
 
-    assert await _sessions_of(admin, login.user) == 0
+    assert await _no_client_left(admin, login.user)
+
     shadow_dsn = live.with_database(names.shadow)
     assert await _fetch(shadow_dsn, "SELECT to_regclass('public.escaped') IS NULL") == [(True,)]
     await SHADOW.drop_import_login(live, tag)
+    assert await _sessions_of(admin, login.user) == 0
     assert await POSTGRES.list_tables(live) == {}  # live untouched
 
 
@@ -254,10 +269,13 @@ async def test_a_failing_statement_in_one_session_stops_the_others(
         await SHADOW.import_into(login.dsn, _filtered(bad), connections=2)
 
     assert names.shadow in str(caught.value.data.get("database"))
-    assert await _sessions_of(admin, login.user) == 0
+    assert await _no_client_left(admin, login.user)
     # The serial stage (triggers, foreign keys) never started.
     shadow_dsn = live.with_database(names.shadow)
     assert await _fetch(shadow_dsn, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == [
         (0,)
     ]
+    # A killed psql's backend may finish its index build before it notices; the
+    # restore's cleanup (dropping the login) ends it, as after a one-session failure.
     await SHADOW.drop_import_login(live, tag)
+    assert await _sessions_of(admin, login.user) == 0
