@@ -242,14 +242,16 @@ class PostgresShadow:
                 raise  # the dump's own verdict (refused, truncated, damaged): already clear
             detail = str(exc.data.get("stderr", exc.message))
             reason, line = psql_reason(detail)
+            where = f", {exc.data['session']}" if "session" in exc.data else ""
             raise type(exc)(
-                f"{reason} (while importing into the shadow database)",
+                f"{reason} (while importing into the shadow database{where})",
                 dsn=dsn.masked(),
                 host=dsn.socket or dsn.host,
                 port=dsn.port,
                 database=dsn.database,
                 user=dsn.user,
                 line=line,
+                session=exc.data.get("session"),
                 stderr=quote_server_text(detail, 2000),
             ) from exc
         seconds = time.monotonic() - started

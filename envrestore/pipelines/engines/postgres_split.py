@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from envrestore.pipelines.engines.psql_lexer import copy_end, looks_like_pg_dump, scan_line
-from envrestore.pipelines.errors import BadInput
+from envrestore.pipelines.errors import BadInput, EnvrestoreError
 
 log = structlog.get_logger(__name__)
 
@@ -176,12 +176,20 @@ class Splitter:
             yield item
 
     @staticmethod
-    async def _run_one(work: Awaitable[object]) -> object:
-        return await work
+    async def _run_one(work: Awaitable[object], where: str) -> object:
+        try:
+            return await work
+        except EnvrestoreError as exc:
+            # psql's line numbers count this session's input, not the dump's lines.
+            exc.data.setdefault("session", where)
+            raise
 
     def _start(self, index: int, replay: dict[bytes, bytes] | None = None) -> _Session:
         session = _Session()
-        session.task = self.group.create_task(self._run_one(self.launch(self._stream(session))))
+        where = f"{self.stage} session {index + 1} of {self.width}"
+        session.task = self.group.create_task(
+            self._run_one(self.launch(self._stream(session)), where)
+        )
         self.sessions[index] = session
         self.stages[-1] = (self.stage, len(self.sessions))
         session.out.extend(b"".join((self.settings if replay is None else replay).values()))
