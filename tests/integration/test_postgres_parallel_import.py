@@ -265,7 +265,7 @@ async def test_a_failing_statement_in_one_session_stops_the_others(
     login = await SHADOW.create_import_login(live, names.shadow, tag)
     assert login.user is not None
 
-    with pytest.raises(PermanentError, match="no_such_column.*post session [12] of 2") as caught:
+    with pytest.raises(PermanentError, match=r"no_such_column.*post session [12] of 2") as caught:
         await SHADOW.import_into(login.dsn, _filtered(bad), connections=2)
 
     assert names.shadow in str(caught.value.data.get("database"))

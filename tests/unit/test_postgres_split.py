@@ -16,7 +16,6 @@ import pytest
 
 from envrestore.pipelines.engines import postgres_split
 from envrestore.pipelines.engines.postgres_split import (
-    Splitter,
     import_stream,
     resolve_connections,
 )
@@ -225,15 +224,22 @@ def test_auto_is_two_and_numbers_are_checked():
             resolve_connections(wrong)
 
 
-def test_a_meta_command_inside_a_statement_is_refused():
-    async def run() -> None:
-        async with asyncio.TaskGroup() as group:
-            splitter = Splitter(2, Recorder().launch, group)
-            await splitter.run(_chunks(b"CREATE TABLE t (a int)\n\\! sh\n;\n", 64))
-
-    with pytest.raises(BaseExceptionGroup) as caught:
-        asyncio.run(run())
-    assert isinstance(caught.value.exceptions[0], BadInput)
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b"CREATE TABLE t (a int)\n\\! sh\n;\n",  # a meta-command where the filter saw none
+        b"COPY (SELECT 1 FROM stdin) TO STDOUT;\n1\n",  # a COPY naming STDIN of another shape
+        b"COPY public . child FROM stdin;\n1\t1\tx\n\\.\n",
+        b"\\set x 1\n",
+    ],
+)
+async def test_what_it_does_not_understand_goes_unread_to_one_session(odd):
+    """From there on the dump reaches one psql byte for byte, as without the split."""
+    at = SAMPLE.index(b"-- Name: child child_pkey")
+    dump = SAMPLE[:at] + odd + SAMPLE[at:]
+    recorder, stages = await _split(dump, 2, size=100)
+    assert stages == [("pre", 1), ("data", 2), ("serial", 1)]
+    assert bytes(recorder.inputs[-1]).endswith(odd + SAMPLE[at:])
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,9 @@ _SET_CONFIG = re.compile(
     rb"(?i)\s*SELECT\s+pg_catalog\.set_config\('([a-z_.]+)',\s*'[^']*',\s*false\);\s*"
 )
 _SETVAL = re.compile(rb"(?i)\s*SELECT\s+pg_catalog\.setval\s*\(")
-_COPY_IN = re.compile(rb"(?is)\s*COPY\s.*\sFROM\s+STDIN\b")
+_COPY_IN = re.compile(rb"(?is)\s*COPY\s+[^\s(;]+(?:\s*\([^)]*\))?\s+FROM\s+STDIN\b")
+#: Any COPY naming STDIN: one not of the exact shape above is passed through unread.
+_COPY_ANY = re.compile(rb"(?is)\s*COPY\b.*\bSTDIN\b")
 _COPY_PLAIN = re.compile(rb"(?i)\s*COPY\s+\S+(?:\s+\([^;]*\))?\s+FROM\s+STDIN\s*;\s*")
 _COPY_NAME = re.compile(rb"(?i)\s*COPY\s+(" + _NAME + rb")")
 _PARALLEL = re.compile(
@@ -160,9 +162,10 @@ class Splitter:
         self.unit_bytes = 0
         self.quote: bytes | None = None
         self.depth = 0
-        self.streaming = False
-        #: From here on one session takes everything (see `_pin`).
+        #: From here on one session takes everything (see `_pin`), and, when
+        #: passing through, the bytes as they come, unread.
         self.pinned = False
+        self.passing = False
         self.copy: _Copy | None = None
         #: Each stage run and how many sessions it started (logs, tests).
         self.stages: list[tuple[str, int]] = [("pre", 0)]
@@ -321,11 +324,6 @@ class Splitter:
 
     def _lex(self, line: bytes) -> bytes:
         code, self.quote, self.depth = scan_line(line.rstrip(b"\r\n"), self.quote, self.depth)
-        if b"\\" in code:
-            raise BadInput(
-                "a psql meta-command inside a statement reached the parallel import "
-                "(the statement filter refuses those)"
-            )
         return code
 
     def _complete(self) -> bool:
@@ -336,15 +334,6 @@ class Splitter:
         return b";" in last and not last.rsplit(b";", 1)[1].strip()
 
     async def _line(self, line: bytes) -> None:
-        if self.streaming:
-            await self._emit(0, line)
-            code = self._lex(line)
-            if code.strip():
-                self.code = [code]
-            if self._complete():
-                self.streaming = False
-                self._reset()
-            return
         if not self.code:
             stripped = line.strip()
             if not stripped or stripped.startswith(b"--"):
@@ -355,31 +344,39 @@ class Splitter:
                     self._reset()
                 return
             if stripped[:1] == b"\\":
-                await self._meta(stripped)
+                await self._meta(line, stripped)
                 return
         self.lines.append(line)
         self.unit_bytes += len(line)
-        self.code.append(self._lex(line))
-        if self._complete():
+        code = self._lex(line)
+        self.code.append(code)
+        if b"\\" in code or self.unit_bytes > STATEMENT_BYTES:
+            # A meta-command where the filter saw none, or too long to hold.
+            await self._pass_through(b"")
+        elif self._complete():
             await self._unit()
-        elif self.unit_bytes > STATEMENT_BYTES:
-            # Too long to hold: it goes, unread, to one session in dump order.
-            await self._pin()
-            await self._emit(0, b"".join(self.lines))
-            self.lines = []
-            self.streaming = True
 
-    async def _meta(self, stripped: bytes) -> None:
-        """pg_dump's `\\restrict KEY` (replayed on every session) and `\\unrestrict KEY`."""
-        statement = stripped + b"\n"
+    async def _pass_through(self, extra: bytes) -> None:
+        """The rest of the dump, from the statement being read, goes unread to one session:
+        what one psql would have been given (the fallback for anything not understood)."""
+        await self._pin()
+        self.passing = True
+        pending = b"".join(self.lines) + extra
         self._reset()
+        if pending:
+            await self._emit(0, pending)
+
+    async def _meta(self, line: bytes, stripped: bytes) -> None:
+        """pg_dump's `\\restrict KEY` (replayed on every session) and `\\unrestrict KEY`."""
         if _RESTRICT.match(stripped):
-            self._remember(b"\\restrict", statement)
+            self._remember(b"\\restrict", stripped + b"\n")
         elif _UNRESTRICT.match(stripped):
             self.settings.pop(b"\\restrict", None)
         else:
-            raise BadInput("a psql meta-command reached the parallel import")
-        await self._broadcast(statement)
+            await self._pass_through(line)
+            return
+        self._reset()
+        await self._broadcast(stripped + b"\n")
 
     async def _unit(self) -> None:
         """Route one complete statement (with the comment lines before it)."""
@@ -400,6 +397,9 @@ class Splitter:
             return
         if single and _COPY_IN.match(code):
             await self._copy_start(raw, body, code)
+            return
+        if _COPY_ANY.match(code):
+            await self._pass_through(raw)  # a COPY … STDIN of another shape: psql reads it
             return
         if self.stage == "data":
             if single and _SETVAL.match(code):
@@ -484,13 +484,16 @@ class Splitter:
         """Read the whole stream, stage by stage; return when every session has exited."""
         parts: list[bytes] = []
         async for chunk in chunks:
+            if self.passing:
+                await self._emit(0, chunk)
+                continue
             if b"\n" not in chunk:
                 parts.append(chunk)
                 continue
             data = b"".join([*parts, chunk]) if parts else chunk
             parts = []
             start = 0
-            while True:
+            while not self.passing:
                 if self.copy is not None:
                     start = await self._rows(data, start)
                     if self.copy is not None:
@@ -501,15 +504,19 @@ class Splitter:
                 await self._line(data[start : end + 1])
                 start = end + 1
             if start < len(data):
-                parts.append(data[start:])
+                if self.passing:
+                    await self._emit(0, data[start:])
+                else:
+                    parts.append(data[start:])
         rest = b"".join(parts)
         if self.copy is not None:
             await self._rows(rest, 0, eof=True)
         elif rest:
             await self._line(rest)
-        if self.code and not self.streaming:
+        if self.lines and not self.passing:
             # psql runs an unterminated last statement at EOF; so does the serial session.
-            await self._to_serial()
+            if self.code:
+                await self._to_serial()
             await self._emit(0, b"".join(self.lines))
         self._reset()
         if self.deferred:
