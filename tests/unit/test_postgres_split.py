@@ -247,6 +247,9 @@ async def test_what_it_does_not_understand_goes_unread_to_one_session(odd):
     [
         (b"SELECT 'a;b' ;", b"SELECT 's' ;", None),
         (b"SELECT E'it\\'s;' , 'x''y';", b"SELECT 's' , 's''s';", None),
+        # psql: '' is a quote inside E'…' too, so the COPY is code, not a literal.
+        (b"DEFAULT E'a''\\' ' ); COPY x; -- ' );", b"DEFAULT 's' ); COPY x; ", None),
+        (b"SELECT E'ab''", b"SELECT 's'", b"E"),
         (b'CREATE TABLE "a;b" (x int);', b'CREATE TABLE "q" (x int);', None),
         (b"AS $body$ begin;", b"AS 's'", b"$body$"),
         (b"SELECT a$b$c; -- x;", b"SELECT a$b$c; ", None),

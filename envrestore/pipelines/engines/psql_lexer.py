@@ -19,7 +19,8 @@ _NAME_BYTES = frozenset(
 )
 _CLOSE = {
     b"'": re.compile(rb"[^']*'"),
-    b"E": re.compile(rb"[^'\\]*(?:\\.[^'\\]*)*'", re.S),
+    # In E'…' both \' and '' are a quote: `E'a''\' '` is one literal for psql.
+    b"E": re.compile(rb"[^'\\]*(?:(?:\\.|'')[^'\\]*)*'(?!')", re.S),
     b'"': re.compile(rb'[^"]*"'),
 }
 _COMMENT_MARK = re.compile(rb"/\*|\*/")
