@@ -181,7 +181,7 @@ async def test_a_dump_restored_over_n_sessions_equals_its_source(
     names, report = await _import_as_login(live, tag, _filtered(dump), connections)
     await shadow.switch(live, names)
 
-    assert report.bytes > len(dump) // 2
+    assert report.bytes > len(dump) // 2 and report.connections == connections
     assert splitters[0].stages == [
         ("pre", 1),
         ("data", connections),

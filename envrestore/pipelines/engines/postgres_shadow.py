@@ -264,7 +264,8 @@ class PostgresShadow:
             connections=sessions,
             stages=[f"{stage}:{count}" for stage, count in stages],
         )
-        return ImportReport(dsn.database, fed.bytes, seconds, options)
+        used = max(count for _, count in stages)
+        return ImportReport(dsn.database, fed.bytes, seconds, options, connections=used)
 
     # ------------------------------------------------------------ import login
 
