@@ -147,15 +147,43 @@ async def test_a_statement_after_a_long_insert_is_still_checked(both_paths: str,
 
 @pytest.mark.parametrize("size", SIZES)
 async def test_a_literal_across_lines_hides_nothing_after_it_closes(both_paths: str, size: int):
-    # The literal holds a line break and a backslash right before it: the client
-    # reads on inside the literal, so the next line's GRANT is data, but the one
-    # after the literal closes is a statement.
-    data = b"INSERT INTO `t` VALUES " + LONG_ROWS + b",(1,'a\\\\\\\nGRANT ALL ON *.* TO y;');\n"
+    # The literal holds a line break after an escaped backslash: the client reads on
+    # inside the literal, so the next line's GRANT is data, but the one after the
+    # literal closes is a statement.
+    data = b"INSERT INTO `t` VALUES " + LONG_ROWS + b",(1,'a\\\\\nGRANT ALL ON *.* TO y;');\n"
     assert await _run(data, "mariadb", size) == data
     attack = data.replace(b"');\n", b"'); GRANT ALL ON *.* TO z;\n")
     with pytest.raises(UnsafeInput) as info:
         await _run(attack, "mariadb", size)
     assert info.value.data["problem"] == "grant"
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("quote", [b"'", b'"'])
+async def test_a_backslash_escaping_a_line_end_in_a_literal_is_refused(
+    both_paths: str, size: int, eol: bytes, quote: bytes
+):
+    # mariadb --binary-mode joins the lines: the backslash then escapes the next
+    # line's quote, and the DELETE after it runs (found by the parallel-import work).
+    data = (
+        b"INSERT INTO `t` VALUES "
+        + LONG_ROWS
+        + b",(1,"
+        + quote
+        + b"ab\\\\\\"
+        + eol
+        + quote
+        + b" , "
+        + quote
+        + b" ); DELETE FROM `live`.`wp_options`; -- "
+        + quote
+        + b" );\n"
+    )
+    with pytest.raises(UnsafeInput) as info:
+        await _run(data, "mariadb", size)
+    assert info.value.data["problem"] == "backslash_line_end"
+    assert info.value.data["line"] == 1
 
 
 @pytest.mark.parametrize("size", SIZES)

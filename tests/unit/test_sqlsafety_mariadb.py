@@ -144,6 +144,17 @@ async def test_chunk_boundaries_do_not_change_the_output(size):
             "`a",
         ),
         (b"DELIMITER '\n", "delimiter", "DELIMITER"),
+        # Read by mariadb --binary-mode 10.11 as delimiter changes (issue 11's split work).
+        (b"CREATE TABLE `dl` (i INT); delimiter //;\n", "client_delimiter", "delimiter //"),
+        (b"delimiterX //\n", "client_delimiter", "delimiterX"),
+        (b"SELECT 2\ndelimiter //\n", "client_delimiter", "delimiter"),
+        (b"/*!50003 SELECT 1; DELIMITER // */;\n", "client_delimiter", "DELIMITER"),
+        (
+            b"INSERT INTO `bs` VALUES ('ab\\\n' , ' ); DELETE FROM `d`.`wp_options`; -- ' );\n",
+            "backslash_line_end",
+            "ab",
+        ),
+        (b'SELECT "x\\\r\n" , " ); DROP TABLE t; -- ";\n', "backslash_line_end", "x"),
     ],
 )
 async def test_refusals_name_the_line_and_the_problem(sql, problem, shown):

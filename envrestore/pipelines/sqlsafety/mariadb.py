@@ -326,6 +326,16 @@ class MariaDbFilter(LineFilter):
                         )
                     out[-1] = b"`" + SANE_IDENT.sub(b"_", content[:-1]) + b"`"
                 if closing is None:
+                    if (len(content) - len(content.rstrip(b"\\"))) & 1:
+                        # The client joins such a line to the next and the backslash
+                        # escapes that line's first byte: a quote there would not close.
+                        raise refusal(
+                            self.line_no,
+                            "a backslash escaping the end of a line inside a string literal "
+                            "(the client joins the lines and reads the quotes differently)",
+                            body,
+                            "backslash_line_end",
+                        )
                     break
                 pos = closing.end()
                 quote = None

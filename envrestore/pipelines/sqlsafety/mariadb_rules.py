@@ -112,6 +112,13 @@ DANGERS: dict[str, tuple[bytes, str]] = {
     "plugin": (rb"\b(?:UN)?INSTALL\s+(?:PLUGIN|SONAME)\b|\bSONAME\b", "loading a plugin or UDF"),
     "shutdown": (rb"\bSHUTDOWN\b", "SHUTDOWN"),
     "kill": (rb"\bKILL\b", "KILL"),
+    # The client changes its delimiter at `delimiter ` anywhere outside literals and
+    # comments, and at a line starting `delimiterX`: only a line of its own (read by
+    # the filter, with the statement empty) may do that.
+    "client_delimiter": (
+        rb"(?<![\w$@.])DELIMITER",
+        "a DELIMITER command inside a statement (the client would change its delimiter there)",
+    ),
     "database": (
         rb"\b(?:CREATE|DROP|ALTER)\s+(?:DATABASE|SCHEMA)\b",
         "a statement on another database",
