@@ -5,7 +5,7 @@ Run: .venv/bin/python -m tests.bench.bench_db_import [--posts 60000] [--repeat 2
 MariaDB and PostgreSQL servers with SQL on the server, dumps it to a temporary
 file, imports it into a shadow (PostgreSQL: pglz and lz4 TOAST compression,
 one and two sessions, beside `psql -f` and `pg_restore -j2` of a -Fd dump of
-the same data; MariaDB: one and two connections; alternating, in the same run),
+the same data; MariaDB: 1, 2, 3 and "auto" connections; alternating, in the same run),
 then times the switch windows:
 switch, rollback, and a third swap, each over the full database.
 Everything it creates is dropped at the end. Remember PERFORMANCE.md: on this
@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Literal
 
 from envrestore.pipelines.dsn import Dsn, parse_dsn
 from envrestore.pipelines.engines import shadow
@@ -149,9 +150,10 @@ async def bench_mariadb(posts: int, words: int, repeat: int, tmp: Path) -> None:
         dump_path = tmp / "mariadb.sql"
         dump_size = await dump_to(engine.dump(live), dump_path)
         names = shadow_names(live.database, "bench")
-        times: dict[int, list[float]] = {1: [], 2: []}
+        variants: tuple[int | Literal["auto"], ...] = (1, 2, 3, "auto")
+        times: dict[int | str, list[float]] = {variant: [] for variant in variants}
         for _ in range(repeat):
-            for connections in (1, 2):
+            for connections in variants:
                 await shadow.prepare_shadow(live, names)
                 report = await shadow_engine.import_into(
                     live.with_database(names.shadow),
@@ -160,12 +162,17 @@ async def bench_mariadb(posts: int, words: int, repeat: int, tmp: Path) -> None:
                 )
                 times[connections].append(report.seconds)
                 print(
-                    f"mariadb: import {dump_size / 1e6:.0f} MB dump, connections={connections}: "
-                    f"{report.seconds:.1f}s ({mib_per_s(dump_size, report.seconds):.1f} MiB/s)"
+                    f"mariadb: import {dump_size / 1e6:.0f} MB dump, connections={connections} "
+                    f"({report.connections} sessions): {report.seconds:.1f}s "
+                    f"({mib_per_s(dump_size, report.seconds):.1f} MiB/s)"
                 )
-        one, two = statistics.median(times[1]), statistics.median(times[2])
+        one = statistics.median(times[1])
         print(
-            f"mariadb: median import 1 conn {one:.1f}s, 2 conns {two:.1f}s, ratio {one / two:.2f}x"
+            "mariadb: median import "
+            + ", ".join(
+                f"{variant} conn {statistics.median(t):.1f}s ({one / statistics.median(t):.2f}x)"
+                for variant, t in times.items()
+            )
         )
         client_start = []
         for _ in range(5):
