@@ -127,3 +127,15 @@ async def test_a_submit_wakes_the_outbox_relay(shop: Runtime) -> None:
         payload = await asyncio.wait_for(heard.get(), 5)
         await conn.remove_listener("envrestore_outbox", hear)
     assert payload == str(submitted.job_id)
+
+
+async def test_batches_racing_on_the_same_keys_agree_on_their_jobs(shop: Runtime) -> None:
+    """Two producers, the same keys in opposite orders: one job per key, both told it."""
+    make = producer(shop, preflight=False)
+    keys = [f"k{i}" for i in range(20)]
+    forward, backward = await asyncio.gather(
+        make.submit_many([BackupRequest("shop.dev")] * 20, idempotency_keys=keys),
+        make.submit_many([BackupRequest("shop.dev")] * 20, idempotency_keys=keys[::-1]),
+    )
+    assert [s.job_id for s in forward] == [s.job_id for s in backward][::-1]
+    assert await count(shop.pool, "jobs") == 20

@@ -695,6 +695,7 @@ fresh AS MATERIALIZED (
 claimed AS (
     INSERT INTO idempotency_keys (scope, key, fingerprint, job_id)
     SELECT scope, key, fingerprint, id FROM fresh WHERE key IS NOT NULL
+    ORDER BY scope, key  -- one order for every batch: two never deadlock on their keys
     ON CONFLICT (scope, key) DO NOTHING
     RETURNING job_id
 ),
