@@ -7,6 +7,9 @@ log-uniform 4-512 KB files, mostly incompressible; ENVRESTORE_BENCH_EXTRACT_GB,
 default 0.25), archives it as a backup does (`files.tar_argv`, then `gzip`),
 then times, in rotating order over ENVRESTORE_BENCH_EXTRACT_ROUNDS rounds (3):
 
+The same for ENVRESTORE_BENCH_EXTRACT_SMALL_FILES (20,000; 0: none) files of
+1-8 KB, where the cost per member shows rather than the bytes.
+
 - `tar -xzf` of the `.tar.gz` and `tar -xf` of the plain `.tar` (inflate cost apart);
 - envrestore's `formats.extract_archive` (the restore's entry point) on the
   `.tar.gz` stream and on the plain `.tar` stream.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -30,6 +34,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from envrestore.pipelines.archives.files import tar_argv
@@ -40,6 +45,8 @@ from tests.bench import datasets
 GB = float(os.environ.get("ENVRESTORE_BENCH_EXTRACT_GB", "0.25"))
 ROUNDS = int(os.environ.get("ENVRESTORE_BENCH_EXTRACT_ROUNDS", "3"))
 SETTLE_SECONDS = float(os.environ.get("ENVRESTORE_BENCH_EXTRACT_SETTLE_SECONDS", "3"))
+#: A second archive of this many 1-8 KB files, where the cost per member shows (0: none).
+SMALL_FILES = int(os.environ.get("ENVRESTORE_BENCH_EXTRACT_SMALL_FILES", "20000"))
 TOP = "files_dev"
 CHUNK = 1 << 20
 
@@ -49,18 +56,41 @@ def settle() -> None:
     time.sleep(SETTLE_SECONDS)
 
 
-def build(work: Path) -> tuple[Path, Path, int, int]:
-    """The uploads tree archived as `files.tar` and `files.tar.gz`; (tar, tgz, files, bytes)."""
-    tree = work / "uploads"
-    files, size = datasets.make_uploads(tree, datasets.SiteSize(GB, 0, int(GB * (1 << 30))))
-    plain = work / "files.tar"
+def make_small(root: Path, count: int, *, seed: int = 3) -> tuple[int, int]:
+    """`count` files of 1-8 KB (random bytes), 200 a folder; (files, bytes)."""
+    rng = random.Random(seed)
+    written = 0
+    for index in range(count):
+        folder = root / f"d{index // 200:04d}"
+        if index % 200 == 0:
+            folder.mkdir(parents=True)
+        length = rng.randint(1 << 10, 8 << 10)
+        (folder / f"f{index:06d}.txt").write_bytes(os.urandom(length))
+        written += length
+    return count, written
+
+
+def build(work: Path, name: str, fill: Callable[[Path], tuple[int, int]]) -> Dataset:
+    """A tree made by `fill`, archived as a backup does, as `.tar` and `.tar.gz`."""
+    tree = work / name
+    files, size = fill(tree)
+    plain = work / f"{name}.tar"
     with plain.open("wb") as out:
         subprocess.run(tar_argv(tree, TOP), stdout=out, check=True)
-    packed = work / "files.tar.gz"
+    packed = work / f"{name}.tar.gz"
     with packed.open("wb") as out:
         subprocess.run(["gzip", "-c", str(plain)], stdout=out, check=True)
     shutil.rmtree(tree)
-    return plain, packed, files, size
+    return Dataset(name, plain, packed, files, size)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    plain: Path
+    packed: Path
+    files: int
+    size: int
 
 
 async def _read(path: Path) -> AsyncIterator[bytes]:
@@ -97,14 +127,28 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run(work: Path) -> dict[str, float]:
-    """Median seconds per contender."""
-    plain, packed, files, size = build(work)
+def run(work: Path) -> dict[str, dict[str, float]]:
+    """Median seconds per contender, per archive (uploads, and small files)."""
+    uploads = build(
+        work,
+        "uploads",
+        lambda tree: datasets.make_uploads(tree, datasets.SiteSize(GB, 0, int(GB * (1 << 30)))),
+    )
+    sets = [uploads]
+    if SMALL_FILES:
+        sets.append(build(work, "small", lambda tree: make_small(tree, SMALL_FILES)))
+    time.sleep(SETTLE_SECONDS * 3)  # the source trees were just deleted
+    return {data.name: run_set(work, data) for data in sets}
+
+
+def run_set(work: Path, data: Dataset) -> dict[str, float]:
+    plain, packed, files, size = data.plain, data.packed, data.files, data.size
     print(
-        f"\narchive: {files} files, {size / 1e6:.0f} MB ({packed.stat().st_size / 1e6:.0f} MB gz)"
+        f"\n{data.name}: {files} files, {size / 1e6:.0f} MB "
+        f"({packed.stat().st_size / 1e6:.0f} MB gz)"
     )
     spool = work / "spool"
-    spool.mkdir()
+    spool.mkdir(exist_ok=True)
     contenders: dict[str, Callable[[Path], None]] = {
         "tar -xzf (.tar.gz)": lambda dest: tar_extract(packed, dest),
         "envrestore (.tar.gz)": lambda dest: envrestore_extract(packed, dest, spool),
@@ -114,7 +158,7 @@ def run(work: Path) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
-    trees = work / "trees"
+    trees = work / f"trees-{data.name}"
     trees.mkdir()
     count = 0
     for round_ in range(ROUNDS):
@@ -162,7 +206,7 @@ def test_extract_against_tar() -> None:
         medians = run(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    assert all(value > 0 for value in medians.values())
+    assert all(value > 0 for table in medians.values() for value in table.values())
 
 
 def _bench_parent() -> str | None:
