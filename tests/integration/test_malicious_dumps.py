@@ -348,11 +348,6 @@ CLIENT_READS_DIFFERENTLY = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="statement filter (sqlsafety/mariadb.py) reads these unlike the mariadb client; "
-    "found by the parallel-import work of issue 11, to be fixed in the filter",
-)
 @pytest.mark.parametrize("case", sorted(CLIENT_READS_DIFFERENTLY))
 async def test_what_the_client_reads_differently_cannot_reach_live(
     runtime, site, mariadb_server, case
