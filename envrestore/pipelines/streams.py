@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import importlib
 import os
@@ -55,7 +54,6 @@ _STDOUT_KEEP = 1 << 20
 #: reading stdin: buffered bytes, beside the pipe. The client pauses while the
 #: server runs each statement; this lets the Python side keep working meanwhile.
 DEFAULT_READAHEAD = 16 << 20
-_PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
 # ---------------------------------------------------------------- compression
 
 
@@ -353,23 +351,6 @@ async def run_producer(
             await _reap(proc, stderr_task)
 
 
-def _widen_pipe(proc: asyncio.subprocess.Process, size: int) -> None:
-    """Grow the kernel pipe to the client's stdin (64 KiB by default) toward `size`,
-    up to the system's pipe-max-size, so the client finds input waiting while the
-    event loop is busy elsewhere. Best effort: a smaller pipe still works."""
-    assert proc.stdin is not None
-    pipe = proc.stdin.transport.get_extra_info("pipe")
-    setter = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
-    if pipe is None or setter is None or pipe.closed:  # closed: the command already exited
-        return
-    try:
-        limit = int(_PIPE_MAX_SIZE.read_text().strip())
-    except (OSError, ValueError):
-        limit = 1 << 20
-    with contextlib.suppress(OSError, ValueError):
-        fcntl.fcntl(pipe.fileno(), setter, max(65536, min(size, limit)))
-
-
 async def run_consumer(
     argv: Sequence[str],
     chunks: AsyncIterator[bytes],
@@ -381,8 +362,8 @@ async def run_consumer(
 ) -> str:
     """Feed a stream to a command's stdin, check its exit code, return its stdout.
 
-    Up to `readahead` bytes are buffered toward the command (the pipe, grown,
-    then the transport's buffer): the input stream keeps producing while the
+    Up to `readahead` bytes are buffered toward the command (the transport's
+    buffer, beside the 64 KiB pipe): the input stream keeps producing while the
     command is busy, instead of running in lockstep with its reads. Memory stays
     bounded by `readahead` plus one chunk.
 
@@ -396,7 +377,9 @@ async def run_consumer(
     assert proc.stdout is not None
     assert proc.stderr is not None
     if readahead > 0:
-        _widen_pipe(proc, readahead)
+        # In our buffer, not a wider kernel pipe: bytes still queued here when the
+        # command exits fail the write (EPIPE), so a client that stops reading
+        # early is caught; bytes in a pipe it never read would vanish unnoticed.
         proc.stdin.transport.set_write_buffer_limits(high=readahead)
     stderr_task = asyncio.create_task(_keep_tail(proc.stderr, _STDERR_KEEP))
     stdout_task = asyncio.create_task(_keep_tail(proc.stdout, _STDOUT_KEEP))
