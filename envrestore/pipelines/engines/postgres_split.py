@@ -24,9 +24,12 @@ It reads statement boundaries with psql's lexing rules (quotes, E'…', "…",
 $tag$…$tag$, nested comments, COPY data up to `\\.`) and cuts only at a
 statement's end; the stream is already filtered, so every session runs only
 checked statements. A stage that ended inside a literal would fail its own
-psql (an unterminated quote at EOF) before the next stage starts. Anything it
-does not recognise stays in dump order on one session. Memory: bounded queues,
-at most one statement (STATEMENT_BYTES) and DEFER_BYTES held.
+psql (an unterminated quote at EOF) before the next stage starts. What a new
+session could not inherit (a transaction, a temporary table) keeps the rest on
+one session; what it does not understand (a COPY of another shape, a stray
+meta-command, an over-long statement) sends the rest, unread, to one session:
+byte for byte what one psql gets. Memory: bounded queues, at most one
+statement (STATEMENT_BYTES) and DEFER_BYTES held, never a table.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ AUTO_CONNECTIONS = 2
 PIECE_BYTES = 4 << 20
 #: Post-data statements held back for the serial stage before it starts early.
 DEFER_BYTES = 1 << 20
-#: One statement longer than this is streamed, unclassified, to a single session.
+#: A statement longer than this sends the rest of the dump, unread, to one session.
 STATEMENT_BYTES = 1 << 20
 #: Distinct session settings replayed to new sessions (the filter allows ~30 names).
 MAX_SETTINGS = 256
