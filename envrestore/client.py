@@ -354,7 +354,10 @@ class Envrestore:
         """Every event after `after`, as it happens, until the job has ended.
 
         Events are read by id, so one written while the job was ending is still
-        given before the stream stops, and none is repeated.
+        given before the stream stops, and none is repeated. It polls; the ledger
+        also NOTIFYs `envrestore_job` with the job id on every event and step change
+        (migration 011), which `--wait` listens to (cli/follow.py `JobWatch`): the
+        API's SSE stream could wait on that instead of `poll_seconds`.
         """
         uid = _job_id(job_id)
         await self.job(uid)  # NotFound before anything is streamed
