@@ -377,5 +377,7 @@ async def test_mariadb_restore_over_two_connections_gives_the_same_content(runti
     job = await submit_restore(rt, "shop.dev", element="database")
     view = await drive(rt, job.job_id)
     assert view["status"] == "succeeded", view
+    [step] = [s for s in view["steps"] if s["name"] == "import_db"]
+    assert step["outputs"]["connections"] == 2  # the step says how many sessions ran
     after = await snapshot(site["dsn"], site["files"], site["code"])
     assert (after.tables, after.rows) == (site["before"].tables, site["before"].rows)
