@@ -197,11 +197,15 @@ class TreeWriter:
                 "replaces_directory",
                 "would replace a directory extracted earlier from this archive",
             )
-        if self._in_flight(path):
-            self._pool_drain()  # a duplicate: the earlier one is written first, then replaced
-        dir_fd = self._dir_fd(member, path[:-1])
+        pool = self._pool
+        if pool is not None and path in pool.in_flight:
+            pool.drain()  # a duplicate: the earlier one is written first, then replaced
+        parent = path[:-1]
+        dir_fd = self._dir_fds.get(parent)
+        if dir_fd is None:
+            dir_fd = self._dir_fd(member, parent)
         self._member = member
-        if member.size > BATCH_BYTES or self._pool is None:
+        if member.size > BATCH_BYTES or pool is None:
             self._fd = create_file(dir_fd, path[-1], member.name, member.mode)
         else:
             self._job = FileJob(

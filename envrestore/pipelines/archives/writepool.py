@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -152,19 +151,26 @@ class WritePool:
                 self._cond.notify_all()
 
     def _write(self, batch: list[FileJob]) -> None:
+        """The hot loop (one pass per small file): os calls inline, helpers only when rare."""
         umask = self._umask
-        in_flight = self.in_flight
-        write: Callable[[int, memoryview | bytes], None] = write_all
+        discard = self.in_flight.discard
+        open_, write, utime, close = os.open, os.write, os.utime, os.close
         for job in batch:
             if self._cancelled or self._error is not None:
                 return
-            fd = create_file(job.dir_fd, job.name, job.member, job.mode)
+            try:
+                fd = open_(job.name, OPEN_NEW, job.mode, dir_fd=job.dir_fd)
+            except FileExistsError:  # an earlier member of that name: replaced, or refused
+                fd = create_file(job.dir_fd, job.name, job.member, job.mode)
             try:
                 for piece in job.pieces:
-                    write(fd, piece)
-            except BaseException:
-                os.close(fd)
-                raise
-            finish_file(fd, job.mode, job.mtime_ns, umask)
+                    done = write(fd, piece)
+                    if done != len(piece):  # a short write: the rest, in a loop
+                        write_all(fd, memoryview(piece)[done:])
+                if job.mode & umask:
+                    os.fchmod(fd, job.mode)
+                utime(fd, ns=(job.mtime_ns, job.mtime_ns))
+            finally:
+                close(fd)
             job.pieces = []
-            in_flight.discard(job.path)
+            discard(job.path)
