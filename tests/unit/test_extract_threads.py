@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envrestore.pipelines.archives.extract import extract_tar
+from envrestore.pipelines.archives.extract import POOLED_MIN_BYTES, extract_tar
 from envrestore.pipelines.archives.safety import ArchiveRules, TarLimits
 from envrestore.pipelines.errors import UnsafeInput
 
@@ -29,18 +29,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", **kw: object) -> No
 
 
 def busy_archive() -> bytes:
-    """Hundreds of small files in folders, then members that depend on earlier ones."""
+    """Files in folders, most of them big enough for the writer threads, small ones
+    between them, then members that depend on files probably still queued."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for folder in range(4):
             _add(tar, f"d{folder}", type=tarfile.DIRTYPE, mode=0o755)
-            for index in range(150):
-                _add(tar, f"d{folder}/f{index}.bin", os.urandom(100 + index * 37))
+            for index in range(40):
+                size = 100 + index if index % 4 == 0 else POOLED_MIN_BYTES + index * 37
+                _add(tar, f"d{folder}/f{index}.bin", os.urandom(size))
         _add(tar, "deep/er/still/x.txt", b"implicit folders")
         _add(tar, "d0/f1.bin", b"the later copy wins")  # a duplicate, just written
         _add(tar, "d1/f2.bin", type=tarfile.DIRTYPE, mode=0o755)  # a folder replaces a file
         _add(tar, "d1/f2.bin/inside", b"in the new folder")
-        _add(tar, "link", type=tarfile.LNKTYPE, linkname="files_dev/d3/f149.bin")
+        _add(tar, "link", type=tarfile.LNKTYPE, linkname="files_dev/d3/f39.bin")
         _add(tar, "sym", type=tarfile.SYMTYPE, linkname="d2/f3.bin")
         _add(tar, "big.bin", os.urandom(3 << 20))  # streamed by the parser's thread
         _add(tar, "empty")
@@ -78,8 +80,8 @@ async def test_threads_give_the_tree_one_thread_gives(tmp_path: Path, threads: i
     assert many == one
     assert (tmp_path / "many/d0/f1.bin").read_bytes() == b"the later copy wins"
     assert (tmp_path / "many/d1/f2.bin/inside").read_bytes() == b"in the new folder"
-    assert (tmp_path / "many/link").stat().st_ino == (tmp_path / "many/d3/f149.bin").stat().st_ino
-    assert len(many) == 4 * 150 + 4 + 4 + 1 + 4
+    assert (tmp_path / "many/link").stat().st_ino == (tmp_path / "many/d3/f39.bin").stat().st_ino
+    assert len(many) == 4 * 40 + 4 + 4 + 1 + 4
 
 
 @pytest.mark.parametrize("threads", [0, 4])
@@ -89,7 +91,7 @@ async def test_a_file_under_a_file_still_being_written_is_refused(
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for index in range(20):
-            _add(tar, f"f{index}", b"x" * 1000)
+            _add(tar, f"f{index}", b"x" * POOLED_MIN_BYTES)
         _add(tar, "f19/child", b"through a file")
     with pytest.raises(UnsafeInput) as refused:
         await extract_tar(
