@@ -71,8 +71,9 @@ class TreeWriter:
     Directories are opened once (O_DIRECTORY|O_NOFOLLOW, component by component
     from the root's fd) and their fds kept, so every member is created relative
     to its folder's fd: one path component per syscall, never a symlink followed.
-    Small files go, whole and in batches, to a `WritePool` of `threads` threads;
-    files over `writepool.BATCH_BYTES` are streamed by the parser's thread.
+    Files of 64 KiB to 1 MiB go, whole and in batches, to a `WritePool` of
+    `threads` threads (0: none); smaller ones are written by the parser's thread
+    (see POOLED_MIN_BYTES), bigger ones streamed by it, never held whole.
     Anything that depends on earlier members (a duplicate name, a link, a folder
     where a file was) waits until the files it depends on are written.
     """

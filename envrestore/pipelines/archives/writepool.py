@@ -1,13 +1,15 @@
-"""Writing small extracted files on a few threads, bounded in bytes.
+"""Writing extracted files of up to 1 MiB on a few threads, bounded in bytes.
 
-Why: extracting 20,000 small files in one thread pays every syscall (open,
-write, utime, close) one after the other, beside the parsing. Here the parser
-hands finished small files, in batches, to `threads` writers; `os.open`,
-`os.write` and `os.close` release the GIL, so writes overlap the parsing and
-each other. Only data already checked by the guard reaches this module.
+Why: one thread pays every syscall (open, write, utime, close) one after the
+other, beside the parsing. Here the parser hands finished files, in batches,
+to `threads` writers; the os calls release the GIL, so their copies overlap
+the parsing and each other. Each syscall's return waits for the GIL, though:
+for files of a few KB that hand-off costs more than the syscall, so the
+writer (`extract.TreeWriter`) keeps those in its own thread. Only data
+already checked by the guard reaches this module.
 
-Memory: at most `max_bytes` of file data wait (`submit` blocks the parser
-beyond it). Each file is created exclusively (O_CREAT|O_EXCL|O_NOFOLLOW)
+Memory: at most `max_bytes` of file data wait (`flush_batch` blocks the
+parser beyond it). Each file is created exclusively (O_CREAT|O_EXCL|O_NOFOLLOW)
 relative to its directory's fd, so no path is resolved twice and no symlink
 is followed. The writer (`extract.TreeWriter`) guarantees that no two jobs in
 flight name the same path, nor a path below another in-flight job.
