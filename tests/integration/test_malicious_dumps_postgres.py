@@ -161,11 +161,6 @@ async def test_a_restored_database_belongs_to_the_dsn_user(runtime, backed_up, r
     assert await _logins(runtime, dsn) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="filter hole (sqlsafety/postgres_lexer.py): inside E'…' psql reads '' as a quote, "
-    "the filter closes the literal there, so after `E'a''\\' '` it takes code for a literal",
-)
 async def test_a_statement_hidden_after_an_e_string_doubled_quote_is_refused(
     runtime, backed_up, route
 ):

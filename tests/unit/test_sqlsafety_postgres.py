@@ -201,15 +201,72 @@ async def test_nested_comments_and_e_strings_are_read_as_psql_reads_them():
     dump = (
         b"/* outer /* inner */ still \\! comment */ SELECT pg_catalog.setval('s', 1);\n"
         b"INSERT INTO t VALUES (E'a\\'b \\\\! x');\n"
-        b"INSERT INTO t VALUES ('a\\');\n"
+        b"INSERT INTO t VALUES ('a\\\\', '^\\d+$', E'it''s \\' too');\n"
     )
     out, _ = await run(dump)
     assert out == dump
 
 
-async def test_standard_string_ending_in_backslash_does_not_hide_a_meta_command():
+async def test_standard_string_ending_in_backslash_is_refused():
+    # psql reads 'a\' as it ends here only while standard_conforming_strings is on,
+    # and a function the dump calls may turn it off unseen (see below).
     error = await refused(b"INSERT INTO t VALUES ('a\\'); \\! id\n")
-    assert error.data["problem"] == "psql_meta"
+    assert error.data["problem"] == "ambiguous_quote"
+    error = await refused(b"INSERT INTO t VALUES ('a\\');\n")
+    assert error.data["problem"] == "ambiguous_quote"
+
+
+PROGRAM = b"COPY (SELECT 1) TO PROGRAM 'id';"
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        # psql: E'…' holds `a'' ` ('' and \' are quotes) and COPY … PROGRAM runs.
+        (
+            b"CREATE TABLE t (c text DEFAULT E'a''\\' ' ); " + PROGRAM + b" -- ' );\n",
+            "copy_program",
+        ),
+        # psql 15 reads `1` then a dollar quote; the COPY is outside it.
+        (b"COMMENT ON TABLE t IS 1$$ x $$; " + PROGRAM + b" $$;\n", "ambiguous_quote"),
+        (b"COMMENT ON TABLE t IS $1$$ x $$; " + PROGRAM + b" $$;\n", "ambiguous_quote"),
+        # psql before 15 reads `1` then E'…' (15 reads `1e` then '…').
+        (b"COMMENT ON TABLE t IS 1e'\\' ' ; " + PROGRAM + b" -- '\n;\n", "ambiguous_quote"),
+        # The server joins E'a' and the next line's '…' into one E'…': the COPY runs.
+        (b"COMMENT ON TABLE t IS E'a'\n'\\' ' ; " + PROGRAM + b" -- '\n;\n", "ambiguous_quote"),
+        (
+            b"COMMENT ON TABLE t IS E'a' -- x\n\n '\\' ' ; " + PROGRAM + b" -- '\n;\n",
+            "ambiguous_quote",
+        ),
+        # A quoted name hid these settings from the quoting-mode rule.
+        (b'SET "standard_conforming_strings" = off;\n', "quoting_mode"),
+        (b"SET \"client_encoding\" TO 'SJIS';\n", "quoting_mode"),
+        # A called function turns standard_conforming_strings off unseen: psql then
+        # reads 'a\' ' as one literal and runs the COPY.
+        (
+            b"INSERT INTO t VALUES (pg_catalog.\"set_config\"('standard_conforming_strings',"
+            b" 'off', false));\nCOMMENT ON TABLE t IS 'a\\' ' ; " + PROGRAM + b" -- '\n;\n",
+            "ambiguous_quote",
+        ),
+        # In SJIS (a client_encoding a function may set) 0x95 0x5C is one character.
+        (b"COMMENT ON TABLE t IS E'\x95\\' ; " + PROGRAM + b" -- '\n;\n", "ambiguous_quote"),
+        (b"COMMENT ON TABLE t IS '\x95\\\\' ; " + PROGRAM + b" -- '\n;\n", "ambiguous_quote"),
+    ],
+)
+async def test_literals_psql_or_the_server_could_end_elsewhere_are_refused(sql, problem):
+    error = await refused(HEADER + sql)
+    assert error.data["problem"] == problem
+
+
+async def test_names_and_numbers_next_to_quotes_still_pass():
+    dump = (
+        HEADER
+        + b"CREATE TABLE a$b$ (c$$ int DEFAULT 1, name text DEFAULT 'x');\n"
+        + b"COMMENT ON TABLE a$b$ IS $$it's$$;\n"
+        + b"INSERT INTO a$b$ VALUES (1, 'caf\xc3\xa9'), (2, E'caf\xc3\xa9 \\n');\n"
+    )
+    out, _ = await run(dump)
+    assert out == dropped(dump, b"SET statement_timeout")
 
 
 async def test_multi_line_grant_is_dropped_whole():

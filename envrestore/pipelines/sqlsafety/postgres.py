@@ -29,9 +29,11 @@ from envrestore.pipelines.sqlsafety.postgres_lexer import (
     LEFTOVER,
     LIT,
     SIMPLE_ID,
+    SLOW,
     STRIP,
     TOKEN,
     UNICODE_ID,
+    Ambiguous,
     depth_zero,
     scan_line,
 )
@@ -138,7 +140,7 @@ class PostgresFilter(LineFilter):
             self.report.statements += 1
             return _blank(line)
         state = (self.quote, self.depth)
-        if self.quote is None:
+        if self.quote is None and not SLOW.search(body):
             code = STRIP.sub(b" ", body)
             if LEFTOVER.search(code):
                 code = self._scan(body)
@@ -246,7 +248,7 @@ class PostgresFilter(LineFilter):
         """Feed the line's tokens to the statement-level rules; check each statement at its end."""
         view_parts = parts
         if self._wants_marks(body, parts):
-            view, _, _ = scan_line(body, state[0], state[1], mark=True)
+            view, _, _ = self._lex(body, state[0], state[1], mark=True)
             if UNICODE_ID in view:
                 raise refusal(
                     self.line_no,
@@ -352,6 +354,12 @@ class PostgresFilter(LineFilter):
             self._refuse_statement(
                 f"SET of {shown} (a dump may set only: {allowed})", tokens, body, "setting"
             )
+        if name in (b"standard_conforming_strings", b"client_encoding") and (
+            SETTING_OK.fullmatch(body) is None
+        ):  # a quoted name hides the setting from DANGER: only pg_dump's own line
+            self._refuse_statement(
+                "a setting that changes how psql reads quotes", tokens, body, "quoting_mode"
+            )
         if name == b"search_path":
             value = tokens[at + 2 :] if tokens[at + 1 : at + 2] in ([b"="], [b"to"]) else []
             problem = search_path_problem(b" ".join(value).split(b","))
@@ -441,8 +449,22 @@ class PostgresFilter(LineFilter):
 
     def _scan(self, body: bytes) -> bytes:
         """Blank literals and comments, tracking psql's lexer state across lines."""
-        code, self.quote, self.depth = scan_line(body, self.quote, self.depth, mark=False)
+        code, self.quote, self.depth = self._lex(body, self.quote, self.depth, mark=False)
         return code
+
+    def _lex(
+        self, body: bytes, quote: bytes | None, depth: int, *, mark: bool
+    ) -> tuple[bytes, bytes | None, int]:
+        """scan_line, a literal psql and the server could end differently refused."""
+        try:
+            return scan_line(body, quote, depth, mark=mark)
+        except Ambiguous as error:
+            raise refusal(
+                self.line_no,
+                f"{error} (psql and the server could read where it ends differently)",
+                body,
+                "ambiguous_quote",
+            ) from None
 
     def _meta(self, text: bytes) -> Exception:
         return refusal(self.line_no, f'psql meta-command "{excerpt(text)}"', text, "psql_meta")
