@@ -70,6 +70,8 @@ def test_the_installed_filter_uses_the_c_scans_when_built():
         (b"(1,NULL,0x00FF,-1.5e+3,'x')", 0),
         (b"(1,'it\\'s; GRANT ALL ON *.* TO x');\n", 1),  # an escaped quote stays data
         (b"(1,'it''s; GRANT');\n", 1),  # a doubled quote too
+        (b"(1,'a''\\' '),(2,'b');\n", 1),  # '' and \' both: `a'' ` is one literal
+        (b"(1,'a''\\'');DROP TABLE x;\n", -1),  # and the DROP after it is code
         (b"(1,'a\\\\');\n", 1),  # an escaped backslash, then the closing quote
         (b"(1,'a\\\\\\');\n", -1),  # escaped backslash, escaped quote: still inside
         (b"(1,'a\\", -1),  # a backslash at the very end: inside the literal

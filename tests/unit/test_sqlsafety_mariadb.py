@@ -190,6 +190,18 @@ async def test_forbidden_words_inside_literals_and_comments_pass_untouched():
     assert out == dump
 
 
+async def test_doubled_and_escaped_quotes_together_end_a_literal_where_mariadb_does():
+    # MariaDB reads both '' and \' as a quote: 'a''\' ' is one literal (`a'' `),
+    # so what follows it is code (the PostgreSQL filter once missed this in E'…').
+    hidden = b"INSERT INTO t VALUES ('a''\\' ; system id; -- ', \"b\"\"\\\" ; GRANT ALL; -- \");\n"
+    out, _ = await run(hidden)
+    assert out == hidden
+    error = await refused(b"INSERT INTO t VALUES ('a''\\' '); GRANT ALL ON *.* TO x;\n")
+    assert error.data["problem"] == "grant"
+    error = await refused(b'INSERT INTO t VALUES ("a""\\" "); GRANT ALL ON *.* TO x;\n')
+    assert error.data["problem"] == "grant"
+
+
 async def test_an_unterminated_literal_hides_nothing_after_it_ends():
     error = await refused(b"INSERT INTO t VALUES ('a\nb');\nGRANT ALL ON *.* TO x;\n")
     assert error.data["line"] == 3
