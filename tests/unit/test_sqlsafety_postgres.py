@@ -238,6 +238,11 @@ PROGRAM = b"COPY (SELECT 1) TO PROGRAM 'id';"
             b"COMMENT ON TABLE t IS E'a' -- x\n\n '\\' ' ; " + PROGRAM + b" -- '\n;\n",
             "ambiguous_quote",
         ),
+        # psql 15 reads `1.e` then '…' (before 15: `1.` then E'…'): the \! ran.
+        (b"COMMENT ON TABLE t IS 1.e'\\' \\! id\n';\n", "ambiguous_quote"),
+        # A carriage return ends a -- comment for psql: the \! after it ran.
+        (b"COMMENT ON TABLE t IS 'x'; -- c\r\\! id\n", "psql_meta"),
+        (b"COMMENT ON TABLE t IS E'x' -- c\r\\! id\n;\n", "psql_meta"),
         # A quoted name hid these settings from the quoting-mode rule.
         (b'SET "standard_conforming_strings" = off;\n', "quoting_mode"),
         (b"SET \"client_encoding\" TO 'SJIS';\n", "quoting_mode"),

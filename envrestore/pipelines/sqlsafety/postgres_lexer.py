@@ -25,7 +25,7 @@ LITERALS = (
     rb'|"[^"]*"'
     rb"|(?<!" + ID + rb")\$(?P<tag>[A-Za-z_\x80-\xff][\w\x80-\xff]*|)\$.*?\$(?P=tag)\$"
     rb"|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/"
-    rb"|--.*"
+    rb"|--[^\r]*"  # psql ends a -- comment at a carriage return too
 )
 STRIP = re.compile(LITERALS, re.S)
 OPENER = (
@@ -43,14 +43,15 @@ CLOSE = {
 }
 #: After an E'…' closed with only blanks or a -- comment left on its line.
 E_ENDED = b"E?"
-_AFTER_E = re.compile(rb"[ \t\r\f\v]*(?:--.*)?", re.S)
+_AFTER_E = re.compile(rb"[ \t\r\f\v]*(?:--[^\r]*)?")
 _NAME_BYTES = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$" + bytes(range(0x80, 0x100))
 )
+_NUMBER_DOT = re.compile(rb"[0-9]\.$")  # `1.e'`: psql 15 reads `1.e` then '…'
 _HIGH_BACKSLASH = re.compile(rb"[\x80-\xff]\\")
 #: Lines the fast path (STRIP) must leave to scan_line: a backslash, an E'…',
 #: a `$` or `e'` right after a digit or `$` (see _opener).
-SLOW = re.compile(rb"\\|[0-9$](?:[eE]'|\$)|(?<!" + ID + rb")[eE]'")
+SLOW = re.compile(rb"\\|[0-9$.](?:[eE]'|\$)|(?<!" + ID + rb")[eE]'")
 COMMENT_MARK = re.compile(rb"/\*|\*/")
 
 # Literal markers of the token view: a quoted value, a U&"…" identifier.
@@ -81,9 +82,10 @@ def _opener(body: bytes, pos: int) -> re.Match[bytes] | None:
     found = OPEN.search(body, pos)
     while found is not None and found.group()[:1] in b"$eE":
         prefix = _prefix(body, pos, found.start())
-        if not prefix:
+        number_dot = not prefix and _NUMBER_DOT.search(body, pos, found.start())
+        if not prefix and not number_dot:
             return found
-        if prefix[:1] in b"0123456789$":
+        if number_dot or prefix[:1] in b"0123456789$":
             shown = found.group()[:2].decode(errors="replace")
             raise Ambiguous(f"a {shown} right after a number or $n")
         if found.group()[:1] != b"$":  # `name'`: the name ends, a plain '…' opens
@@ -120,7 +122,7 @@ def scan_line(
     opened = -1  # where the open literal started on this line (-1: on an earlier line)
     if quote == E_ENDED:
         rest = body.lstrip(b" \t\r\f\v")
-        if not rest or rest.startswith(b"--"):
+        if not rest or (rest.startswith(b"--") and b"\r" not in rest):
             return b"", quote, depth
         if rest[:1] == b"'":
             raise Ambiguous("a '…' on the line after an E'…' (the server joins them)")
@@ -137,7 +139,11 @@ def scan_line(
             pos = found.end()
             if token == b"--":
                 out.append(b" ")
-                break
+                end_at = body.find(b"\r", pos)  # psql ends a -- comment at \r too
+                if end_at < 0:
+                    break
+                pos = end_at + 1
+                continue
             if token == b"/*":
                 out.append(b" ")
                 quote, depth = token, 1
