@@ -243,6 +243,8 @@ PROGRAM = b"COPY (SELECT 1) TO PROGRAM 'id';"
         # A carriage return ends a -- comment for psql: the \! after it ran.
         (b"COMMENT ON TABLE t IS 'x'; -- c\r\\! id\n", "psql_meta"),
         (b"COMMENT ON TABLE t IS E'x' -- c\r\\! id\n;\n", "psql_meta"),
+        # psql reads a line only up to a NUL: 'a is still open there, the \! ran.
+        (b"COMMENT ON TABLE t IS 'a\x00'; SELECT 1;\n' ; \\! id\n';\n", "nul_byte"),
         # A quoted name hid these settings from the quoting-mode rule.
         (b'SET "standard_conforming_strings" = off;\n', "quoting_mode"),
         (b"SET \"client_encoding\" TO 'SJIS';\n", "quoting_mode"),

@@ -124,6 +124,8 @@ class PostgresFilter(LineFilter):
 
     def check_line(self, line: bytes) -> bytes | None:
         body = strip_eol(line)
+        if b"\0" in body:  # psql reads a line only up to a NUL: the rest would go unseen
+            raise refusal(self.line_no, "a NUL byte in a statement line", body, "nul_byte")
         if self.quote is None and self.statement_empty and body[:1] == b"\\":
             if RESTRICT.fullmatch(body):
                 return None
