@@ -240,9 +240,11 @@ PROGRAM = b"COPY (SELECT 1) TO PROGRAM 'id';"
         ),
         # psql 15 reads `1.e` then '…' (before 15: `1.` then E'…'): the \! ran.
         (b"COMMENT ON TABLE t IS 1.e'\\' \\! id\n';\n", "ambiguous_quote"),
-        # A carriage return ends a -- comment for psql: the \! after it ran.
-        (b"COMMENT ON TABLE t IS 'x'; -- c\r\\! id\n", "psql_meta"),
-        (b"COMMENT ON TABLE t IS E'x' -- c\r\\! id\n;\n", "psql_meta"),
+        # A carriage return ends a -- comment for psql (the \! after it ran), not for
+        # the parallel import's splitter: refused.
+        (b"COMMENT ON TABLE t IS 'x'; -- c\r\\! id\n", "ambiguous_quote"),
+        (b"COMMENT ON TABLE t IS E'x' -- c\r\\! id\n;\n", "ambiguous_quote"),
+        (b"COMMENT ON TABLE t IS 'x' -- c\r; COPY t TO PROGRAM 'id';\n", "ambiguous_quote"),
         # psql reads a line only up to a NUL: 'a is still open there, the \! ran.
         (b"COMMENT ON TABLE t IS 'a\x00'; SELECT 1;\n' ; \\! id\n';\n", "nul_byte"),
         # A quoted name hid these settings from the quoting-mode rule.

@@ -51,7 +51,7 @@ _NUMBER_DOT = re.compile(rb"[0-9]\.$")  # `1.e'`: psql 15 reads `1.e` then '…'
 _HIGH_BACKSLASH = re.compile(rb"[\x80-\xff]\\")
 #: Lines the fast path (STRIP) must leave to scan_line: a backslash, an E'…',
 #: a `$` or `e'` right after a digit or `$` (see _opener).
-SLOW = re.compile(rb"\\|[0-9$.](?:[eE]'|\$)|(?<!" + ID + rb")[eE]'")
+SLOW = re.compile(rb"\\|[0-9$.](?:[eE]'|\$)|(?<!" + ID + rb")[eE]'|--[^\r]*\r")
 COMMENT_MARK = re.compile(rb"/\*|\*/")
 
 # Literal markers of the token view: a quoted value, a U&"…" identifier.
@@ -140,10 +140,10 @@ def scan_line(
             if token == b"--":
                 out.append(b" ")
                 end_at = body.find(b"\r", pos)  # psql ends a -- comment at \r too
-                if end_at < 0:
+                if end_at < 0 or not body[end_at + 1 :].strip():
                     break
-                pos = end_at + 1
-                continue
+                # ...and the parallel import's splitter (engines/psql_lexer.py) does not.
+                raise Ambiguous("a carriage return inside a -- comment")
             if token == b"/*":
                 out.append(b" ")
                 quote, depth = token, 1
