@@ -10,8 +10,11 @@ import asyncpg
 import pytest
 
 from envrestore.pipelines import registry
+from envrestore.pipelines.catalog import job_kinds
 from envrestore.pipelines.errors import Conflict
 from envrestore.pipelines.jobs.runtime import Runtime
+from envrestore.pipelines.jobs.submit import JobSpec, submit_jobs
+from envrestore.pipelines.ledger.connection import open_pool
 from envrestore.pipelines.requests import BackupRequest, parse_elements
 from tests.support.producing import producer
 
@@ -139,3 +142,27 @@ async def test_batches_racing_on_the_same_keys_agree_on_their_jobs(shop: Runtime
     )
     assert [s.job_id for s in forward] == [s.job_id for s in backward][::-1]
     assert await count(shop.pool, "jobs") == 20
+
+
+async def test_a_batch_keeps_its_order_whatever_the_plan(shop: Runtime, ledger_url: str) -> None:
+    """Leases go first come, first served by `created_at`: a batch's jobs must be
+    created in the order of its requests, also under a plan that reorders rows
+    (merge joins sort by id, not by position)."""
+    database = ledger_url.rsplit("/", 1)[1]
+    await shop.pool.execute(f'ALTER DATABASE "{database}" SET enable_hashjoin = off')
+    await shop.pool.execute(f'ALTER DATABASE "{database}" SET enable_nestloop = off')
+    environment = await registry.get_environment(shop.pool, "shop.dev")
+    kind = job_kinds()["backup"]
+    specs = [
+        JobSpec(
+            kind, {"target": "shop.dev", "o": i}, environment, 3, f"order-{i}" if i % 3 else None
+        )
+        for i in range(40)
+    ]
+    async with open_pool(ledger_url, max_size=1) as merge_joined:
+        submitted = await submit_jobs(merge_joined, specs)
+    rows = await shop.pool.fetch(
+        "SELECT id FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY created_at, id",
+        [s.job_id for s in submitted],
+    )
+    assert [r["id"] for r in rows] == [s.job_id for s in submitted]

@@ -659,16 +659,19 @@ SELECT pg_advisory_xact_lock($1);
 -- relay. A key already held is looked up first (no lock on the backups then);
 -- the backups a reading job names are share-locked, ordered with a delete's
 -- `lock_backup`: either the delete sees this job as a reader, or this sees
--- 'deleting'. `created_at` is the clock's, row by row, so the jobs of a batch
--- keep their order (leases are first come, first served).
+-- 'deleting'. `created_at` is the clock's, row by row, read in the batch's order
+-- (`n`, its ordinal), so the jobs of a batch keep their order whatever the plan
+-- (leases are first come, first served).
 -- One row per job: created; existing (same key, same request); conflict (same
 -- key, another request); deleting (a backup it reads is being deleted); raced (a
 -- concurrent insert claimed the key: submit it again to read that job).
 WITH req AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
+    SELECT * FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (
         id uuid, kind text, environment_id bigint, site text, env text, params jsonb,
         requested_by text, scope text, key text, fingerprint text, steps jsonb,
-        ready text[], reads_backups boolean)
+        ready text[], reads_backups boolean)) WITH ORDINALITY AS r(
+        id, kind, environment_id, site, env, params, requested_by, scope, key,
+        fingerprint, steps, ready, reads_backups, n)
 ),
 existing AS MATERIALIZED (
     SELECT r.id, k.fingerprint, k.job_id FROM req r
@@ -704,6 +707,7 @@ created AS (
     SELECT id, kind, environment_id, site, env, params, requested_by, clock_timestamp()
     FROM fresh f
     WHERE f.key IS NULL OR f.id IN (SELECT job_id FROM claimed)
+    ORDER BY f.n  -- the clock is read after the sort: the batch's order, whatever the plan
     RETURNING id, kind, requested_by, created_at
 ),
 steps AS (
@@ -740,4 +744,5 @@ SELECT r.id AS request_id,
 FROM req r
 LEFT JOIN existing e ON e.id = r.id
 LEFT JOIN blocked b ON b.id = r.id
-LEFT JOIN created c ON c.id = r.id;
+LEFT JOIN created c ON c.id = r.id
+ORDER BY r.n;  -- the first refusal in the order of the requests
