@@ -16,6 +16,7 @@ from envrestore.pipelines.jobs.kinds import JobKind
 from envrestore.pipelines.jobs.model import Plan, StepSpec
 from envrestore.pipelines.jobs.submit import submit_job
 from envrestore.pipelines.ledger.connection import create_pool
+from envrestore.pipelines.ledger.queries import sql
 
 #: Longer than any test may wait: only a notification can end these follows in time.
 NEVER = 3600.0
@@ -85,3 +86,31 @@ async def test_a_lost_notification_is_caught_by_the_safety_poll(pool: asyncpg.Po
     await finish(pool, job_id, quietly=True)
     view = await asyncio.wait_for(following, 10)
     assert view["status"] == "succeeded"
+
+
+async def test_heartbeats_and_bookkeeping_that_show_nothing_notify_nobody(
+    pool: asyncpg.Pool,
+) -> None:
+    """Every NOTIFY serialises commits cluster-wide: a heartbeat that moved no bytes, the
+    relay's `enqueued_at` and a lease token change nothing a follower draws. They send
+    nothing; the marker sent after them is the first thing heard."""
+    quiet, marker = await new_job(pool), await new_job(pool)
+    heard: asyncio.Queue[object] = asyncio.Queue()
+
+    def hear(*args: object) -> None:
+        heard.put_nowait(args[3])
+
+    async with pool.acquire() as conn:
+        await conn.add_listener(CHANNEL, hear)
+        await pool.execute(
+            "UPDATE job_steps SET status = 'running', attempts = 1 WHERE job_id = $1", quiet
+        )
+        assert await asyncio.wait_for(heard.get(), 10) == str(quiet)  # a change is heard
+        await pool.execute(sql("heartbeat_step"), quiet, "only", 1, 0, None)
+        await pool.execute(sql("mark_enqueued"), quiet, "only")
+        await pool.execute("UPDATE jobs SET lease_token = 7 WHERE id = $1", quiet)
+        await pool.execute("UPDATE job_steps SET bytes_done = 1 WHERE job_id = $1", marker)
+        assert await asyncio.wait_for(heard.get(), 10) == str(marker)
+        await pool.execute(sql("heartbeat_step"), quiet, "only", 1, 5, 10)  # progress: heard
+        assert await asyncio.wait_for(heard.get(), 10) == str(quiet)
+        await conn.remove_listener(CHANNEL, hear)
