@@ -22,6 +22,8 @@ idle. A process now holds at most one message per thread, the one it runs.
 
 from __future__ import annotations
 
+import os
+
 import dramatiq
 import redis
 from dramatiq import worker as dramatiq_worker
@@ -64,14 +66,18 @@ class ConsumerTuning(Middleware):
     Dramatiq's CLI builds its `Worker` with the defaults of its module (read from
     `dramatiq_worker_timeout` / `dramatiq_queue_prefetch` at import); the worker's
     attributes are what its consumers are made from, in `Worker.start()`, after
-    this hook. A `dramatiq_queue_prefetch` an operator set is left as it is.
+    this hook. A `dramatiq_queue_prefetch` or `dramatiq_worker_timeout` an
+    operator set in the environment is left as it is (Dramatiq read it already).
     """
 
     def __init__(self, poll_seconds: float) -> None:
         self.poll_ms = max(1, round(poll_seconds * 1000))
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        worker.worker_timeout = self.poll_ms
+        # Dramatiq's default (1000) is no choice of the operator's, so it is read from
+        # the environment: a `dramatiq_worker_timeout=1000` set on purpose is kept too.
+        if os.environ.get("dramatiq_worker_timeout") is None:  # noqa: SIM112  # Dramatiq's name
+            worker.worker_timeout = self.poll_ms
         if not dramatiq_worker.QUEUE_PREFETCH:
             # Messages fetched count until acked: one per thread, none parked.
             worker.queue_prefetch = worker.worker_threads

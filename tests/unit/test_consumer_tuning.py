@@ -42,3 +42,17 @@ def test_an_idle_consumer_asks_for_messages_every_poll_interval(broker: StubBrok
         assert {c.worker_timeout for c in worker.consumers.values()} == {100}
     finally:
         worker.stop()
+
+
+def test_an_operators_worker_timeout_is_kept(
+    broker: StubBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dramatiq_worker_timeout` set by the operator wins over the poll setting: Dramatiq
+    read it at import and built the worker with it (given here as its CLI would)."""
+    monkeypatch.setenv("dramatiq_worker_timeout", "250")
+    worker = Worker(broker, worker_threads=2, worker_timeout=250)
+    worker.start()
+    try:
+        assert {c.worker_timeout for c in worker.consumers.values()} == {250}
+    finally:
+        worker.stop()
