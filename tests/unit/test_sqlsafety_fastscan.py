@@ -92,6 +92,22 @@ def test_the_installed_filter_uses_the_c_scans_when_built():
         (b"(1,SLEEP(5));\n", -1),
         (b"(1,\0);\n", -1),
         (b"(1,'a'),(2,'b'\\');\n", -1),
+        # Words: only NULL, 0x hex, numbers and b/x before a quote; never a name.
+        (b"(1,NULL,0x00FF,1.5e-05,1E20,-0.25,b'101',X'0A');\n", 1),
+        (b"(dead.beef(1));\n", -1),  # a routine in another database
+        (b"(fade.cab (1));\n", -1),
+        (b"(abc)\n", -1),
+        (b"(0xfe.ed)\n", -1),
+        (b"(1.5.5)\n", -1),
+        (b"(1.)\n", -1),
+        (b"(.5)\n", -1),
+        (b"(1e)\n", -1),
+        (b"(1e+)\n", -1),
+        (b"(0x)\n", -1),
+        (b"(NULLNULL)\n", -1),
+        (b"(null)\n", -1),
+        (b"(b 'a')\n", -1),
+        (b"(1_a)\n", -1),
     ],
 )
 def test_rows_tail_reads_literals_like_the_client(kind: str, rows: bytes, expected: int):
@@ -252,6 +268,18 @@ def test_rows_span_stops_where_the_line_check_must_go_on(kind: str):
     assert span(data, 36) == (-1, 36, 0)
     assert span(b"(1,'a\n'),\n", 0) == (-1, 0, 0)  # a literal across lines: the slow path
     assert span(b"(1,'a'),\n(2,", 0) == (0, 12, 1)
+
+
+@pytest.mark.skipif(_fastscan is None, reason="_fastscan not built (build_native.py)")
+def test_the_c_scans_and_their_twins_agree_on_random_words():
+    """The same over what rows words are made of (numbers, NULL, hex, b'', names)."""
+    rng = random.Random(12)
+    alphabet = b"''\\;\n -+(),0123xXbBeENUL.a_$\xc3"
+    for _ in range(50_000):
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 16)))
+        start = rng.randrange(0, len(data) + 1)
+        assert _fastscan.rows_tail(data, start) == fastscan.rows_tail_py(data, start), data
+        assert _fastscan.rows_span(data, start) == fastscan.rows_span_py(data, start), data
 
 
 @pytest.mark.skipif(_fastscan is None, reason="_fastscan not built (build_native.py)")

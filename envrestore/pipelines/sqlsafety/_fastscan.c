@@ -4,9 +4,11 @@
  * rows_tail(buf, start) -> int
  *     Reads buf[start:] as the rest of a mysqldump INSERT ... VALUES line, the way
  *     the mariadb client reads it: '...' literals with backslash escapes ('' is a
- *     close and a reopen).  Outside literals only whitespace, hex digits, x X n N
- *     u U l L . , ( ) + - may appear, never "--", and ';' only as the last thing
- *     before trailing whitespace.  Returns 1 (plain, ends its statement), 0 (plain,
+ *     close and a reopen).  Outside literals only whitespace , ( ) + - and words
+ *     may appear, never "--", and ';' only as the last thing before trailing
+ *     whitespace.  A word (a run of [0-9A-Za-z_$.]) must be NULL, 0x and hex digits,
+ *     a number (digits, .digits, e/E [+-] digits), or b B x X right before a quote:
+ *     never a name, so never `db.routine(` nor a function call.  Returns 1 (plain, ends its statement), 0 (plain,
  *     the statement goes on) or -1 (anything else: the caller's full check runs).
  *
  * rows_span(buf, start) -> (status, stop, newlines)
@@ -24,11 +26,47 @@
 #include <Python.h>
 #include <string.h>
 
-static unsigned char SAFE[256];
+static unsigned char SAFE[256], WORD[256];
 
 static void init_tables(void) {
-    const char *safe = " \t\n\r\v\f0123456789abcdefABCDEFxXnNuUlL.,()+-";
+    const char *safe = " \t\n\r\v\f,()+-";
     for (const char *c = safe; *c; c++) SAFE[(unsigned char)*c] = 1;
+    const char *word = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_$.";
+    for (const char *c = word; *c; c++) WORD[(unsigned char)*c] = 1;
+}
+
+static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+static int is_hex(unsigned char c) {
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* The end of the word at p (WORD[*p]) when it is NULL, 0x hex, a number or a b/x
+ * literal prefix; NULL for anything else (fastscan.py's _SAFE_TAIL, exactly). */
+static const unsigned char *word_end(const unsigned char *p, const unsigned char *end) {
+    const unsigned char *q = p;
+    unsigned char c = *p;
+    if ((c == 'b' || c == 'B' || c == 'x' || c == 'X') && p + 1 < end && p[1] == '\'')
+        return p + 1;
+    if (end - p >= 4 && memcmp(p, "NULL", 4) == 0) {
+        q = p + 4;
+    } else if (c == '0' && p + 1 < end && (p[1] == 'x' || p[1] == 'X')) {
+        for (q = p + 2; q < end && is_hex(*q); q++) {}
+        if (q == p + 2) return NULL;
+    } else if (is_digit(c)) {
+        while (q < end && is_digit(*q)) q++;
+        if (q + 1 < end && *q == '.' && is_digit(q[1]))
+            for (q++; q < end && is_digit(*q); q++) {}
+        if (q < end && (*q == 'e' || *q == 'E')) {
+            const unsigned char *r = q + 1;
+            if (r < end && (*r == '+' || *r == '-')) r++;
+            if (r < end && is_digit(*r))
+                for (q = r; q < end && is_digit(*q); q++) {}
+        }
+    } else {
+        return NULL;
+    }
+    return q < end && WORD[*q] ? NULL : q;
 }
 
 static int is_space(unsigned char c) {
@@ -62,6 +100,13 @@ static int rows_tail_impl(const unsigned char *p, const unsigned char *end) {
             for (p++; p < end; p++)
                 if (!is_space(*p)) return -1;
             return 1;
+        }
+        if (WORD[c]) {
+            const unsigned char *after = word_end(p, end);
+            if (after == NULL) return -1;
+            prev = after[-1];
+            p = after;
+            continue;
         }
         if (!SAFE[c]) return -1;
         if (c == '-' && prev == '-') return -1;

@@ -16,8 +16,13 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-#: Outside literals, plain rows hold only numbers, NULL, 0x hex, commas, parentheses.
-_SAFE_TAIL = re.compile(rb"[\s0-9a-fA-FxXnNuUlL.,()+\-]*(?:;\s*)?")
+#: Outside literals (each one a `'` here), plain rows hold only numbers, NULL, 0x hex,
+#: b'…'/x'…' prefixes, commas, parentheses, signs: no name, so no `db.routine(…)`.
+_SAFE_TAIL = re.compile(
+    rb"(?:[\s,()+\-']|[bBxX](?=')"
+    rb"|(?:NULL|0[xX][0-9a-fA-F]+|\d+(?:\.\d+)?(?:[eE][+\-]?\d+)?)(?![\w.$]))*"
+    rb"(?:;\s*)?"
+)
 _SPACE = b" \t\n\r\x0b\x0c"
 
 
@@ -27,7 +32,8 @@ def rows_tail_py(buf: bytes, start: int) -> int:
 
     Escaped bytes are masked with NULs (same length; escaped backslashes first when
     one precedes a quote), then the line is split on quotes: a mask left outside the
-    literals, or any other character there, means "not plain".
+    literals, or any other character there, means "not plain". Each literal leaves
+    one `'` in the code, so a b'…' or x'…' prefix stays next to its quote.
     """
     masked = buf[start:]
     if b"\\\\'" in masked:  # an escaped backslash before a quote: mask pairs first
@@ -36,7 +42,7 @@ def rows_tail_py(buf: bytes, start: int) -> int:
     parts = masked.split(b"'")
     if not len(parts) & 1:
         return -1  # ends inside a literal
-    code = b" ".join(parts[::2])
+    code = b"'".join(parts[::2])
     if b"--" in code or not _SAFE_TAIL.fullmatch(code):
         return -1
     if 0 <= code.find(b";") < len(code) - len(parts[-1]):

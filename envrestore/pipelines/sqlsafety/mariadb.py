@@ -40,6 +40,7 @@ from envrestore.pipelines.sqlsafety.mariadb_rules import (
     CLAUSE,
     CLIENT_WORD,
     CLOSE,
+    COMMENT_END,
     CURRENT_DATABASE,
     DANGER,
     DANGERS,
@@ -295,6 +296,14 @@ class MariaDbFilter(LineFilter):
                 out.append(body[pos : found.start()])
                 out.append(b" ")
                 token = found.group()
+                if token == b"--" and body[found.end() : found.end() + 1] not in COMMENT_END:
+                    raise refusal(
+                        self.line_no,
+                        "a -- not followed by a space (the client, the server and the filter "
+                        "disagree on where such a comment starts)",
+                        body,
+                        "dash_comment",
+                    )
                 if token[:1] in (b"#", b"-"):
                     break
                 quote = token
