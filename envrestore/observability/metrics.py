@@ -60,7 +60,8 @@ LEASE_WAITS = Counter(
 )
 LEASE_WAIT_SECONDS = Counter(
     "envrestore_lease_wait_seconds",
-    "Seconds steps were put off waiting for their environment's lease.",
+    "Upper bounds of the lease waits: each put-off step adds the most it waits (30 s), "
+    "though it is woken as soon as the job ahead lets the lease go, usually sooner.",
     ["kind", "step"],
 )
 SWITCH_WINDOW = Histogram(
@@ -98,7 +99,8 @@ def job_finished(kind: str, outcome: str, seconds: float) -> None:
 
 
 def lease_waited(kind: str, step: str, seconds: float) -> None:
-    """A step was put off for `seconds` because its environment's lease was held."""
+    """A step was put off, for `seconds` at most (it is woken earlier when the lease is
+    let go), because its environment's lease was held."""
     LEASE_WAITS.labels(kind, step).inc()
     LEASE_WAIT_SECONDS.labels(kind, step).inc(seconds)
 

@@ -44,7 +44,8 @@ def worker_died(kind: str, step: str) -> None:
 
 
 def lease_deferred(kind: str, step: str, seconds: float) -> None:
-    """A step put off for `seconds` while another job holds its environment's lease."""
+    """A step put off (for `seconds` at most: woken when the lease is let go) while
+    another job holds its environment's lease."""
     metrics.lease_waited(kind, step, seconds)
 
 
