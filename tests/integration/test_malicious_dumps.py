@@ -345,6 +345,18 @@ CLIENT_READS_DIFFERENTLY = {
         b"CREATE TABLE `dl` (i INT); delimiter //;\n"
         b"SELECT 2 // USE `{db}` // DELETE FROM wp_options //\nDELIMITER ;\n"
     ),
+    # The client reads `--x` at a statement's start as a comment; the filter read code
+    # there, so the quote opened a literal over the DELETE (/tmp/r1/dash.sql's shape).
+    "--x at a statement's start": (
+        b"CREATE TABLE `t2` (a text);\n--x '\nDELETE FROM `{db}`.`wp_options`;\n-- ';\n"
+    ),
+    # The server (and the filter) read `--` and a control byte as a comment, the client
+    # as code: the client ran `\C gbk` the filter saw in a literal, and in GBK `\xbf\\`
+    # is one character, so the quote after it ended the literal (/tmp/r1/gbk.sql's shape).
+    "-- and a control byte": (
+        b"CREATE TABLE `t3` (a text);\nSELECT 1 --\x01 '\n' \\C gbk\n--\x01 '\n# '\n;\n"
+        b"INSERT INTO `t3` VALUES ('\xbf\\'); DELETE FROM `{db}`.`wp_options`; -- ');\n"
+    ),
 }
 
 
