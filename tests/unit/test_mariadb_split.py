@@ -182,3 +182,75 @@ async def test_what_the_lexer_cannot_follow_outside_a_split_goes_to_one_session(
     streams = await _split(dump, 2)
     assert b"INSERT" not in streams[1]
     assert streams[0].count(b"INSERT INTO `posts`") == 50
+
+
+#: The SET lines of a mariadb-dump 10.11 dump (header, a trigger, a view, the
+#: footer): every session must run them, or the split would stop at the first.
+DUMP_SETTINGS = [
+    b"/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;\n",
+    b"/*!40101 SET NAMES utf8mb4 */;\n",
+    b"/*!40103 SET TIME_ZONE='+00:00' */;\n",
+    b"/*!40014 SET @OLD_UNIQUE_CHECKS=@@UNIQUE_CHECKS, UNIQUE_CHECKS=0 */;\n",
+    b"/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */;\n",
+    b"/*!40111 SET @OLD_SQL_NOTES=@@SQL_NOTES, SQL_NOTES=0 */;\n",
+    b"/*!40101 SET @saved_cs_client     = @@character_set_client */;\n",
+    b"/*!50003 SET collation_connection  = utf8mb3_general_ci */ ;\n",
+    b"/*!50003 SET sql_mode              = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION' */ ;\n",
+    b"SET character_set_client = @saved_cs_client;\n",
+    b"/*!40014 SET FOREIGN_KEY_CHECKS=@OLD_FOREIGN_KEY_CHECKS */;\n",
+    b"set names latin1;\n",  # the client and server read any case
+    b"/*!40101 set @@session.character_set_client = latin1 */;\n",
+]
+
+
+@pytest.mark.parametrize("line", DUMP_SETTINGS)
+async def test_the_dumps_own_settings_go_to_every_session(line, monkeypatch):
+    monkeypatch.setattr(mariadb_split, "SPLIT_AFTER_BYTES", 4096)
+    streams = await _split(line + _table(b"posts", 600), 2)
+    assert b"INSERT INTO `posts`" in streams[1]  # still split
+    for stream in streams:
+        assert stream.index(line) < stream.index(b"INSERT INTO `posts`")
+
+
+#: Session changes one session makes and the others would not (autocommit, the
+#: isolation level, a transaction, a call, under another delimiter, after a
+#: statement on the same line): the rest of the dump must run on one session.
+SESSION_CHANGES = [
+    b"SET autocommit=0;\n",
+    b"set autocommit=0;\n",
+    b"SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;\n",
+    b"/*!40101 SET @@session.tx_isolation = 'SERIALIZABLE' */;\n",
+    b"SET NAMES latin1, autocommit = 0;\n",
+    b"SET @a = (SELECT COUNT(*) FROM `posts`);\n",
+    b"/* x */ SET autocommit=0;\n",
+    b"/*M!100000 SET autocommit=0 */;\n",
+    b"START TRANSACTION;\n",
+    b"BEGIN;\n",
+    b"EXECUTE IMMEDIATE 'SET autocommit=0';\n",
+    b"SELECT 1; set names latin1;\n",
+    b"SELECT 1\n; SET autocommit=0;\n",
+    b"DELIMITER ;;\nSET autocommit=0;;\nDELIMITER ;\n",
+]
+
+
+@pytest.mark.parametrize("change", SESSION_CHANGES)
+async def test_a_session_change_keeps_the_rest_of_the_dump_on_one_session(change, monkeypatch):
+    monkeypatch.setattr(mariadb_split, "SPLIT_AFTER_BYTES", 4096)
+    dump = _table(b"posts", 600) + change + _table(b"meta", 600)
+    streams = await _split(dump, 2)
+    assert b"INSERT INTO `posts`" in streams[1]  # split before the change
+    assert change not in streams[1]
+    assert b"INSERT INTO `meta`" not in streams[1]
+    first = streams[0]
+    assert first.count(b"INSERT INTO `meta`") == 600
+    # A waited for the others before the change, and never waits after it.
+    assert first.rindex(b"WHILE NOT EXISTS") < first.index(change)
+    assert b"__envrestore_import_sync" not in first[first.index(change) :]
+
+
+async def test_a_session_change_after_an_insert_of_another_session_stops_the_import(monkeypatch):
+    monkeypatch.setattr(mariadb_split, "SPLIT_AFTER_BYTES", 0)
+    rows = _table(b"posts", 50).replace(b"UNLOCK TABLES;\n", b"")  # the block goes on
+    dump = rows + b"INSERT INTO `posts` VALUES (1); SET autocommit=0;\n" * 4
+    with pytest.raises(PermanentError, match="cannot be split safely"):
+        await _split(dump, 2)

@@ -138,12 +138,15 @@ async def _import_split(
     (the splitter's error, or a client's, cancels the other tasks, which kill their clients).
 
     Each session gets the whole read-ahead: the splitter waits on the session it
-    routes to, so a small buffer there would hold back the others.
+    routes to, so a small buffer there would hold back the others. The sync table
+    is MEMORY, not InnoDB: a signal is seen at once, with no snapshot, row lock or
+    transaction of the session in the way (the splitter also keeps a dump that
+    changes its transactions on one session, see `Splitter._to_one_session`).
     """
     sync = f"{quote_identifier(dsn.database)}.{quote_identifier(mariadb_split.SYNC_TABLE)}"
     await shadow._run(
         dsn,
-        f"CREATE OR REPLACE TABLE {sync} (id INT PRIMARY KEY) ENGINE=InnoDB;",
+        f"CREATE OR REPLACE TABLE {sync} (id INT PRIMARY KEY) ENGINE=MEMORY;",
         what="import",
         database=dsn.database,
     )

@@ -33,6 +33,12 @@ _CLOSE = {
 _OPENERS = rb"\\|{delimiter}|\#|--|/\*(?!M?!)|['\"`]"
 _DELIMITER_LINE = re.compile(rb"(?i)\s*delimiter[ \t]+([;$|%&~^@/]{1,16})[ \t\r]*\n?")
 _SPACE = b" \t\n\r\x0b\x0c"
+#: A statement that may change the client's session (settings, transactions,
+#: the default database, prepared statements, locks): `session_statements`.
+_SESSION_VERB = re.compile(
+    rb"(?i)(?:/\*M?!\d*\s*)?(?:SET|START|BEGIN|XA|USE|CALL|PREPARE|EXECUTE|LOCK|UNLOCK|HANDLER"
+    rb"|CHARSET)\b"
+)
 #: (A compiled search is ~3x faster than `in` for this two-byte needle.)
 _BACKSLASH_EOL = re.compile(rb"\\\n")
 
@@ -50,6 +56,9 @@ class ClientLexer:
         self.empty = True  # nothing of the current statement read yet
         self.lost: str | None = None
         self._delimiter_statement = False  # the current statement starts with "delimiter"
+        #: How many statements began with a _SESSION_VERB (the parallel import must
+        #: not spread a session change it cannot replay).
+        self.session_statements = 0
         self._openers = re.compile(_OPENERS.replace(b"{delimiter}", re.escape(self.delimiter)))
 
     @property
@@ -132,6 +141,8 @@ class ClientLexer:
             self.empty = False
             text = line[pos:].lstrip(_SPACE)
             self._delimiter_statement = text[:9].lower() == b"delimiter"
+            if _SESSION_VERB.match(text) is not None:
+                self.session_statements += 1
 
     def _set_delimiter(self, delimiter: bytes) -> None:
         self.delimiter = delimiter

@@ -27,10 +27,52 @@ _FLUSH_BYTES = 256 << 10
 #: Slices waiting for each session (each at most ~1 MiB): memory stays bounded.
 _QUEUE_ITEMS = 4
 _INSERT_RE = re.compile(rb"INSERT INTO `((?:[^`\n]|``)+)` VALUES\b")
-#: One SET statement alone on its line, no call in it: run by every session.
-_SESSION_RE = re.compile(rb"(?:/\*!\d+ )?SET\b[^;(\n]*;[ \t\r]*\n?")
-_LOCK_RE = re.compile(rb"(?:LOCK TABLES\b[^\n]*WRITE|UNLOCK TABLES);[ \t\r]*\n?")
+#: One SET statement alone on its line, no call in it (any case): maybe run by every session.
+_SESSION_RE = re.compile(
+    rb"(?i)[ \t]*(?:/\*!\d+ SET\b([^;(\n]*)\*/|SET\b([^;(\n]*))[ \t]*;[ \t\r]*\n?"
+)
+_QUOTED_RE = re.compile(rb"'[^'\\\n]*'")
+_ASSIGNMENT_RE = re.compile(
+    rb"(?i)\s*(?:NAMES\s+[\w']+(?:\s+COLLATE\s+[\w']+)?"
+    rb"|(?:@[\w$.]+|(?:@@(?:SESSION\.|LOCAL\.)?|(?:SESSION|LOCAL)\s+)?([a-z_]+))"
+    rb"\s*:?=\s*(?:@{0,2}[\w$.]+|''|-?\d+))\s*"
+)
+#: Session variables mysqldump and mariadb-dump set; each session must have them.
+REPLAYED_VARIABLES = frozenset(
+    {
+        b"character_set_client",
+        b"character_set_results",
+        b"character_set_connection",
+        b"collation_connection",
+        b"time_zone",
+        b"unique_checks",
+        b"foreign_key_checks",
+        b"sql_mode",
+        b"sql_notes",
+        b"check_constraint_checks",
+        b"sql_quote_show_create",
+    }
+)
+_LOCK_RE = re.compile(rb"(?:LOCK TABLES\b[^\n;]*WRITE|UNLOCK TABLES);[ \t\r]*\n?")
 _SANDBOX_LINE = b"/*M!999999\\- enable the sandbox mode */"
+
+
+def replayable(line: bytes) -> bool:
+    """A SET line every session runs alike: user variables, and only the session
+    variables mysqldump sets (REPLAYED_VARIABLES), to plain values (no call: it
+    could have effects, run once per session)."""
+    found = _SESSION_RE.fullmatch(line)
+    if found is None:
+        return False
+    body = _QUOTED_RE.sub(b"''", found.group(1) if found.group(1) is not None else found.group(2))
+    for part in body.split(b","):
+        assignment = _ASSIGNMENT_RE.fullmatch(part)
+        if assignment is None:
+            return False
+        variable = assignment.group(1)
+        if variable is not None and variable.lower() not in REPLAYED_VARIABLES:
+            return False
+    return True
 
 
 class Splitter:
@@ -44,9 +86,11 @@ class Splitter:
     wait until A has run the block's first INSERT (after its CREATE TABLE), and A
     waits until every other session has run its INSERTs before A's next
     statement (a trigger must not fire on dumped rows; ALTERs, views, the next
-    table come after). Session settings (SET lines) go to all; LOCK TABLES lines
-    are dropped (A's WRITE lock would block the others). When the lexer cannot
-    follow the dump, everything from there goes to A; inside a statement already
+    table come after). The session settings mysqldump writes (`replayable` SET
+    lines) go to all; LOCK TABLES lines are dropped (A's WRITE lock would block
+    the others). Any other statement that may change the session (another SET,
+    a transaction, USE, PREPARE, CALL…) or a line the lexer cannot follow sends
+    everything from there to A (`_to_one_session`); inside a statement already
     given to another session, the import stops instead.
     """
 
@@ -61,7 +105,8 @@ class Splitter:
             asyncio.Queue(_QUEUE_ITEMS) for _ in range(sessions)
         ]
         self.lexer = ClientLexer()
-        self.serial = False  # the lexer is lost: everything goes to A
+        #: Everything goes to A: the lexer is lost, or the dump changed the session.
+        self.serial = False
         self.block_table: bytes | None = None
         self.block_bytes = 0
         self.block_sent = [0] * sessions
@@ -138,6 +183,31 @@ class Splitter:
         self.serial = True
         self.insert_dest = None
 
+    async def _to_one_session(self, dest: int) -> None:
+        """The dump changed its session in a way the others cannot follow: A alone
+        runs the rest (A has already waited for the others, see `line`).
+
+        Why not replay it, or make the waits immune: autocommit off, an isolation
+        level, a transaction the dump opens, a prepared statement, a USE or a charset
+        cannot be shared by N sessions. Rows another session loads would commit
+        apart from the dump's transaction (or never, once that session's rows sat
+        in a transaction of their own), and the sync statements would run inside
+        the dump's transaction: under REPEATABLE READ a wait never sees the signal,
+        and a first INSERT into an empty table keeps its table lock until the
+        dump's COMMIT while the other session waits on it. One session runs such a
+        dump exactly as written.
+        """
+        if dest != 0 or self.dirty:  # a statement after an INSERT on its line
+            raise PermanentError(
+                "the dump changes its session inside an INSERT statement that another "
+                "import session was already running, so it cannot be split safely; the "
+                "import stopped and nothing was changed. Import it over one session "
+                "(ENVRESTORE_MARIADB_IMPORT_CONNECTIONS=1)",
+                problem="unsplittable",
+            )
+        self.serial = True
+        self.insert_dest = None
+
     async def line(self, line: bytes) -> None:
         """One line at a statement boundary or inside a statement of A (not an INSERT's rows)."""
         lexer = self.lexer
@@ -145,10 +215,13 @@ class Splitter:
             await self.emit(0, line)
             return
         if not (lexer.at_boundary and lexer.delimiter == b";"):
+            before = lexer.session_statements
             lexer.line(line)
             if lexer.lost is not None:
                 await self._lost(0)
             await self.emit(0, line)
+            if lexer.session_statements != before:  # none is replayed from here
+                await self._to_one_session(0)
             return
         insert = _INSERT_RE.match(line)
         if insert is not None:
@@ -161,16 +234,21 @@ class Splitter:
             for dest in range(self.sessions):
                 await self.emit(dest, line)
             return
+        before = lexer.session_statements
         lexer.line(line)
         if lexer.lost is not None:
             await self._lost(0)
         elif lexer.at_boundary:  # the line holds whole statements: it can be moved or dropped
             if _LOCK_RE.fullmatch(line):
                 return
-            if _SESSION_RE.fullmatch(line):
+            if replayable(line):
                 for dest in range(1, self.sessions):
                     await self.emit(dest, line)
+                await self.emit(0, line)
+                return
         await self.emit(0, line)
+        if lexer.session_statements != before:
+            await self._to_one_session(0)
 
     async def insert_head(self, line: bytes, insert: re.Match[bytes]) -> None:
         """The first line of an INSERT statement: choose its session."""
@@ -196,10 +274,15 @@ class Splitter:
                 self.dirty.add(dest)
         self.slow_insert = False
         if not self.lexer.rows(line, insert.end()):
+            before = self.lexer.session_statements
             self.lexer.line(line)
             self.slow_insert = True
             if self.lexer.lost is not None:
                 await self._lost(dest)
+                await self.emit(0, line)
+                return
+            if self.lexer.session_statements != before:
+                await self._to_one_session(dest)
                 await self.emit(0, line)
                 return
         self.block_sent[dest] += len(line)
@@ -230,9 +313,14 @@ class Splitter:
         if end == -1:
             return start
         line = data[start : end + 1]
+        before = self.lexer.session_statements
         self.lexer.line(line)
         if self.lexer.lost is not None:
             await self._lost(dest)
+            await self.emit(0, line)
+            return end + 1
+        if self.lexer.session_statements != before:
+            await self._to_one_session(dest)
             await self.emit(0, line)
             return end + 1
         await self._forward(dest, line)
