@@ -198,13 +198,30 @@ class JobWatch:
 
     @contextlib.asynccontextmanager
     async def listening(self, pool: asyncpg.Pool) -> AsyncIterator[JobWatch]:
-        async with pool.acquire() as conn:
-            await conn.add_listener(CHANNEL, self._heard)
+        """Listen while the block runs; when LISTEN cannot be set up (no connection
+        to spare, a server that refuses it), the block runs anyway on the safety poll."""
+        import asyncpg
+
+        async with contextlib.AsyncExitStack() as stack:
             try:
-                yield self
-            finally:
-                if not conn.is_closed():
-                    await conn.remove_listener(CHANNEL, self._heard)
+                conn = await stack.enter_async_context(pool.acquire())
+                await conn.add_listener(CHANNEL, self._heard)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                import structlog
+
+                structlog.get_logger(__name__).debug(
+                    "follow.not_listening",
+                    job_id=self.job_id,
+                    error=str(exc),
+                    poll_seconds=self.safety,
+                )
+            else:
+                stack.push_async_callback(self._unlisten, conn)
+            yield self
+
+    async def _unlisten(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+        if not conn.is_closed():
+            await conn.remove_listener(CHANNEL, self._heard)
 
     async def changed(self) -> None:
         """Return when the job may have changed: notified, or `safety` seconds passed."""

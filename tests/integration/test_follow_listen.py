@@ -4,6 +4,7 @@ and a change that notifies nobody is still seen by the slow safety poll."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -114,3 +115,40 @@ async def test_heartbeats_and_bookkeeping_that_show_nothing_notify_nobody(
         await pool.execute(sql("heartbeat_step"), quiet, "only", 1, 5, 10)  # progress: heard
         assert await asyncio.wait_for(heard.get(), 10) == str(quiet)
         await conn.remove_listener(CHANNEL, hear)
+
+
+class _CannotListen:
+    """A pool whose connections refuse LISTEN (as behind a transaction-pooling proxy)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        async with self._pool.acquire() as conn:
+            yield _Refusing(conn)
+
+
+class _Refusing:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def add_listener(self, *_args: object) -> None:
+        raise asyncpg.InterfaceError("LISTEN is not supported here")
+
+
+async def test_a_follower_that_cannot_listen_polls(pool: asyncpg.Pool) -> None:
+    job_id = await new_job(pool)
+    refusing: Any = _CannotListen(pool)
+    following = asyncio.create_task(follow_job(refusing, job_id, quiet=True, interval=0.3))
+    await asyncio.sleep(0.3)
+    assert not following.done()
+    await finish(pool, job_id)
+    view = await asyncio.wait_for(following, 10)
+    assert view["status"] == "succeeded"
