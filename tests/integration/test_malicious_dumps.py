@@ -357,6 +357,11 @@ CLIENT_READS_DIFFERENTLY = {
         b"CREATE TABLE `t3` (a text);\nSELECT 1 --\x01 '\n' \\C gbk\n--\x01 '\n# '\n;\n"
         b"INSERT INTO `t3` VALUES ('\xbf\\'); DELETE FROM `{db}`.`wp_options`; -- ');\n"
     ),
+    # After /*! on a line the client ends a /* comment only at the second */: the
+    # quote the filter read as code was inside that comment for the client.
+    "a comment inside an executable comment": (
+        b"/*!40101 /* x */ ' */ SELECT 1 */;\nDELETE FROM `{db}`.`wp_options`;\n-- '\n;\n"
+    ),
 }
 
 

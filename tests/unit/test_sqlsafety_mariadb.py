@@ -235,6 +235,28 @@ async def test_double_dash_comments_the_client_and_server_agree_on_pass():
     assert out == dump
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # mariadb --binary-mode 10.11 ran the DELETE: after /*! on a line, the client
+        # ends a /* comment only at the second */, so the quote was not code for it.
+        b"/*!40101 /* x */ ' */ SELECT 1 */;\nDELETE FROM `d`.`wp_options`;\n-- '\n;\n",
+        b"/*!40101 /* x */ # */ \\! id\n",
+        b"/*!40101 /* x */ -- */ \\! id\n",
+        b"/*M!100000 /* x */ ' */;\n",
+    ],
+)
+async def test_a_comment_inside_an_executable_comment_on_its_line_is_refused(sql):
+    error = await refused(sql)
+    assert (error.data["line"], error.data["problem"]) == (1, "nested_comment")
+
+
+async def test_plain_comments_after_a_closed_executable_comment_pass():
+    dump = b"/*!40101 SET @a=1 */; /* ok */ SELECT 1;\n/*!40101 SET @b=1 */ /* ok */;\n"
+    out, _ = await run(dump)
+    assert out == dump
+
+
 @pytest.mark.parametrize("size", [1, 7, 1 << 20])
 async def test_rows_lines_that_call_a_routine_in_another_database_are_refused(size):
     # `(dead.beef(1))`: letters and `.` that once passed as hex digits on the rows path.

@@ -49,12 +49,14 @@ from envrestore.pipelines.sqlsafety.mariadb_rules import (
     DEFINER,
     DELIMITER_OK,
     EXEC_MARK,
+    EXEC_OPEN,
     IDENT,
     IDENT_OR_LITERAL,
     INSERT_PREFIX,
     LEFTOVER,
     LITERALS,
     MYSQL8,
+    NESTED_HINT,
     OPEN,
     QUALIFIED,
     SAFE_ROWS,
@@ -188,7 +190,7 @@ class MariaDbFilter(LineFilter):
             if body.startswith(b"-- MySQL dump") and MYSQL8.match(body):
                 self.report.note("a MySQL 8 dump: its collations are mapped to ones MariaDB has")
             code = STRIP.sub(b" ", body)
-            if LEFTOVER.search(code):
+            if LEFTOVER.search(code) or (b"/*" in code and NESTED_HINT.search(body)):
                 ids = self._scan(body)
                 code = IDENT.sub(b" ", ids)
         else:
@@ -306,6 +308,8 @@ class MariaDbFilter(LineFilter):
                     )
                 if token[:1] in (b"#", b"-"):
                     break
+                if token == b"/*":
+                    self._refuse_nested_comment(b"".join(out), body)
                 quote = token
                 pos = found.end()
             elif quote == b"/*":
@@ -350,6 +354,19 @@ class MariaDbFilter(LineFilter):
                 quote = None
         self.quote = quote
         return b"".join(out)
+
+    def _refuse_nested_comment(self, code_before: bytes, body: bytes) -> None:
+        """A /* … */ inside a /*! … */ opened on the same line: the client strips up to
+        the second `*/` (a quote or # there is code for the filter, not for it)."""
+        opened = [m.end() for m in EXEC_OPEN.finditer(code_before)]
+        if opened and b"*/" not in code_before[opened[-1] :]:
+            raise refusal(
+                self.line_no,
+                "a /* comment */ inside an executable /*! comment */ (the client reads "
+                "where it ends differently)",
+                body,
+                "nested_comment",
+            )
 
     # ------------------------------------------------------------- statements
 

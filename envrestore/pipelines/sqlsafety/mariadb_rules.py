@@ -48,6 +48,10 @@ CLOSE = {
     b"`": re.compile(rb"[^`]*`", re.S),
 }
 EXEC_MARK = re.compile(rb"/\*M?!\d*|\*/")
+# The client ends a plain comment opened inside a /*! … */ on the same line only at
+# the second `*/` (its "ss_comment" flag): such lines are read by the scanner.
+EXEC_OPEN = re.compile(rb"/\*M?!")
+NESTED_HINT = re.compile(rb"/\*M?!.*/\*(?!M?!)", re.S)
 # The hot path: INSERT … VALUES rows whose unquoted parts are numbers, NULL and 0x hex.
 # Letters only in NULL, 0x hex and exponents, `.` only inside a number: never a name.
 SAFE_ROWS = re.compile(
