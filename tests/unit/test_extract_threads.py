@@ -99,3 +99,53 @@ async def test_a_file_under_a_file_still_being_written_is_refused(
         )
     assert refused.value.data["problem"] == "through_file"
     assert not (tmp_path / "d/f19").is_dir()
+
+
+def _member(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(f"files_dev/{name}")
+    info.size, info.mode, info.mtime = size, 0o644, 1_700_000_000
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+async def big_chunks(count: int, pooled: int, big: int) -> AsyncIterator[bytes]:
+    """Each chunk: a file for the writer threads, then a big one (as a zstd part's
+    inflater may hand over tens of MiB at once), made one chunk at a time."""
+    for index in range(count):
+        body = os.urandom(pooled)
+        pad = b"\0" * (-pooled % 512)
+        yield (
+            _member(f"p{index}.bin", pooled)
+            + body
+            + pad
+            + _member(f"z{index}.bin", big)
+            + bytes(big)
+        )
+    yield b"\0" * 1024
+
+
+async def _peak(dest: Path, threads: int, count: int, big: int) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        await extract_tar(
+            big_chunks(count, POOLED_MIN_BYTES + 1000, big),
+            dest,
+            limits=TarLimits(max_bytes=1 << 30, max_members=1000),
+            rules=RULES,
+            threads=threads,
+        )
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+async def test_queued_files_do_not_keep_the_chunks_they_came_in_alive(tmp_path: Path) -> None:
+    """The writer threads add their bounded queue to memory, not the inflater's chunks:
+    a queued file must not pin the whole decompressed chunk it was read from (a zstd
+    part's inflater hands over tens of MiB at once)."""
+    count, big = 24, 4 << 20
+    inline = await _peak(tmp_path / "inline", 0, count, big)
+    pooled = await _peak(tmp_path / "pooled", 4, count, big)
+    assert (tmp_path / "pooled" / f"p{count - 1}.bin").stat().st_size == POOLED_MIN_BYTES + 1000
+    assert pooled < inline + (16 << 20), f"{pooled >> 20} MiB with threads, {inline >> 20} without"

@@ -118,8 +118,10 @@ class TreeWriter:
     def write(self, data: memoryview) -> None:
         job = self._job
         if job is not None:
-            # Kept until a thread writes it: never a view of a buffer that may be reused.
-            job.pieces.append(data if isinstance(data.obj, bytes) else bytes(data))
+            # Kept until a thread writes it, so copied (a pooled file is at most 1 MiB):
+            # a view would pin the whole decompressed chunk it points into (tens of
+            # MiB for a zstd chunk), past the pool's bound, or a buffer that is reused.
+            job.pieces.append(bytes(data))
             return
         write_all(self._fd, data)
 
