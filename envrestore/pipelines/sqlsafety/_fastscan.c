@@ -44,13 +44,9 @@ static int is_hex(unsigned char c) {
 /* The end of the word at p (WORD[*p]) when it is NULL, 0x hex, a number or a b/x
  * literal prefix; NULL for anything else (fastscan.py's _SAFE_TAIL, exactly). */
 static const unsigned char *word_end(const unsigned char *p, const unsigned char *end) {
-    const unsigned char *q = p;
+    const unsigned char *q = p + 1;
     unsigned char c = *p;
-    if ((c == 'b' || c == 'B' || c == 'x' || c == 'X') && p + 1 < end && p[1] == '\'')
-        return p + 1;
-    if (end - p >= 4 && memcmp(p, "NULL", 4) == 0) {
-        q = p + 4;
-    } else if (c == '0' && p + 1 < end && (p[1] == 'x' || p[1] == 'X')) {
+    if (c == '0' && q < end && (*q == 'x' || *q == 'X')) {
         for (q = p + 2; q < end && is_hex(*q); q++) {}
         if (q == p + 2) return NULL;
     } else if (is_digit(c)) {
@@ -63,6 +59,10 @@ static const unsigned char *word_end(const unsigned char *p, const unsigned char
             if (r < end && is_digit(*r))
                 for (q = r; q < end && is_digit(*q); q++) {}
         }
+    } else if ((c == 'b' || c == 'B' || c == 'x' || c == 'X') && q < end && *q == '\'') {
+        return q;
+    } else if (end - p >= 4 && memcmp(p, "NULL", 4) == 0) {
+        q = p + 4;
     } else {
         return NULL;
     }
