@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     mariadb_import_connections: int | Literal["auto"] = "auto"
     postgres_import_connections: int | Literal["auto"] = "auto"
     # How far the dump's producer side (download, hash, inflate, filter) may run
-    # ahead of a slow client, per client session (MiB).
+    # ahead of a slow client, per import, shared by its sessions (MiB).
     import_readahead_mb: int = Field(default=16, ge=1, le=1024)
     # Threads that write extracted files (files and code parts).
     extract_threads: int = Field(default=4, ge=1, le=64)

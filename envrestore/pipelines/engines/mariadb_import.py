@@ -163,7 +163,9 @@ async def _import_split(
                         splitter.stream(dest),
                         env=env,
                         secrets=secrets,
-                        readahead=shadow.readahead,
+                        # One import's read-ahead, shared by its sessions: memory
+                        # stays bounded by the setting whatever the session count.
+                        readahead=max(1 << 20, shadow.readahead // sessions),
                     )
                 )
     except BaseExceptionGroup as group_error:

@@ -57,7 +57,7 @@ from envrestore.pipelines.errors import (
     Refused,
     TransientError,
 )
-from envrestore.pipelines.streams import run_consumer
+from envrestore.pipelines.streams import DEFAULT_READAHEAD, run_consumer
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +113,7 @@ class PostgresShadow:
     """The restore side of PostgreSQL, on top of `PostgresEngine`'s connections and clients."""
 
     engine: PostgresEngine
+    readahead: int = DEFAULT_READAHEAD  # bytes the dump may run ahead of psql (all sessions)
 
     def _where(self, dsn: Dsn) -> str:
         return f"PostgreSQL at {dsn.socket or f'{dsn.host}:{dsn.port}'}"
@@ -231,8 +232,9 @@ class PostgresShadow:
         secrets = self.engine.secrets(dsn)
 
         async def launch(stream: AsyncIterator[bytes]) -> str:
-            return await run_consumer(argv, stream, env=env, secrets=secrets)
+            return await run_consumer(argv, stream, env=env, secrets=secrets, readahead=share)
 
+        share = max(1 << 20, self.readahead // sessions)
         fed = FedCounter(dsn.database, on_progress)
         started = time.monotonic()
         try:

@@ -215,7 +215,10 @@ def shadow_engine_for(dsn: Dsn, settings: Settings | None = None) -> ShadowEngin
         if settings is None:
             return MariaDbShadow(engine)
         return MariaDbShadow(engine, readahead=settings.import_readahead_mb << 20)
-    return PostgresShadow(PostgresEngine(bin_dir=settings.pg_bin_dir if settings else None))
+    engine_pg = PostgresEngine(bin_dir=settings.pg_bin_dir if settings else None)
+    if settings is None:
+        return PostgresShadow(engine_pg)
+    return PostgresShadow(engine_pg, readahead=settings.import_readahead_mb << 20)
 
 
 async def prepare_shadow(dsn: Dsn, names: ShadowNames, *, settings: Settings | None = None) -> None:
