@@ -97,3 +97,30 @@ async def test_a_link_issued_on_the_public_host_is_recognised_as_ours(
         await check_link(
             runtime.pool, link.url.replace("X-Amz-Signature=", "X-Amz-Signature=0"), key
         )
+
+
+async def test_a_part_linked_twice_in_one_second_is_one_link(
+    runtime: Runtime, tmp_path: Any, make_postgres_db: Any
+) -> None:
+    """A presigned URL is a function of the key, the TTL and the second it is made:
+    two clicks on "link" within a second get the same URL, not a ledger error."""
+    await add_env(runtime, tmp_path / "envs", "shop.dev", make_postgres_db)
+    job = await submit_backup(runtime, "shop.dev")
+    assert (await drive(runtime, job.job_id))["status"] == "succeeded"
+    [backup] = await list_backups(runtime.pool, "shop.dev")
+    async with open_object_store(runtime.settings) as store:
+        for _ in range(5):  # a second may tick between the two; five tries make it rare
+            first, second = await issue_links(
+                runtime.pool,
+                store,
+                backup,
+                ("database", "database"),
+                ttl=60,
+                principal=Principal.operator(),
+            )
+            if first.url == second.url:
+                break
+        assert first.url == second.url
+        key = own_store_key(second.url, runtime.settings)
+        assert key is not None
+        assert (await check_link(runtime.pool, second.url, key))["key"] == key

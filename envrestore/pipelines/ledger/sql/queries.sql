@@ -339,7 +339,9 @@ LIMIT 1;
 
 -- name: insert_link
 INSERT INTO links (id, backup_id, part, key, signature, expires_at, requested_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+-- The same part presigned twice in one second is the same URL: one link.
+ON CONFLICT (signature) DO NOTHING;
 
 -- name: get_link_by_signature
 SELECT id, backup_id, part, key, expires_at, requested_by, created_at
