@@ -55,6 +55,14 @@ class LazyConsole:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.console, name)
 
+    # Special methods are looked up on the type, never through __getattr__: rich's
+    # Live (under every Progress) enters its console as a context manager.
+    def __enter__(self) -> Console:
+        return self.console.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.console.__exit__(*exc)
+
 
 def _stderr_console() -> Console:
     from rich.console import Console

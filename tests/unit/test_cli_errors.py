@@ -80,3 +80,21 @@ def test_a_usage_error_keeps_clicks_text_without_json_and_becomes_json_with_it()
     as_json = runner.invoke(_app(), ["other", "many", "--json"])
     assert as_json.exit_code == 2
     assert json.loads(as_json.stdout)["error"]["code"] == "usage"
+
+
+def test_the_lazy_stderr_console_drives_a_progress_bar() -> None:
+    """`backup get` and uploads draw a rich Progress on the lazy console: rich enters
+    its console as a context manager, which the lazy stand-in must allow."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from envrestore.cli.errors import LazyConsole
+
+    out = io.StringIO()
+    console = LazyConsole(lambda: Console(file=out, force_terminal=True, width=60))
+    with Progress(console=console) as bar:  # type: ignore[arg-type]
+        task = bar.add_task("get code", total=10)
+        bar.update(task, completed=10)
+    assert "get code" in out.getvalue()
