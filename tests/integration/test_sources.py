@@ -25,7 +25,9 @@ import zstandard
 from envrestore.pipelines.backup.service import BackupRecord, list_backups
 from envrestore.pipelines.engines import engine_for
 from envrestore.pipelines.errors import BadInput
-from envrestore.pipelines.jobs.views import list_jobs
+from envrestore.pipelines.jobs.outbox import relay_once
+from envrestore.pipelines.jobs.runner import run_step
+from envrestore.pipelines.jobs.views import list_jobs, show_job
 from envrestore.pipelines.objectstore.resumable import (
     file_identity,
     staging_upload_key,
@@ -33,7 +35,7 @@ from envrestore.pipelines.objectstore.resumable import (
 )
 from envrestore.pipelines.requests import ImportRequest, LinkRequest, PartInput
 from tests.support.content import snapshot
-from tests.support.driver import drive
+from tests.support.driver import drive, settled
 from tests.support.environments import (
     SiteEnv,
     assert_all_differ,
@@ -513,6 +515,24 @@ async def upload(runtime, path: Path):
     )
 
 
+async def drive_until_settled(runtime, job_id, *, timeout: float = 120.0) -> dict:
+    """Like `drive` (every job's messages delivered), but returns once this job has settled.
+
+    `drive` goes on while any message is due, and a job that ends wakes the steps
+    waiting for its lease: it would run the next job too. Here those stay queued.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not settled(view := await show_job(runtime.pool, job_id)):
+        assert asyncio.get_running_loop().time() < deadline, f"job {job_id} did not settle"
+        sent: list = []
+        await relay_once(runtime.pool, lambda j, s: sent.append((j, s)))
+        if sent:
+            await asyncio.gather(*(run_step(runtime, j, s) for j, s in sent))
+        else:
+            await asyncio.sleep(0.05)
+    return view
+
+
 @pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
 async def test_an_uploaded_dump_imports_and_the_upload_is_released(runtime, make_env, tmp_path):
     dev = await make_env("shop.dev")
@@ -531,13 +551,15 @@ async def test_an_uploaded_dump_imports_and_the_upload_is_released(runtime, make
     # environment) is the same upload object: the first job to end must not delete
     # it from under a job that has yet to read it. This one waits behind the lease.
     second = await producer(runtime).submit(ImportRequest("shop.test", (part,)))
-    view = await drive(runtime, job.job_id)
+    view = await drive_until_settled(runtime, job.job_id)
 
     assert view["status"] == "succeeded", view
     after = await test.snapshot()
     assert (after.tables, after.rows) == (source.tables, source.rows)
     assert (after.files, after.head) == (before.files, before.head)
-    assert await runtime.store.head(put.key) is not None  # shop.qa's job still needs it
+    waiting = await show_job(runtime.pool, second.job_id)
+    assert {s["name"]: s["status"] for s in waiting["steps"]}["fetch"] == "pending", waiting
+    assert await runtime.store.head(put.key) is not None  # the second job still needs it
     assert (await drive(runtime, second.job_id))["status"] == "succeeded"
     assert (await test.snapshot()).rows == source.rows
     assert await runtime.store.head(put.key) is None
