@@ -168,6 +168,11 @@ class LineFilter:
                 pieces.append(new)
                 done = end
             start = end
+        return self.joined(block, pieces, done)
+
+    def joined(self, block: bytes, pieces: list[bytes], done: int) -> bytes:
+        """The block back, with the rewritten lines in `pieces` (up to `done`) in place:
+        the block itself, not a copy, when no line was rewritten."""
         self.report.lines = self.line_no
         if not pieces:
             return block

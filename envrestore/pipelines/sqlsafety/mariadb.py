@@ -134,11 +134,7 @@ class MariaDbFilter(LineFilter):
                 pieces.append(new)
                 done = end
             start = end
-        self.report.lines = self.line_no
-        if not pieces:
-            return block
-        pieces.append(block[done:])
-        return b"".join(pieces)
+        return self.joined(block, pieces, done)
 
     def _rows_run(self, block: bytes, start: int) -> int:
         """Skip the plain rows lines from block[start] (a line start): an INSERT head

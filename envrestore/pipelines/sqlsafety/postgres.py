@@ -116,11 +116,7 @@ class PostgresFilter(LineFilter):
                 pieces.append(new)
                 done = end
             start = end
-        self.report.lines = self.line_no
-        if not pieces:
-            return block
-        pieces.append(block[done:])
-        return b"".join(pieces)
+        return self.joined(block, pieces, done)
 
     def check_line(self, line: bytes) -> bytes | None:
         body = strip_eol(line)
